@@ -1,0 +1,258 @@
+//! The pure core: from what etcd says and what the host has, decide what to do.
+//!
+//! No I/O, no clock, no root. The agent calls [`plan`] after every change and executes
+//! the actions in the order given; then it plans again. Safety comes from two rules
+//! that every plan obeys:
+//! - an address is added only while this agent's lease holds a valid claim slot;
+//! - a claim is released only once this agent holds no address for that IP.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use crate::model::{max_prefix_len, DesiredIp, Replicas};
+
+/// An etcd lease ID.
+pub type LeaseId = i64;
+
+/// An address on this host that carries extip's ownership mark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LocalAddress {
+    /// Kernel interface index.
+    pub ifindex: u32,
+    /// The address.
+    pub ip: IpAddr,
+    /// Its mask length.
+    pub prefix_len: u8,
+}
+
+impl fmt::Display for LocalAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.ip, self.prefix_len)
+    }
+}
+
+/// Who holds one claim slot, as seen in etcd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    /// Node name from the claim value; `None` when the value is unreadable.
+    pub node: Option<String>,
+    /// The lease the claim key hangs on (0: none).
+    pub lease: LeaseId,
+}
+
+/// Claims per IP, per slot.
+pub type Claims = BTreeMap<IpAddr, BTreeMap<u32, Holder>>;
+
+/// Whether this agent may hold addresses right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Lease valid: claim, hold and release normally.
+    Serve,
+    /// Lease may be expiring (or shutting down): drop every address, leave claims alone.
+    Fenced,
+}
+
+/// This agent's identity and settings.
+#[derive(Debug, Clone)]
+pub struct Me<'a> {
+    /// Node name.
+    pub node: &'a str,
+    /// The agent's lease; `None` before one is granted.
+    pub lease: Option<LeaseId>,
+    /// Index of the interface addresses go on.
+    pub ifindex: u32,
+    /// Name of that interface.
+    pub interface: &'a str,
+    /// CIDRs this agent may configure.
+    pub allowed: &'a [IpNet],
+    /// Serve or fenced.
+    pub mode: Mode,
+}
+
+/// The cluster as this agent sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct World<'a> {
+    /// Valid desired IPs.
+    pub desired: &'a BTreeMap<IpAddr, DesiredIp>,
+    /// Current claims.
+    pub claims: &'a Claims,
+    /// Addresses on this host that carry extip's mark.
+    pub owned: &'a BTreeSet<LocalAddress>,
+}
+
+/// One step for the agent to execute. Variants are ordered as they must run.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Action {
+    /// Delete an address this agent added.
+    RemoveAddress(LocalAddress),
+    /// Delete this agent's claim on a slot.
+    Release { ip: IpAddr, slot: u32 },
+    /// Try to create the claim key for a slot.
+    Claim { ip: IpAddr, slot: u32 },
+    /// Add an address (with the ownership mark).
+    AddAddress(LocalAddress),
+}
+
+/// Why this agent will not serve a desired IP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ineligible {
+    /// The IP is outside every `--allowed-cidr`.
+    OutsideAllowedCidrs,
+    /// The IP asks for an interface this agent does not serve.
+    OtherInterface(String),
+}
+
+impl fmt::Display for Ineligible {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Ineligible::OutsideAllowedCidrs => f.write_str("outside every --allowed-cidr"),
+            Ineligible::OtherInterface(i) => write!(f, "wants interface {i}, not served here"),
+        }
+    }
+}
+
+/// Whether this agent may serve `ip` at all.
+pub fn eligibility(me: &Me, ip: IpAddr, desired: &DesiredIp) -> Result<(), Ineligible> {
+    if !me.allowed.iter().any(|net| net.contains(&ip)) {
+        return Err(Ineligible::OutsideAllowedCidrs);
+    }
+    match &desired.interface {
+        Some(i) if i != me.interface => Err(Ineligible::OtherInterface(i.clone())),
+        _ => Ok(()),
+    }
+}
+
+/// The address this agent configures for a desired IP.
+pub fn wanted_address(me: &Me, ip: IpAddr, desired: &DesiredIp) -> LocalAddress {
+    LocalAddress {
+        ifindex: me.ifindex,
+        ip,
+        prefix_len: desired.prefix_len.unwrap_or_else(|| max_prefix_len(ip)),
+    }
+}
+
+/// Whether holding `slot` counts towards serving an IP with `replicas`.
+fn slot_is_valid(replicas: Replicas, slot: u32) -> bool {
+    match replicas {
+        Replicas::Count(n) => slot < n,
+        Replicas::All => true,
+    }
+}
+
+/// The lowest slot nobody holds, if `replicas` allows one more holder.
+fn free_slot(replicas: Replicas, taken: Option<&BTreeMap<u32, Holder>>) -> Option<u32> {
+    let is_free = |s: &u32| taken.is_none_or(|t| !t.contains_key(s));
+    match replicas {
+        Replicas::Count(n) => (0..n).find(is_free),
+        Replicas::All => (0..).find(is_free),
+    }
+}
+
+/// Decide the next actions. Run them in order, then plan again until nothing is left.
+pub fn plan(me: &Me, world: &World) -> Vec<Action> {
+    let mut actions = Vec::new();
+    for (&ip, desired) in world.desired {
+        plan_ip(me, world, ip, desired, &mut actions);
+    }
+    plan_strays(me, world, &mut actions);
+    actions.sort();
+    actions.dedup();
+    actions
+}
+
+/// Slots of `ip` that hang on this agent's lease.
+fn my_slots(me: &Me, claims: &Claims, ip: IpAddr) -> Vec<u32> {
+    let Some(lease) = me.lease else {
+        return Vec::new();
+    };
+    claims
+        .get(&ip)
+        .map(|slots| {
+            slots
+                .iter()
+                .filter(|(_, h)| h.lease == lease)
+                .map(|(&s, _)| s)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn owned_for(world: &World, ip: IpAddr) -> Vec<LocalAddress> {
+    world.owned.iter().filter(|a| a.ip == ip).copied().collect()
+}
+
+fn plan_ip(me: &Me, world: &World, ip: IpAddr, desired: &DesiredIp, out: &mut Vec<Action>) {
+    let owned = owned_for(world, ip);
+    if me.mode == Mode::Fenced {
+        out.extend(owned.into_iter().map(Action::RemoveAddress));
+        return;
+    }
+    let mine = my_slots(me, world.claims, ip);
+    let eligible = eligibility(me, ip, desired).is_ok();
+    let (valid, invalid): (Vec<u32>, Vec<u32>) = mine
+        .iter()
+        .partition(|&&s| slot_is_valid(desired.replicas, s));
+
+    if eligible && !valid.is_empty() {
+        let wanted = wanted_address(me, ip, desired);
+        out.extend(
+            owned
+                .iter()
+                .filter(|a| **a != wanted)
+                .map(|&a| Action::RemoveAddress(a)),
+        );
+        if !owned.contains(&wanted) {
+            out.push(Action::AddAddress(wanted));
+        }
+        // Still holding valid[0], so dropping duplicates and invalid slots is safe.
+        let surplus = valid[1..].iter().chain(invalid.iter());
+        out.extend(surplus.map(|&slot| Action::Release { ip, slot }));
+        return;
+    }
+    if !owned.is_empty() {
+        out.extend(owned.into_iter().map(Action::RemoveAddress));
+        return;
+    }
+    if !mine.is_empty() {
+        out.extend(mine.into_iter().map(|slot| Action::Release { ip, slot }));
+        return;
+    }
+    if eligible && me.lease.is_some() {
+        if let Some(slot) = free_slot(desired.replicas, world.claims.get(&ip)) {
+            out.push(Action::Claim { ip, slot });
+        }
+    }
+}
+
+/// Addresses and claims for IPs that are no longer desired.
+fn plan_strays(me: &Me, world: &World, out: &mut Vec<Action>) {
+    let stray_addresses: Vec<LocalAddress> = world
+        .owned
+        .iter()
+        .filter(|a| !world.desired.contains_key(&a.ip))
+        .copied()
+        .collect();
+    if me.mode == Mode::Fenced {
+        out.extend(stray_addresses.into_iter().map(Action::RemoveAddress));
+        return;
+    }
+    for (&ip, _) in world
+        .claims
+        .iter()
+        .filter(|(ip, _)| !world.desired.contains_key(ip))
+    {
+        if stray_addresses.iter().any(|a| a.ip == ip) {
+            continue;
+        }
+        for slot in my_slots(me, world.claims, ip) {
+            out.push(Action::Release { ip, slot });
+        }
+    }
+    out.extend(stray_addresses.into_iter().map(Action::RemoveAddress));
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,297 @@
+//! Unit tests of single plans, and a simulation of several agents sharing one etcd.
+
+use super::*;
+use crate::model::{DesiredIp, Replicas};
+
+mod simulation;
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn allowed() -> Vec<IpNet> {
+    vec!["198.51.100.0/24".parse().unwrap(), "2001:db8::/32".parse().unwrap()]
+}
+
+fn me(lease: LeaseId, allowed: &[IpNet]) -> Me<'_> {
+    Me {
+        node: "h1",
+        lease: Some(lease),
+        ifindex: 1,
+        interface: "lo",
+        allowed,
+        mode: Mode::Serve,
+    }
+}
+
+fn exclusive() -> DesiredIp {
+    DesiredIp {
+        prefix_len: None,
+        replicas: Replicas::Count(1),
+        interface: None,
+        pool: None,
+        source: None,
+    }
+}
+
+fn addr(s: &str, len: u8) -> LocalAddress {
+    LocalAddress {
+        ifindex: 1,
+        ip: ip(s),
+        prefix_len: len,
+    }
+}
+
+fn held_by(lease: LeaseId) -> Holder {
+    Holder {
+        node: Some(format!("n{lease}")),
+        lease,
+    }
+}
+
+struct Case {
+    desired: BTreeMap<IpAddr, DesiredIp>,
+    claims: Claims,
+    owned: BTreeSet<LocalAddress>,
+}
+
+impl Case {
+    fn new() -> Self {
+        Case {
+            desired: BTreeMap::new(),
+            claims: Claims::new(),
+            owned: BTreeSet::new(),
+        }
+    }
+    fn want(mut self, s: &str, d: DesiredIp) -> Self {
+        self.desired.insert(ip(s), d);
+        self
+    }
+    fn claim(mut self, s: &str, slot: u32, lease: LeaseId) -> Self {
+        self.claims
+            .entry(ip(s))
+            .or_default()
+            .insert(slot, held_by(lease));
+        self
+    }
+    fn owns(mut self, a: LocalAddress) -> Self {
+        self.owned.insert(a);
+        self
+    }
+    fn plan(&self, me: &Me) -> Vec<Action> {
+        plan(
+            me,
+            &World {
+                desired: &self.desired,
+                claims: &self.claims,
+                owned: &self.owned,
+            },
+        )
+    }
+}
+
+#[test]
+fn unclaimed_desired_ip_is_claimed_on_slot_zero() {
+    let a = allowed();
+    let case = Case::new().want("198.51.100.10", exclusive());
+    assert_eq!(
+        case.plan(&me(7, &a)),
+        vec![Action::Claim {
+            ip: ip("198.51.100.10"),
+            slot: 0
+        }]
+    );
+}
+
+#[test]
+fn holder_adds_full_length_mask_by_default() {
+    let a = allowed();
+    let case = Case::new()
+        .want("198.51.100.10", exclusive())
+        .want("2001:db8::10", exclusive())
+        .claim("198.51.100.10", 0, 7)
+        .claim("2001:db8::10", 0, 7);
+    assert_eq!(
+        case.plan(&me(7, &a)),
+        vec![
+            Action::AddAddress(addr("198.51.100.10", 32)),
+            Action::AddAddress(addr("2001:db8::10", 128)),
+        ]
+    );
+}
+
+#[test]
+fn nothing_to_do_when_converged() {
+    let a = allowed();
+    let case = Case::new()
+        .want("198.51.100.10", exclusive())
+        .claim("198.51.100.10", 0, 7)
+        .owns(addr("198.51.100.10", 32));
+    assert!(case.plan(&me(7, &a)).is_empty());
+}
+
+#[test]
+fn non_holder_never_adds_and_drops_what_it_has() {
+    let a = allowed();
+    let case = Case::new()
+        .want("198.51.100.10", exclusive())
+        .claim("198.51.100.10", 0, 9);
+    assert!(case.plan(&me(7, &a)).is_empty());
+    let case = case.owns(addr("198.51.100.10", 32));
+    assert_eq!(
+        case.plan(&me(7, &a)),
+        vec![Action::RemoveAddress(addr("198.51.100.10", 32))]
+    );
+}
+
+#[test]
+fn release_waits_until_the_address_is_gone() {
+    let a = allowed();
+    let case = Case::new()
+        .claim("198.51.100.10", 0, 7)
+        .owns(addr("198.51.100.10", 32));
+    assert_eq!(
+        case.plan(&me(7, &a)),
+        vec![Action::RemoveAddress(addr("198.51.100.10", 32))]
+    );
+    let case = Case::new().claim("198.51.100.10", 0, 7);
+    assert_eq!(
+        case.plan(&me(7, &a)),
+        vec![Action::Release {
+            ip: ip("198.51.100.10"),
+            slot: 0
+        }]
+    );
+}
+
+#[test]
+fn ip_outside_allowed_cidrs_is_never_claimed_nor_added() {
+    let a = allowed();
+    let case = Case::new().want("203.0.113.10", exclusive());
+    assert!(case.plan(&me(7, &a)).is_empty());
+    let m = me(7, &a);
+    assert_eq!(
+        eligibility(&m, ip("203.0.113.10"), &exclusive()),
+        Err(Ineligible::OutsideAllowedCidrs)
+    );
+    // Even a claim someone wrote for us by hand does not make us add it.
+    let case = case.claim("203.0.113.10", 0, 7);
+    assert_eq!(
+        case.plan(&m),
+        vec![Action::Release {
+            ip: ip("203.0.113.10"),
+            slot: 0
+        }]
+    );
+}
+
+#[test]
+fn ip_for_another_interface_is_not_served() {
+    let a = allowed();
+    let mut d = exclusive();
+    d.interface = Some("eth1".into());
+    let case = Case::new().want("198.51.100.10", d);
+    assert!(case.plan(&me(7, &a)).is_empty());
+}
+
+#[test]
+fn prefix_change_replaces_the_address() {
+    let a = allowed();
+    let mut d = exclusive();
+    d.prefix_len = Some(24);
+    let case = Case::new()
+        .want("198.51.100.10", d)
+        .claim("198.51.100.10", 0, 7)
+        .owns(addr("198.51.100.10", 32));
+    assert_eq!(
+        case.plan(&me(7, &a)),
+        vec![
+            Action::RemoveAddress(addr("198.51.100.10", 32)),
+            Action::AddAddress(addr("198.51.100.10", 24)),
+        ]
+    );
+}
+
+#[test]
+fn fenced_agent_drops_addresses_and_keeps_claims() {
+    let a = allowed();
+    let mut m = me(7, &a);
+    m.mode = Mode::Fenced;
+    let case = Case::new()
+        .want("198.51.100.10", exclusive())
+        .claim("198.51.100.10", 0, 7)
+        .owns(addr("198.51.100.10", 32))
+        .owns(addr("198.51.100.11", 32));
+    assert_eq!(
+        case.plan(&m),
+        vec![
+            Action::RemoveAddress(addr("198.51.100.10", 32)),
+            Action::RemoveAddress(addr("198.51.100.11", 32)),
+        ]
+    );
+}
+
+#[test]
+fn stale_marked_addresses_are_removed_at_start() {
+    let a = allowed();
+    let case = Case::new()
+        .want("198.51.100.10", exclusive())
+        .claim("198.51.100.10", 0, 3)
+        .owns(addr("198.51.100.10", 32))
+        .owns(addr("198.51.100.12", 32));
+    let mut m = me(7, &a);
+    m.lease = None;
+    assert_eq!(
+        case.plan(&m),
+        vec![
+            Action::RemoveAddress(addr("198.51.100.10", 32)),
+            Action::RemoveAddress(addr("198.51.100.12", 32)),
+        ]
+    );
+}
+
+#[test]
+fn replicas_fill_free_slots_and_shrink_safely() {
+    let a = allowed();
+    let mut two = exclusive();
+    two.replicas = Replicas::Count(2);
+    let case = Case::new()
+        .want("198.51.100.10", two.clone())
+        .claim("198.51.100.10", 0, 9);
+    assert_eq!(
+        case.plan(&me(7, &a)),
+        vec![Action::Claim {
+            ip: ip("198.51.100.10"),
+            slot: 1
+        }]
+    );
+    // Back to one replica: the holder of slot 1 drops its address, then its claim.
+    let case = Case::new()
+        .want("198.51.100.10", exclusive())
+        .claim("198.51.100.10", 0, 9)
+        .claim("198.51.100.10", 1, 7)
+        .owns(addr("198.51.100.10", 32));
+    assert_eq!(
+        case.plan(&me(7, &a)),
+        vec![Action::RemoveAddress(addr("198.51.100.10", 32))]
+    );
+}
+
+#[test]
+fn all_replicas_take_the_lowest_free_slot() {
+    let a = allowed();
+    let mut all = exclusive();
+    all.replicas = Replicas::All;
+    let case = Case::new()
+        .want("198.51.100.10", all)
+        .claim("198.51.100.10", 0, 9)
+        .claim("198.51.100.10", 1, 8)
+        .claim("198.51.100.10", 3, 6);
+    assert_eq!(
+        case.plan(&me(7, &a)),
+        vec![Action::Claim {
+            ip: ip("198.51.100.10"),
+            slot: 2
+        }]
+    );
+}
