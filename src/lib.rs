@@ -1,4 +1,10 @@
 //! extip: IP mobility for bare-metal hosts, coordinated through etcd.
 
+pub mod agent;
+pub mod cli;
+pub mod commands;
+pub mod config;
 pub mod model;
+pub mod net;
 pub mod plan;
+pub mod store;

@@ -1,1 +1,54 @@
-fn main() {}
+//! The `extip` binary: parses the command line and runs the chosen subcommand.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::Parser;
+use extip::cli::{Cli, Command, IpCommand};
+use extip::config::{hostname, AgentConfig, AgentSettings};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("EXTIP_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("extip: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("extip: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Agent(args) => {
+            let file = match &args.config {
+                Some(path) => AgentSettings::from_file(path)?,
+                None => AgentSettings::default(),
+            };
+            let cfg = AgentConfig::from_settings(args.settings().over(file), &hostname())?;
+            extip::agent::run(cfg).await
+        }
+        Command::Ip(IpCommand::Add(args)) => extip::commands::ip_add(args).await,
+        Command::Ip(IpCommand::Rm(args)) => extip::commands::ip_rm(args).await,
+        Command::Ip(IpCommand::Ls(args)) => extip::commands::ip_ls(args).await,
+        Command::Status(args) => extip::commands::status(args).await,
+    }
+}

@@ -10,7 +10,10 @@ fn ip(s: &str) -> IpAddr {
 }
 
 fn allowed() -> Vec<IpNet> {
-    vec!["198.51.100.0/24".parse().unwrap(), "2001:db8::/32".parse().unwrap()]
+    vec![
+        "198.51.100.0/24".parse().unwrap(),
+        "2001:db8::/32".parse().unwrap(),
+    ]
 }
 
 fn me(lease: LeaseId, allowed: &[IpNet]) -> Me<'_> {

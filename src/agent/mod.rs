@@ -1,0 +1,316 @@
+//! The host agent: one event loop over the etcd watch, the lease keepalive, netlink
+//! address events, a periodic resync, the lease deadline and shutdown signals.
+
+mod lease;
+mod reconcile;
+mod view;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use tokio::sync::watch;
+use tokio::time::{
+    interval, interval_at, sleep, sleep_until, timeout, Instant, MissedTickBehavior,
+};
+use tracing::{error, info, warn};
+
+use crate::config::AgentConfig;
+use crate::model::{Keys, NodeValue};
+use crate::net::{AddressEvents, Netlink};
+use crate::plan::Ineligible;
+use crate::store::{LeaseKeepAlive, Store, StoreError, Watch};
+
+pub use lease::{fence_margin, keepalive_interval, LeaseDeadline, Renewal};
+pub use view::ClusterView;
+
+/// A working connection: the store, the lease keepalive stream and the prefix watch.
+struct Connection {
+    store: Store,
+    keepalive: LeaseKeepAlive,
+    watch: Watch,
+}
+
+/// Why the serve loop ended.
+enum Stop {
+    /// SIGTERM or SIGINT: hand everything over and exit.
+    Shutdown(Box<Connection>),
+    /// The connection or the lease failed: reconnect.
+    Lost(String),
+}
+
+/// The agent's state across reconnects.
+pub struct Agent {
+    cfg: AgentConfig,
+    keys: Keys,
+    net: Netlink,
+    ifindex: u32,
+    view: ClusterView,
+    lease: Option<i64>,
+    clock: LeaseDeadline,
+    /// True once addresses were dropped for a passed deadline, until a renewal.
+    fenced: bool,
+    ineligible: HashMap<IpAddr, Ineligible>,
+    endpoint: usize,
+    started: String,
+}
+
+/// Run the agent until SIGTERM or SIGINT.
+pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
+    let net = Netlink::open()?;
+    let ifindex = net
+        .interface_index(&cfg.interface)
+        .await
+        .with_context(|| format!("--interface {}", cfg.interface))?;
+    let mut events = Netlink::address_events()?;
+    let mut shutdown = shutdown_signal()?;
+    let mut agent = Agent::new(cfg, net, ifindex);
+    info!(node = %agent.cfg.node, interface = %agent.cfg.interface, "extip agent starting");
+    // Addresses left by an earlier run have no claim behind them any more.
+    agent.drop_addresses("startup: no lease yet").await;
+    loop {
+        let conn = tokio::select! {
+            conn = agent.connect() => conn,
+            _ = shutdown.changed() => break,
+        };
+        match agent.serve(conn, &mut events, &mut shutdown).await {
+            Stop::Shutdown(conn) => {
+                agent.leave(Some(conn.store)).await;
+                return Ok(());
+            }
+            Stop::Lost(reason) => warn!(reason, "etcd connection lost; reconnecting"),
+        }
+    }
+    agent.leave(None).await;
+    Ok(())
+}
+
+/// A channel that flips to true on SIGTERM or SIGINT.
+fn shutdown_signal() -> anyhow::Result<watch::Receiver<bool>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM: handing over and exiting"),
+            _ = int.recv() => info!("SIGINT: handing over and exiting"),
+        }
+        let _ = tx.send(true);
+    });
+    Ok(rx)
+}
+
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Agent {
+    fn new(cfg: AgentConfig, net: Netlink, ifindex: u32) -> Self {
+        Agent {
+            keys: Keys::new(&cfg.prefix),
+            view: ClusterView::new(Keys::new(&cfg.prefix)),
+            clock: LeaseDeadline::new(cfg.lease_ttl),
+            cfg,
+            net,
+            ifindex,
+            lease: None,
+            fenced: false,
+            ineligible: HashMap::new(),
+            endpoint: 0,
+            started: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+        }
+    }
+
+    /// Per-request timeout: long enough for a slow fsync, short enough to fail over.
+    fn request_timeout(&self) -> Duration {
+        (self.cfg.lease_ttl / 2).clamp(Duration::from_secs(1), Duration::from_secs(5))
+    }
+
+    /// When the lease deadline forces addresses off, unless already done.
+    fn fence_timer(&self) -> Option<Instant> {
+        if self.fenced {
+            return None;
+        }
+        self.clock.fence_at().map(Instant::from_std)
+    }
+
+    async fn fence(&mut self) {
+        self.fenced = true;
+        self.drop_addresses("lease deadline reached without renewal")
+            .await;
+    }
+
+    /// Connect, retrying every endpoint with backoff; fences while etcd stays away.
+    async fn connect(&mut self) -> Connection {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let fence_at = self.fence_timer();
+            let attempt = tokio::select! {
+                r = self.establish() => r,
+                _ = sleep_until_some(fence_at) => {
+                    self.fence().await;
+                    continue;
+                }
+            };
+            match attempt {
+                Ok(conn) => return conn,
+                Err(e) => warn!(error = %e, retry_in = ?backoff, "cannot use etcd"),
+            }
+            tokio::select! {
+                _ = sleep(backoff) => {}
+                _ = sleep_until_some(self.fence_timer()) => self.fence().await,
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    /// Connect to one endpoint, attach the lease, register, list and watch.
+    async fn establish(&mut self) -> Result<Connection, StoreError> {
+        let (mut store, idx) =
+            Store::connect_any(&self.cfg.etcd, self.endpoint, self.request_timeout()).await?;
+        self.endpoint = idx;
+        let keepalive = self.attach_lease(&mut store).await?;
+        let lease = self.lease.unwrap_or_default();
+        let node = NodeValue {
+            node: self.cfg.node.clone(),
+            interfaces: vec![self.cfg.interface.clone()],
+            labels: Default::default(),
+            draining: false,
+            version: env!("CARGO_PKG_VERSION").into(),
+            started: self.started.clone(),
+        };
+        let value = serde_json::to_vec(&node).expect("node value serializes");
+        store
+            .put(&self.keys.node(&self.cfg.node), &value, Some(lease))
+            .await?;
+        let snapshot = store.list(&self.keys.root()).await?;
+        self.view.replace(&snapshot);
+        let watch = store
+            .watch(&self.keys.root(), snapshot.revision + 1)
+            .await?;
+        info!(
+            endpoint = store.endpoint(),
+            lease = format!("{lease:x}"),
+            "connected to etcd"
+        );
+        Ok(Connection {
+            store,
+            keepalive,
+            watch,
+        })
+    }
+
+    /// Keep using the current lease if etcd still has it, else grant a new one.
+    async fn attach_lease(&mut self, store: &mut Store) -> Result<LeaseKeepAlive, StoreError> {
+        let ttl_secs = self.cfg.lease_ttl.as_secs() as i64;
+        if let Some(lease) = self.lease {
+            let mut keepalive = store.keep_alive(lease).await?;
+            self.clock.sent(std::time::Instant::now());
+            keepalive.send().await?;
+            let answer = timeout(self.request_timeout(), keepalive.recv()).await;
+            let ttl = answer.map_err(|_| StoreError::Timeout {
+                op: "lease keepalive",
+                timeout: self.request_timeout(),
+            })??;
+            if self.clock.answered(ttl) == Renewal::Renewed {
+                self.fenced = false;
+                return Ok(keepalive);
+            }
+            self.lease_lost().await;
+        }
+        let sent = std::time::Instant::now();
+        let lease = store.grant(ttl_secs).await?;
+        self.clock.granted(sent, ttl_secs);
+        self.lease = Some(lease);
+        self.fenced = false;
+        store.keep_alive(lease).await
+    }
+
+    /// etcd dropped the lease: every claim on it is gone, so are our rights to addresses.
+    async fn lease_lost(&mut self) {
+        warn!(lease = ?self.lease.map(|l| format!("{l:x}")), "lease expired in etcd");
+        self.lease = None;
+        self.clock.forget();
+        self.drop_addresses("lease expired").await;
+    }
+
+    /// The connected loop; returns on shutdown or when the connection must be rebuilt.
+    async fn serve(
+        &mut self,
+        mut conn: Connection,
+        events: &mut AddressEvents,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Stop {
+        let mut keepalive_tick = interval(keepalive_interval(self.cfg.lease_ttl));
+        keepalive_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut resync = interval_at(Instant::now() + self.cfg.resync, self.cfg.resync);
+        if let Err(e) = self.reconcile(Some(&mut conn.store)).await {
+            return Stop::Lost(e.to_string());
+        }
+        loop {
+            let fence_at = self.fence_timer();
+            let wake: Result<bool, String> = tokio::select! {
+                _ = shutdown.changed() => return Stop::Shutdown(Box::new(conn)),
+                _ = sleep_until_some(fence_at) => {
+                    self.fence().await;
+                    return Stop::Lost("lease not renewed before its deadline".into());
+                }
+                r = conn.watch.next() => r.map(|(_, changes)| {
+                    changes.iter().for_each(|c| self.view.apply(c));
+                    true
+                }).map_err(|e| e.to_string()),
+                r = conn.keepalive.recv() => match r.map(|ttl| self.clock.answered(ttl)) {
+                    Ok(Renewal::Renewed) => Ok(false),
+                    Ok(Renewal::Expired) => {
+                        self.lease_lost().await;
+                        Err("lease expired".into())
+                    }
+                    Err(e) => Err(e.to_string()),
+                },
+                _ = keepalive_tick.tick() => {
+                    self.clock.sent(std::time::Instant::now());
+                    conn.keepalive.send().await.map(|()| false).map_err(|e| e.to_string())
+                }
+                _ = resync.tick() => self.resync(&mut conn.store).await.map(|()| true).map_err(|e| e.to_string()),
+                Some(()) = events.changed() => Ok(true),
+            };
+            match wake {
+                Ok(true) => {
+                    if let Err(e) = self.reconcile(Some(&mut conn.store)).await {
+                        return Stop::Lost(e.to_string());
+                    }
+                }
+                Ok(false) => {}
+                Err(reason) => {
+                    self.clock.stream_lost();
+                    return Stop::Lost(reason);
+                }
+            }
+        }
+    }
+
+    async fn resync(&mut self, store: &mut Store) -> Result<(), StoreError> {
+        let snapshot = store.list(&self.keys.root()).await?;
+        self.view.replace(&snapshot);
+        Ok(())
+    }
+
+    /// Shutdown: addresses first, then the lease, so the next holder never overlaps.
+    async fn leave(&mut self, store: Option<Store>) {
+        self.drop_addresses("shutting down").await;
+        match (store, self.lease) {
+            (Some(mut store), Some(lease)) => match store.revoke(lease).await {
+                Ok(()) => info!("lease revoked; other hosts take over now"),
+                Err(e) => {
+                    error!(error = %e, "lease not revoked; other hosts take over when it expires")
+                }
+            },
+            _ => warn!("exiting without etcd; other hosts take over when the lease expires"),
+        }
+    }
+}

@@ -1,0 +1,175 @@
+//! Command-line interface: every flag also reads an `EXTIP_*` environment variable.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::config::AgentSettings;
+
+/// IP mobility for bare-metal hosts: addresses that live on a healthy host, coordinated by etcd.
+#[derive(Debug, Parser)]
+#[command(name = "extip", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the host agent: claim desired IPs and configure them on an interface.
+    Agent(AgentArgs),
+    /// Add, remove or list desired IPs.
+    #[command(subcommand)]
+    Ip(IpCommand),
+    /// Show every desired IP, its holder, and the live nodes.
+    Status(StatusArgs),
+}
+
+/// Where the etcd cluster is; shared by every subcommand.
+#[derive(Debug, Clone, Args)]
+pub struct EtcdArgs {
+    /// etcd endpoints, comma separated [default: http://127.0.0.1:2379]
+    #[arg(long, env = "EXTIP_ETCD", value_delimiter = ',')]
+    pub etcd: Option<Vec<String>>,
+    /// Key prefix [default: /extip]
+    #[arg(long, env = "EXTIP_PREFIX")]
+    pub prefix: Option<String>,
+}
+
+/// `extip agent` flags; any of them can also come from the `--config` file.
+#[derive(Debug, Clone, Args)]
+pub struct AgentArgs {
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
+    /// TOML file with the same keys as these flags (e.g. `lease-ttl = "5s"`)
+    #[arg(long, env = "EXTIP_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Node name published in etcd [default: the host name]
+    #[arg(long, env = "EXTIP_NODE")]
+    pub node: Option<String>,
+    /// Interface the addresses go on [default: lo]
+    #[arg(long, env = "EXTIP_INTERFACE")]
+    pub interface: Option<String>,
+    /// Lease TTL: how long a dead host keeps its claims; whole seconds, at least 2s [default: 5s]
+    #[arg(long, env = "EXTIP_LEASE_TTL")]
+    pub lease_ttl: Option<String>,
+    /// CIDR this agent may configure; repeatable; required (0.0.0.0/0 and ::/0 allow everything)
+    #[arg(
+        long = "allowed-cidr",
+        env = "EXTIP_ALLOWED_CIDR",
+        value_delimiter = ','
+    )]
+    pub allowed_cidr: Option<Vec<String>>,
+    /// Period of the full re-list from etcd [default: 30s]
+    #[arg(long, env = "EXTIP_RESYNC")]
+    pub resync: Option<String>,
+}
+
+impl AgentArgs {
+    /// The settings given on the command line or in the environment.
+    pub fn settings(&self) -> AgentSettings {
+        AgentSettings {
+            etcd: self.etcd.etcd.clone(),
+            prefix: self.etcd.prefix.clone(),
+            node: self.node.clone(),
+            interface: self.interface.clone(),
+            lease_ttl: self.lease_ttl.clone(),
+            allowed_cidr: self.allowed_cidr.clone(),
+            resync: self.resync.clone(),
+        }
+    }
+}
+
+/// `extip ip …`.
+#[derive(Debug, Subcommand)]
+pub enum IpCommand {
+    /// Ask for an IP: writes `<prefix>/ips/<ip>`.
+    Add(IpAddArgs),
+    /// Withdraw an IP: deletes `<prefix>/ips/<ip>`.
+    Rm(IpRmArgs),
+    /// List desired IPs.
+    Ls(IpLsArgs),
+}
+
+/// `extip ip add`.
+#[derive(Debug, Args)]
+pub struct IpAddArgs {
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
+    /// The address, optionally with a mask: 198.51.100.10 or 198.51.100.10/24
+    pub ip: String,
+    /// How many hosts hold it: a number or `all` [default: 1]
+    #[arg(long)]
+    pub replicas: Option<String>,
+    /// Interface to put it on [default: each agent's own]
+    #[arg(long)]
+    pub interface: Option<String>,
+}
+
+/// `extip ip rm`.
+#[derive(Debug, Args)]
+pub struct IpRmArgs {
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
+    /// The address.
+    pub ip: String,
+}
+
+/// `extip ip ls`.
+#[derive(Debug, Args)]
+pub struct IpLsArgs {
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+/// `extip status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+/// Human table or JSON for scripts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// Aligned columns.
+    Table,
+    /// One JSON document.
+    Json,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn repeated_and_comma_separated_cidrs_both_work() {
+        let cli = Cli::try_parse_from([
+            "extip",
+            "agent",
+            "--allowed-cidr",
+            "198.51.100.0/24,203.0.113.0/24",
+            "--allowed-cidr",
+            "2001:db8::/32",
+        ])
+        .unwrap();
+        let Command::Agent(args) = cli.command else {
+            panic!("not agent")
+        };
+        assert_eq!(args.allowed_cidr.unwrap().len(), 3);
+    }
+}

@@ -1,0 +1,354 @@
+//! Agent configuration: flags, `EXTIP_*` environment and a TOML file, merged and validated.
+//!
+//! Precedence: flag, then environment (clap reads both), then the file, then the default.
+//! Every error names the setting it is about, so an operator can fix it without reading code.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+use thiserror::Error;
+
+/// etcd refuses (silently raises) lease TTLs below about 1.5 s with default timings.
+pub const MIN_LEASE_TTL: Duration = Duration::from_secs(2);
+/// Default etcd endpoint.
+pub const DEFAULT_ETCD: &str = "http://127.0.0.1:2379";
+/// Default key prefix.
+pub const DEFAULT_PREFIX: &str = "/extip";
+/// Default interface for addresses.
+pub const DEFAULT_INTERFACE: &str = "lo";
+/// Default lease TTL.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(5);
+/// Default period of the full re-list.
+pub const DEFAULT_RESYNC: Duration = Duration::from_secs(30);
+
+/// A setting that cannot be used, with the setting's name.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The TOML file could not be read.
+    #[error("config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The TOML file is malformed or has an unknown key.
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    /// One setting has a bad value.
+    #[error("{field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field,
+        reason: reason.into(),
+    }
+}
+
+/// The agent's settings as given (flags and env already merged by clap); `None` = not given.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct AgentSettings {
+    /// etcd endpoints.
+    pub etcd: Option<Vec<String>>,
+    /// Key prefix.
+    pub prefix: Option<String>,
+    /// Node name.
+    pub node: Option<String>,
+    /// Interface addresses go on.
+    pub interface: Option<String>,
+    /// Lease TTL, humantime text.
+    pub lease_ttl: Option<String>,
+    /// CIDRs the agent may configure.
+    pub allowed_cidr: Option<Vec<String>>,
+    /// Full re-list period, humantime text.
+    pub resync: Option<String>,
+}
+
+impl AgentSettings {
+    /// Read a TOML file with the same keys as the flags (`lease-ttl = "5s"`).
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Settings given here win; the rest come from `lower`.
+    pub fn over(self, lower: AgentSettings) -> AgentSettings {
+        AgentSettings {
+            etcd: self.etcd.or(lower.etcd),
+            prefix: self.prefix.or(lower.prefix),
+            node: self.node.or(lower.node),
+            interface: self.interface.or(lower.interface),
+            lease_ttl: self.lease_ttl.or(lower.lease_ttl),
+            allowed_cidr: self.allowed_cidr.or(lower.allowed_cidr),
+            resync: self.resync.or(lower.resync),
+        }
+    }
+}
+
+/// Validated agent configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentConfig {
+    /// etcd endpoints, tried in turn.
+    pub etcd: Vec<String>,
+    /// Key prefix without a trailing `/`.
+    pub prefix: String,
+    /// Node name.
+    pub node: String,
+    /// Interface addresses go on.
+    pub interface: String,
+    /// Lease TTL, whole seconds.
+    pub lease_ttl: Duration,
+    /// CIDRs the agent may configure.
+    pub allowed: Vec<IpNet>,
+    /// Full re-list period.
+    pub resync: Duration,
+}
+
+/// Explains how to allow everything, for the error when no CIDR is given.
+const ALLOW_ALL_HINT: &str = "no CIDR given, so the agent would serve no IP; \
+    list the ranges it may configure (e.g. --allowed-cidr 198.51.100.0/24), \
+    or pass --allowed-cidr 0.0.0.0/0 --allowed-cidr ::/0 to allow every address";
+
+impl AgentConfig {
+    /// Validate merged settings; `hostname` is the default node name.
+    pub fn from_settings(s: AgentSettings, hostname: &str) -> Result<Self, ConfigError> {
+        let etcd = s.etcd.unwrap_or_else(|| vec![DEFAULT_ETCD.to_string()]);
+        let etcd = validate_endpoints(etcd)?;
+        let prefix = validate_prefix(s.prefix.as_deref().unwrap_or(DEFAULT_PREFIX))?;
+        let node = validate_node(s.node.as_deref().unwrap_or(hostname))?;
+        let interface = s.interface.unwrap_or_else(|| DEFAULT_INTERFACE.into());
+        let interface = crate::model::validate_interface(interface)
+            .map_err(|e| invalid("interface", e.to_string()))?;
+        let lease_ttl = parse_lease_ttl(s.lease_ttl.as_deref())?;
+        let resync = match s.resync.as_deref() {
+            None => DEFAULT_RESYNC,
+            Some(text) => parse_duration("resync", text)?,
+        };
+        if resync < Duration::from_secs(1) {
+            return Err(invalid("resync", "must be at least 1s"));
+        }
+        let allowed = parse_cidrs(s.allowed_cidr.unwrap_or_default())?;
+        Ok(AgentConfig {
+            etcd,
+            prefix,
+            node,
+            interface,
+            lease_ttl,
+            allowed,
+            resync,
+        })
+    }
+}
+
+fn parse_duration(field: &'static str, text: &str) -> Result<Duration, ConfigError> {
+    humantime::parse_duration(text).map_err(|e| invalid(field, format!("`{text}`: {e}")))
+}
+
+/// Parse `--lease-ttl`: whole seconds, at least [`MIN_LEASE_TTL`].
+pub fn parse_lease_ttl(text: Option<&str>) -> Result<Duration, ConfigError> {
+    let Some(text) = text else {
+        return Ok(DEFAULT_LEASE_TTL);
+    };
+    let ttl = parse_duration("lease-ttl", text)?;
+    if ttl < MIN_LEASE_TTL {
+        return Err(invalid(
+            "lease-ttl",
+            format!("`{text}` is below etcd's minimum lease TTL of 2s"),
+        ));
+    }
+    if ttl.subsec_nanos() != 0 {
+        return Err(invalid(
+            "lease-ttl",
+            format!("`{text}`: etcd leases are whole seconds"),
+        ));
+    }
+    Ok(ttl)
+}
+
+fn parse_cidrs(given: Vec<String>) -> Result<Vec<IpNet>, ConfigError> {
+    if given.is_empty() {
+        return Err(invalid("allowed-cidr", ALLOW_ALL_HINT));
+    }
+    given
+        .iter()
+        .map(|c| {
+            c.trim()
+                .parse::<IpNet>()
+                .map(|n| n.trunc())
+                .map_err(|_| invalid("allowed-cidr", format!("`{c}` is not a CIDR")))
+        })
+        .collect()
+}
+
+fn validate_endpoints(endpoints: Vec<String>) -> Result<Vec<String>, ConfigError> {
+    let endpoints: Vec<String> = endpoints
+        .iter()
+        .map(|e| e.trim().to_string())
+        .filter(|e| !e.is_empty())
+        .collect();
+    if endpoints.is_empty() {
+        return Err(invalid("etcd", "no endpoint given"));
+    }
+    for e in &endpoints {
+        if !(e.starts_with("http://") || e.starts_with("https://")) {
+            return Err(invalid(
+                "etcd",
+                format!("`{e}` must start with http:// or https://"),
+            ));
+        }
+    }
+    Ok(endpoints)
+}
+
+/// Check a key prefix: absolute, no trailing slash.
+pub fn validate_prefix(prefix: &str) -> Result<String, ConfigError> {
+    let trimmed = prefix.trim_end_matches('/');
+    if !trimmed.starts_with('/') || trimmed.len() < 2 {
+        return Err(invalid(
+            "prefix",
+            format!("`{prefix}` must start with / and name a key"),
+        ));
+    }
+    Ok(trimmed.to_string())
+}
+
+fn validate_node(node: &str) -> Result<String, ConfigError> {
+    let ok = !node.is_empty()
+        && node.len() <= 253
+        && !node.contains('/')
+        && !node.chars().any(|c| c.is_whitespace() || c.is_control());
+    if ok {
+        Ok(node.to_string())
+    } else {
+        Err(invalid(
+            "node",
+            format!("`{node}` is not a node name (1-253 characters, no `/` or spaces)"),
+        ))
+    }
+}
+
+/// The host name, for the default node name.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> AgentSettings {
+        AgentSettings {
+            allowed_cidr: Some(vec!["198.51.100.0/24".into()]),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn defaults_fill_what_is_not_given() {
+        let c = AgentConfig::from_settings(base(), "host-a").unwrap();
+        assert_eq!(c.etcd, vec![DEFAULT_ETCD.to_string()]);
+        assert_eq!(c.prefix, "/extip");
+        assert_eq!(c.node, "host-a");
+        assert_eq!(c.interface, "lo");
+        assert_eq!(c.lease_ttl, Duration::from_secs(5));
+        assert_eq!(c.resync, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn errors_name_the_setting() {
+        let cases: Vec<(AgentSettings, &str)> = vec![
+            (
+                AgentSettings {
+                    lease_ttl: Some("1s".into()),
+                    ..base()
+                },
+                "lease-ttl: `1s` is below etcd's minimum",
+            ),
+            (
+                AgentSettings {
+                    lease_ttl: Some("2500ms".into()),
+                    ..base()
+                },
+                "lease-ttl: `2500ms`: etcd leases are whole seconds",
+            ),
+            (
+                AgentSettings {
+                    allowed_cidr: None,
+                    ..base()
+                },
+                "allowed-cidr: no CIDR given",
+            ),
+            (
+                AgentSettings {
+                    allowed_cidr: Some(vec!["10.0.0.0/33".into()]),
+                    ..base()
+                },
+                "allowed-cidr: `10.0.0.0/33` is not a CIDR",
+            ),
+            (
+                AgentSettings {
+                    etcd: Some(vec!["127.0.0.1:2379".into()]),
+                    ..base()
+                },
+                "etcd: `127.0.0.1:2379` must start with http://",
+            ),
+            (
+                AgentSettings {
+                    prefix: Some("extip".into()),
+                    ..base()
+                },
+                "prefix:",
+            ),
+            (
+                AgentSettings {
+                    interface: Some("a very long interface".into()),
+                    ..base()
+                },
+                "interface:",
+            ),
+        ];
+        for (settings, want) in cases {
+            let err = AgentConfig::from_settings(settings, "h").unwrap_err();
+            assert!(err.to_string().starts_with(want), "{err} != {want}");
+        }
+        let err = AgentConfig::from_settings(base(), "").unwrap_err();
+        assert!(err.to_string().starts_with("node:"), "{err}");
+    }
+
+    #[test]
+    fn file_keys_match_flags_and_unknown_keys_are_named() {
+        let dir = std::env::temp_dir().join(format!("extip-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = dir.join("good.toml");
+        std::fs::write(
+            &good,
+            "etcd = [\"http://192.0.2.1:2379\"]\nlease-ttl = \"3s\"\nallowed-cidr = [\"198.51.100.0/24\"]\n",
+        )
+        .unwrap();
+        let file = AgentSettings::from_file(&good).unwrap();
+        let flags = AgentSettings {
+            lease_ttl: Some("4s".into()),
+            ..Default::default()
+        };
+        let c = AgentConfig::from_settings(flags.over(file), "h").unwrap();
+        assert_eq!(c.lease_ttl, Duration::from_secs(4));
+        assert_eq!(c.etcd, vec!["http://192.0.2.1:2379".to_string()]);
+
+        let bad = dir.join("bad.toml");
+        std::fs::write(&bad, "lease_tll = \"3s\"\n").unwrap();
+        let err = AgentSettings::from_file(&bad).unwrap_err().to_string();
+        assert!(err.contains("unknown field `lease_tll`"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,208 @@
+//! The netlink adapter: the one place where addresses are listed, added and removed.
+//!
+//! Ownership: every address extip adds carries the address protocol (`IFA_PROTO`,
+//! Linux 5.18+) [`OWNER_PROTO`]. The mark lives in the kernel next to the address, so it
+//! survives an agent restart and cannot drift from reality the way a state file can,
+//! and it works for IPv4 and IPv6 alike (IPv4 labels do not exist for IPv6). An address
+//! without the mark is never removed or changed, even when its IP is desired.
+
+use std::collections::BTreeSet;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use futures::channel::mpsc::UnboundedReceiver;
+use futures::{StreamExt, TryStreamExt};
+use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
+use rtnetlink::packet_route::link::LinkAttribute;
+use rtnetlink::{AddressMessageBuilder, Handle, MulticastGroup};
+use thiserror::Error;
+
+use crate::plan::LocalAddress;
+
+/// The `IFA_PROTO` value that marks extip's addresses: 88, ASCII `X`.
+/// iproute2 6.3+ shows it as `proto 0x58` in `ip -d addr`.
+pub const OWNER_PROTO: u8 = 88;
+
+/// Why a netlink operation failed.
+#[derive(Debug, Error)]
+pub enum NetError {
+    /// The netlink socket could not be opened.
+    #[error("cannot open netlink socket: {0}")]
+    Socket(io::Error),
+    /// No interface has this name.
+    #[error("interface {0} does not exist")]
+    NoInterface(String),
+    /// The kernel refused a request.
+    #[error("{op} {target}: {source}")]
+    Request {
+        op: &'static str,
+        target: String,
+        source: rtnetlink::Error,
+    },
+}
+
+/// A handle on the kernel's address tables.
+#[derive(Clone)]
+pub struct Netlink {
+    handle: Handle,
+}
+
+/// Notifications that some address changed on this host.
+pub struct AddressEvents {
+    messages: UnboundedReceiver<(
+        rtnetlink::packet_core::NetlinkMessage<rtnetlink::packet_route::RouteNetlinkMessage>,
+        rtnetlink::sys::SocketAddr,
+    )>,
+}
+
+impl AddressEvents {
+    /// Wait for the next address change; `None` when the socket closed.
+    pub async fn changed(&mut self) -> Option<()> {
+        self.messages.next().await.map(|_| ())
+    }
+}
+
+fn errno_kind(err: &rtnetlink::Error) -> Option<io::ErrorKind> {
+    match err {
+        rtnetlink::Error::NetlinkError(msg) => Some(msg.to_io().kind()),
+        _ => None,
+    }
+}
+
+impl Netlink {
+    /// Open a netlink socket; the connection runs on the current tokio runtime.
+    pub fn open() -> Result<Netlink, NetError> {
+        let (connection, handle, _) = rtnetlink::new_connection().map_err(NetError::Socket)?;
+        tokio::spawn(connection);
+        Ok(Netlink { handle })
+    }
+
+    /// Subscribe to IPv4 and IPv6 address changes (like `ip monitor address`).
+    pub fn address_events() -> Result<AddressEvents, NetError> {
+        let groups = [MulticastGroup::Ipv4Ifaddr, MulticastGroup::Ipv6Ifaddr];
+        let (connection, _, messages) =
+            rtnetlink::new_multicast_connection(&groups).map_err(NetError::Socket)?;
+        tokio::spawn(connection);
+        Ok(AddressEvents { messages })
+    }
+
+    /// The kernel index of the interface called `name`.
+    pub async fn interface_index(&self, name: &str) -> Result<u32, NetError> {
+        let mut links = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute();
+        match links.try_next().await {
+            Ok(Some(link)) if has_name(&link.attributes, name) => Ok(link.header.index),
+            Ok(_) => Err(NetError::NoInterface(name.to_string())),
+            Err(e) if errno_kind(&e) == Some(io::ErrorKind::NotFound) => {
+                Err(NetError::NoInterface(name.to_string()))
+            }
+            Err(source) => Err(NetError::Request {
+                op: "look up interface",
+                target: name.to_string(),
+                source,
+            }),
+        }
+    }
+
+    /// Every address on this host that carries extip's mark, on any interface.
+    pub async fn owned_addresses(&self) -> Result<BTreeSet<LocalAddress>, NetError> {
+        let dump: Vec<AddressMessage> = self
+            .handle
+            .address()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|source| NetError::Request {
+            op: "list addresses",
+            target: "all interfaces".into(),
+            source,
+        })?;
+        Ok(dump.iter().filter_map(owned_address).collect())
+    }
+
+    /// Add an address with extip's mark; an address that is already there is fine.
+    pub async fn add(&self, address: LocalAddress) -> Result<(), NetError> {
+        let mut message = build_message(address);
+        message
+            .attributes
+            .push(AddressAttribute::Protocol(OWNER_PROTO.into()));
+        if address.ip.is_ipv6() {
+            // A takeover must not wait for duplicate address detection.
+            message
+                .attributes
+                .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        }
+        let mut request = self.handle.address().add(address.ifindex, address.ip, 0);
+        *request.message_mut() = message;
+        match request.execute().await {
+            Err(e) if errno_kind(&e) == Some(io::ErrorKind::AlreadyExists) => Ok(()),
+            other => other.map_err(|source| NetError::Request {
+                op: "add address",
+                target: address.to_string(),
+                source,
+            }),
+        }
+    }
+
+    /// Remove an address; one that is already gone is fine. Call only for owned addresses.
+    pub async fn remove(&self, address: LocalAddress) -> Result<(), NetError> {
+        let request = self.handle.address().del(build_message(address));
+        match request.execute().await {
+            Err(e) if errno_kind(&e) == Some(io::ErrorKind::AddrNotAvailable) => Ok(()),
+            other => other.map_err(|source| NetError::Request {
+                op: "remove address",
+                target: address.to_string(),
+                source,
+            }),
+        }
+    }
+}
+
+fn has_name(attributes: &[LinkAttribute], name: &str) -> bool {
+    attributes
+        .iter()
+        .any(|a| matches!(a, LinkAttribute::IfName(n) if n == name))
+}
+
+fn build_message(address: LocalAddress) -> AddressMessage {
+    match address.ip {
+        IpAddr::V4(ip) => AddressMessageBuilder::<Ipv4Addr>::new()
+            .index(address.ifindex)
+            .address(ip, address.prefix_len)
+            .build(),
+        IpAddr::V6(ip) => AddressMessageBuilder::<Ipv6Addr>::new()
+            .index(address.ifindex)
+            .address(ip, address.prefix_len)
+            .build(),
+    }
+}
+
+/// The address in a dump entry, if it carries extip's mark.
+fn owned_address(message: &AddressMessage) -> Option<LocalAddress> {
+    let marked = message
+        .attributes
+        .iter()
+        .any(|a| matches!(a, AddressAttribute::Protocol(p) if u8::from(*p) == OWNER_PROTO));
+    if !marked {
+        return None;
+    }
+    // IFA_LOCAL is the address itself; IFA_ADDRESS is the peer on point-to-point links.
+    let local = message.attributes.iter().find_map(|a| match a {
+        AddressAttribute::Local(ip) => Some(*ip),
+        _ => None,
+    });
+    let address = message.attributes.iter().find_map(|a| match a {
+        AddressAttribute::Address(ip) => Some(*ip),
+        _ => None,
+    });
+    Some(LocalAddress {
+        ifindex: message.header.index,
+        ip: local.or(address)?,
+        prefix_len: message.header.prefix_len,
+    })
+}

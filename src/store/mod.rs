@@ -1,0 +1,404 @@
+//! The etcd adapter: one connection to one endpoint, leases, paged lists, watches, txns.
+//!
+//! The client talks to a single endpoint at a time and the caller rotates on failure:
+//! a dead member in a balanced channel made a share of requests fail, while one
+//! endpoint at a time with a timeout on every call never stalls on a dead member.
+
+use std::future::Future;
+use std::time::Duration;
+
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions,
+    LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn, TxnOp, WatchOptions, WatchStream,
+};
+use thiserror::Error;
+
+/// Keys per page when listing: bounds the size of one response.
+const LIST_PAGE: i64 = 500;
+/// Largest response accepted; values are at most 1.5 MiB in etcd, pages hold 500 keys.
+const MAX_MESSAGE_BYTES: usize = 1024 * 1024 * 1024;
+
+/// Why an etcd operation failed.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// No endpoint in the list answered.
+    #[error("no etcd endpoint answered (tried {tried}): {last}")]
+    Unreachable { tried: String, last: String },
+    /// One request failed.
+    #[error("etcd {op} failed: {source}")]
+    Request {
+        op: &'static str,
+        source: etcd_client::Error,
+    },
+    /// One request took longer than the request timeout.
+    #[error("etcd {op} timed out after {0:?}", .timeout)]
+    Timeout { op: &'static str, timeout: Duration },
+    /// A stream (watch or keepalive) ended or was cancelled by the server.
+    #[error("etcd {op} stream ended: {reason}")]
+    StreamEnded { op: &'static str, reason: String },
+    /// The watch start revision was compacted away.
+    #[error("etcd watch start revision compacted (oldest is {0})")]
+    Compacted(i64),
+}
+
+/// One key-value pair, decoupled from the client library.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawKv {
+    /// The key as text (non-UTF-8 bytes replaced).
+    pub key: String,
+    /// The value bytes.
+    pub value: Vec<u8>,
+    /// Lease the key hangs on, 0 for none.
+    pub lease: i64,
+    /// Revision of the last change.
+    pub mod_revision: i64,
+}
+
+impl From<&etcd_client::KeyValue> for RawKv {
+    fn from(kv: &etcd_client::KeyValue) -> Self {
+        RawKv {
+            key: String::from_utf8_lossy(kv.key()).into_owned(),
+            value: kv.value().to_vec(),
+            lease: kv.lease(),
+            mod_revision: kv.mod_revision(),
+        }
+    }
+}
+
+/// A consistent list of a prefix at one revision.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// The store revision the list was taken at.
+    pub revision: i64,
+    /// Every key under the prefix.
+    pub kvs: Vec<RawKv>,
+}
+
+/// A change seen by a watch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Created or updated.
+    Put(RawKv),
+    /// Deleted (by a client or by lease expiry) at `revision`.
+    Delete { key: String, revision: i64 },
+}
+
+/// The result of a create-if-absent transaction.
+#[derive(Debug, Clone)]
+pub struct CreateOutcome {
+    /// Whether this call created the key.
+    pub created: bool,
+    /// Store revision after the transaction.
+    pub revision: i64,
+    /// The key as it is now, when someone else holds it.
+    pub existing: Option<RawKv>,
+}
+
+/// A connection to one etcd endpoint.
+pub struct Store {
+    client: Client,
+    endpoint: String,
+    timeout: Duration,
+}
+
+fn end_of_prefix(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+impl Store {
+    /// Connect to the first endpoint that answers, starting at `start`; returns its index.
+    pub async fn connect_any(
+        endpoints: &[String],
+        start: usize,
+        timeout: Duration,
+    ) -> Result<(Store, usize), StoreError> {
+        let mut last = String::from("no endpoint");
+        for i in 0..endpoints.len() {
+            let idx = (start + i) % endpoints.len();
+            match Store::connect(&endpoints[idx], timeout).await {
+                Ok(store) => return Ok((store, idx)),
+                Err(e) => last = format!("{}: {e}", endpoints[idx]),
+            }
+        }
+        Err(StoreError::Unreachable {
+            tried: endpoints.join(","),
+            last,
+        })
+    }
+
+    /// Connect to one endpoint and check it serves linearizable reads (has a leader).
+    pub async fn connect(endpoint: &str, timeout: Duration) -> Result<Store, StoreError> {
+        let options = ConnectOptions::new()
+            .with_connect_timeout(timeout)
+            .with_keep_alive(Duration::from_secs(10), timeout)
+            .with_require_leader(true);
+        let connect = Client::connect([endpoint], Some(options));
+        let client = within(timeout, "connect", connect).await?;
+        let store = Store {
+            client,
+            endpoint: endpoint.to_string(),
+            timeout,
+        };
+        let probe = GetOptions::new().with_count_only();
+        let mut kv = store.client.kv_client();
+        within(timeout, "connect", kv.get("/", Some(probe))).await?;
+        Ok(store)
+    }
+
+    /// The endpoint this connection talks to.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// Grant a lease of `ttl` seconds.
+    pub async fn grant(&mut self, ttl: i64) -> Result<i64, StoreError> {
+        let resp = within(
+            self.timeout,
+            "lease grant",
+            self.client.lease_grant(ttl, None),
+        )
+        .await?;
+        Ok(resp.id())
+    }
+
+    /// Open a keepalive stream for `lease`.
+    pub async fn keep_alive(&mut self, lease: i64) -> Result<LeaseKeepAlive, StoreError> {
+        let (keeper, stream) = within(
+            self.timeout,
+            "lease keepalive",
+            self.client.lease_keep_alive(lease),
+        )
+        .await?;
+        Ok(LeaseKeepAlive { keeper, stream })
+    }
+
+    /// Revoke `lease`: every key on it is deleted at once.
+    pub async fn revoke(&mut self, lease: i64) -> Result<(), StoreError> {
+        within(
+            self.timeout,
+            "lease revoke",
+            self.client.lease_revoke(lease),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// List every key under `prefix` at one revision, page by page.
+    pub async fn list(&mut self, prefix: &str) -> Result<Snapshot, StoreError> {
+        let end = end_of_prefix(prefix);
+        let mut kv = self
+            .client
+            .kv_client()
+            .max_decoding_message_size(MAX_MESSAGE_BYTES);
+        let mut from = prefix.as_bytes().to_vec();
+        let mut revision = 0;
+        let mut kvs = Vec::new();
+        loop {
+            let mut options = GetOptions::new()
+                .with_range(end.clone())
+                .with_limit(LIST_PAGE);
+            if revision > 0 {
+                options = options.with_revision(revision);
+            }
+            let resp = within(self.timeout, "list", kv.get(from.clone(), Some(options))).await?;
+            if revision == 0 {
+                revision = resp.header().map_or(0, |h| h.revision());
+            }
+            kvs.extend(resp.kvs().iter().map(RawKv::from));
+            match resp.kvs().last() {
+                Some(last) if resp.more() => {
+                    from = last.key().to_vec();
+                    from.push(0);
+                }
+                _ => break,
+            }
+        }
+        Ok(Snapshot { revision, kvs })
+    }
+
+    /// Watch `prefix` from `revision` (inclusive).
+    pub async fn watch(&mut self, prefix: &str, revision: i64) -> Result<Watch, StoreError> {
+        let options = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(revision);
+        let mut client = self
+            .client
+            .watch_client()
+            .max_decoding_message_size(MAX_MESSAGE_BYTES);
+        let stream = within(self.timeout, "watch", client.watch(prefix, Some(options))).await?;
+        Ok(Watch { stream })
+    }
+
+    /// Create `key` with `value` on `lease` only if it does not exist.
+    pub async fn create_if_absent(
+        &mut self,
+        key: &str,
+        value: &[u8],
+        lease: i64,
+    ) -> Result<CreateOutcome, StoreError> {
+        let txn = Txn::new()
+            .when([Compare::create_revision(key, CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(
+                key,
+                value,
+                Some(PutOptions::new().with_lease(lease)),
+            )])
+            .or_else([TxnOp::get(key, None)]);
+        let resp = within(self.timeout, "claim txn", self.client.txn(txn)).await?;
+        let revision = resp.header().map_or(0, |h| h.revision());
+        let existing = resp.op_responses().into_iter().find_map(|r| match r {
+            etcd_client::TxnOpResponse::Get(g) => g.kvs().first().map(RawKv::from),
+            _ => None,
+        });
+        Ok(CreateOutcome {
+            created: resp.succeeded(),
+            revision,
+            existing,
+        })
+    }
+
+    /// Delete `key` only while it hangs on `lease`; true when deleted.
+    pub async fn delete_if_lease(&mut self, key: &str, lease: i64) -> Result<bool, StoreError> {
+        let txn = Txn::new()
+            .when([Compare::lease(key, CompareOp::Equal, lease)])
+            .and_then([TxnOp::delete(key, None)]);
+        let resp = within(self.timeout, "release txn", self.client.txn(txn)).await?;
+        Ok(resp.succeeded())
+    }
+
+    /// Put `key`, on `lease` when given.
+    pub async fn put(
+        &mut self,
+        key: &str,
+        value: &[u8],
+        lease: Option<i64>,
+    ) -> Result<(), StoreError> {
+        let options = lease.map(|l| PutOptions::new().with_lease(l));
+        within(self.timeout, "put", self.client.put(key, value, options)).await?;
+        Ok(())
+    }
+
+    /// Delete `key`; true when it existed.
+    pub async fn delete(&mut self, key: &str) -> Result<bool, StoreError> {
+        let resp = within(
+            self.timeout,
+            "delete",
+            self.client.delete(key, None::<DeleteOptions>),
+        )
+        .await?;
+        Ok(resp.deleted() > 0)
+    }
+}
+
+async fn within<T>(
+    timeout: Duration,
+    op: &'static str,
+    fut: impl Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(source)) => Err(StoreError::Request { op, source }),
+        Err(_) => Err(StoreError::Timeout { op, timeout }),
+    }
+}
+
+/// A lease keepalive stream: send a request, read the TTL etcd granted.
+pub struct LeaseKeepAlive {
+    keeper: LeaseKeeper,
+    stream: LeaseKeepAliveStream,
+}
+
+impl LeaseKeepAlive {
+    /// Ask etcd to renew the lease.
+    pub async fn send(&mut self) -> Result<(), StoreError> {
+        self.keeper
+            .keep_alive()
+            .await
+            .map_err(|source| StoreError::Request {
+                op: "lease keepalive",
+                source,
+            })
+    }
+
+    /// The next renewal answer: the TTL in seconds, 0 when the lease is gone.
+    pub async fn recv(&mut self) -> Result<i64, StoreError> {
+        match self.stream.message().await {
+            Ok(Some(resp)) => Ok(resp.ttl()),
+            Ok(None) => Err(StoreError::StreamEnded {
+                op: "lease keepalive",
+                reason: "closed by server".into(),
+            }),
+            Err(source) => Err(StoreError::Request {
+                op: "lease keepalive",
+                source,
+            }),
+        }
+    }
+}
+
+/// A watch on a prefix.
+pub struct Watch {
+    stream: WatchStream,
+}
+
+impl Watch {
+    /// The next batch of changes; empty for progress and creation notices.
+    pub async fn next(&mut self) -> Result<(i64, Vec<Change>), StoreError> {
+        let resp = match self.stream.message().await {
+            Ok(Some(resp)) => resp,
+            Ok(None) => {
+                return Err(StoreError::StreamEnded {
+                    op: "watch",
+                    reason: "closed by server".into(),
+                })
+            }
+            Err(source) => {
+                return Err(StoreError::Request {
+                    op: "watch",
+                    source,
+                })
+            }
+        };
+        if resp.compact_revision() > 0 {
+            return Err(StoreError::Compacted(resp.compact_revision()));
+        }
+        if resp.canceled() {
+            return Err(StoreError::StreamEnded {
+                op: "watch",
+                reason: resp.cancel_reason().to_string(),
+            });
+        }
+        let revision = resp.header().map_or(0, |h| h.revision());
+        let changes = resp
+            .events()
+            .iter()
+            .filter_map(|ev| {
+                let kv = ev.kv()?;
+                Some(match ev.event_type() {
+                    EventType::Put => Change::Put(RawKv::from(kv)),
+                    EventType::Delete => Change::Delete {
+                        key: String::from_utf8_lossy(kv.key()).into_owned(),
+                        revision: kv.mod_revision(),
+                    },
+                })
+            })
+            .collect();
+        Ok((revision, changes))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn prefix_end_is_the_next_key_after_every_key_under_it() {
+        assert_eq!(super::end_of_prefix("/extip/"), b"/extip0".to_vec());
+        assert_eq!(super::end_of_prefix("a\u{7f}"), b"b".to_vec());
+    }
+}
