@@ -1,0 +1,477 @@
+//! The lab: hosts as network namespaces on one bridge, a real etcd, real agents.
+//!
+//! Everything lives in namespaces named `extip-lab-<pid>-<n>-…`: a switch namespace
+//! holds the bridge, etcd has its own namespace, each host has `eth0` on the bridge.
+//! Nothing is attached to the root namespace, so lab traffic cannot leave the machine.
+//! Results are read with `ip -j` and `etcdctl`, never with extip's own code.
+//! `Drop` kills every process and deletes every namespace, also when a test panics;
+//! leftovers of a killed test run are removed by the next run.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+pub mod monitor;
+
+const NAME_PREFIX: &str = "extip-lab-";
+/// etcd's address on the lab bridge.
+pub const ETCD_ADDR: &str = "192.0.2.250";
+/// The extip binary under test.
+pub const EXTIP: &str = env!("CARGO_BIN_EXE_extip");
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+/// Labs run one at a time: failover timings on a 2-core machine need the CPU.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// One host namespace and its agent.
+pub struct Host {
+    /// Node name given to its agent: h1, h2, …
+    pub name: String,
+    /// Namespace name.
+    pub ns: String,
+    /// Its bridge port in the switch namespace.
+    port: String,
+    agent: Option<Child>,
+    runs: usize,
+}
+
+/// A running lab; dropped, it leaves nothing behind.
+pub struct Lab {
+    name: String,
+    dir: PathBuf,
+    switch: String,
+    etcd_ns: String,
+    etcd: Option<Child>,
+    /// The hosts, index 0 is h1.
+    pub hosts: Vec<Host>,
+    _serial: MutexGuard<'static, ()>,
+}
+
+/// Run a command, panic with its stderr when it fails; returns stdout.
+pub fn run(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn require_root() {
+    let uid = run("id", &["-u"]);
+    assert_eq!(
+        uid.trim(),
+        "0",
+        "lab tests need root for network namespaces: run `scripts/test` as root"
+    );
+    for tool in ["ip", "etcd", "etcdctl"] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        assert!(
+            found,
+            "lab tests need `{tool}`: run `scripts/test`, which installs it"
+        );
+    }
+}
+
+/// Delete namespaces and kill processes left by lab runs whose process is gone.
+fn remove_stale_labs() {
+    for line in run("ip", &["netns", "list"]).lines() {
+        let ns = line.split_whitespace().next().unwrap_or("");
+        let Some(rest) = ns.strip_prefix(NAME_PREFIX) else {
+            continue;
+        };
+        let pid = rest.split('-').next().unwrap_or("");
+        if PathBuf::from(format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        kill_namespace(ns);
+    }
+    let Ok(dirs) = std::fs::read_dir("/dev/shm") else {
+        return;
+    };
+    for dir in dirs.flatten() {
+        let name = dir.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix(NAME_PREFIX) else {
+            continue;
+        };
+        let pid = rest.split('-').next().unwrap_or("");
+        if !PathBuf::from(format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(dir.path());
+        }
+    }
+}
+
+fn kill_namespace(ns: &str) {
+    if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
+        for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            let _ = Command::new("kill").args(["-KILL", pid]).status();
+        }
+    }
+    let _ = Command::new("ip").args(["netns", "del", ns]).status();
+}
+
+impl Lab {
+    /// A lab with `hosts` host namespaces and a running single-member etcd.
+    pub fn new(hosts: usize) -> Lab {
+        require_root();
+        let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        remove_stale_labs();
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let name = format!("{NAME_PREFIX}{}-{n}", std::process::id());
+        // tmpfs: etcd's fsync then costs nothing, keeping timings about extip.
+        let dir = PathBuf::from(format!("/dev/shm/{name}"));
+        std::fs::create_dir_all(&dir).expect("lab dir");
+        let mut lab = Lab {
+            switch: format!("{name}-sw"),
+            etcd_ns: format!("{name}-etcd"),
+            name,
+            dir,
+            etcd: None,
+            hosts: Vec::new(),
+            _serial: serial,
+        };
+        lab.build_switch();
+        lab.attach("etcd", &lab.etcd_ns.clone(), ETCD_ADDR);
+        for i in 1..=hosts {
+            let ns = format!("{}-h{i}", lab.name);
+            lab.attach(&format!("p{i}"), &ns, &format!("192.0.2.{i}"));
+            lab.hosts.push(Host {
+                name: format!("h{i}"),
+                ns,
+                port: format!("p{i}"),
+                agent: None,
+                runs: 0,
+            });
+        }
+        lab.start_etcd();
+        lab
+    }
+
+    fn build_switch(&self) {
+        run("ip", &["netns", "add", &self.switch]);
+        let sw = self.switch.as_str();
+        run("ip", &["-n", sw, "link", "add", "br0", "type", "bridge"]);
+        run("ip", &["-n", sw, "link", "set", "br0", "up"]);
+    }
+
+    /// A namespace with `lo` up and `eth0` on the bridge through port `port`.
+    fn attach(&self, port: &str, ns: &str, addr: &str) {
+        let sw = self.switch.as_str();
+        run("ip", &["netns", "add", ns]);
+        run("ip", &["-n", ns, "link", "set", "lo", "up"]);
+        run(
+            "ip",
+            &[
+                "-n", sw, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns,
+            ],
+        );
+        run(
+            "ip",
+            &["-n", sw, "link", "set", port, "master", "br0", "up"],
+        );
+        run(
+            "ip",
+            &[
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{addr}/24"),
+                "dev",
+                "eth0",
+            ],
+        );
+        run("ip", &["-n", ns, "link", "set", "eth0", "up"]);
+    }
+
+    fn start_etcd(&mut self) {
+        let data = self.dir.join("etcd-data");
+        let log = std::fs::File::create(self.dir.join("etcd.log")).expect("etcd log");
+        let client = format!("http://{ETCD_ADDR}:2379");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.etcd_ns, "etcd", "--name", "lab"])
+            .arg("--data-dir")
+            .arg(&data)
+            .args([
+                "--listen-client-urls",
+                &format!("{client},http://127.0.0.1:2379"),
+            ])
+            .args(["--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", "http://127.0.0.1:2380"])
+            .args(["--initial-advertise-peer-urls", "http://127.0.0.1:2380"])
+            .args(["--initial-cluster", "lab=http://127.0.0.1:2380"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start etcd");
+        self.etcd = Some(child);
+        let ready = wait_for(Duration::from_secs(15), || {
+            self.etcdctl(&["endpoint", "health"]).is_ok()
+        });
+        assert!(
+            ready.is_some(),
+            "etcd did not become healthy: {}",
+            self.file("etcd.log")
+        );
+    }
+
+    /// The client URL agents use.
+    pub fn etcd_url(&self) -> String {
+        format!("http://{ETCD_ADDR}:2379")
+    }
+
+    /// Run etcdctl (API v3) inside etcd's namespace.
+    pub fn etcdctl(&self, args: &[&str]) -> Result<String, String> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.etcd_ns, "etcdctl"])
+            .args([
+                "--endpoints",
+                "http://127.0.0.1:2379",
+                "--command-timeout",
+                "5s",
+            ])
+            .args(args)
+            .env("ETCDCTL_API", "3")
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    /// `etcdctl put`.
+    pub fn put(&self, key: &str, value: &str) {
+        self.etcdctl(&["put", key, "--", value])
+            .expect("etcdctl put");
+    }
+
+    /// `etcdctl put` with the value on standard input (for values too big for argv).
+    pub fn put_stdin(&self, key: &str, value: &[u8]) {
+        use std::io::Write;
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.etcd_ns, "etcdctl"])
+            .args(["--endpoints", "http://127.0.0.1:2379", "put", key])
+            .env("ETCDCTL_API", "3")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("etcdctl");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(value)
+            .expect("write value");
+        assert!(
+            child.wait().expect("etcdctl").success(),
+            "etcdctl put {key} failed"
+        );
+    }
+
+    /// `etcdctl del`.
+    pub fn del(&self, key: &str) {
+        self.etcdctl(&["del", key]).expect("etcdctl del");
+    }
+
+    /// The value of `key`, if it exists.
+    pub fn get(&self, key: &str) -> Option<String> {
+        let out = self
+            .etcdctl(&["get", "--print-value-only", key])
+            .expect("etcdctl get");
+        let value = out.trim_end_matches('\n');
+        (!value.is_empty()).then(|| value.to_string())
+    }
+
+    /// Start host `i`'s agent with the acceptance settings; flags in `extra` replace them.
+    pub fn start_agent(&mut self, i: usize, extra: &[&str]) {
+        let url = self.etcd_url();
+        let defaults = [
+            ("--etcd", url.as_str()),
+            ("--node", self.hosts[i].name.as_str()),
+            ("--interface", "lo"),
+            ("--lease-ttl", "2s"),
+            ("--allowed-cidr", "198.51.100.0/24"),
+        ];
+        let mut args: Vec<String> = Vec::new();
+        for (flag, value) in defaults {
+            if !extra.contains(&flag) {
+                args.extend([flag.to_string(), value.to_string()]);
+            }
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        self.start_agent_raw(i, &args);
+    }
+
+    /// Start host `i`'s agent with exactly `args` after `extip agent`.
+    pub fn start_agent_raw(&mut self, i: usize, args: &[String]) {
+        assert!(self.hosts[i].agent.is_none(), "agent {i} already running");
+        self.hosts[i].runs += 1;
+        let log_path = self
+            .dir
+            .join(format!("{}.{}.log", self.hosts[i].name, self.hosts[i].runs));
+        let log = std::fs::File::create(&log_path).expect("agent log");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.hosts[i].ns, EXTIP, "agent"])
+            .args(args)
+            .env("EXTIP_LOG", "info")
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start agent");
+        self.hosts[i].agent = Some(child);
+    }
+
+    /// Start every host's agent with the acceptance settings.
+    pub fn start_all(&mut self) {
+        for i in 0..self.hosts.len() {
+            self.start_agent(i, &[]);
+        }
+    }
+
+    /// Send `signal` (e.g. "KILL", "TERM") to host `i`'s agent.
+    pub fn signal(&self, i: usize, signal: &str) {
+        let child = self.hosts[i].agent.as_ref().expect("agent running");
+        run("kill", &[&format!("-{signal}"), &child.id().to_string()]);
+    }
+
+    /// Wait up to `timeout` for host `i`'s agent to exit; its exit code.
+    pub fn wait_exit(&mut self, i: usize, timeout: Duration) -> Option<i32> {
+        let child = self.hosts[i].agent.as_mut().expect("agent running");
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                self.hosts[i].agent = None;
+                return Some(status.code().unwrap_or(-1));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        None
+    }
+
+    /// SIGKILL host `i`'s agent and reap it.
+    pub fn kill(&mut self, i: usize) {
+        self.signal(i, "KILL");
+        self.wait_exit(i, Duration::from_secs(5))
+            .expect("killed agent exits");
+    }
+
+    /// Take host `i` off the bridge (its link to etcd and everyone else).
+    pub fn cut(&self, i: usize) {
+        run(
+            "ip",
+            &[
+                "-n",
+                &self.switch,
+                "link",
+                "set",
+                &self.hosts[i].port,
+                "down",
+            ],
+        );
+    }
+
+    /// Put host `i` back on the bridge.
+    pub fn reconnect(&self, i: usize) {
+        run(
+            "ip",
+            &["-n", &self.switch, "link", "set", &self.hosts[i].port, "up"],
+        );
+    }
+
+    /// Addresses (`ip/len`) on `dev` in host `i`, read with `ip -j addr`.
+    pub fn addresses(&self, i: usize, dev: &str) -> Vec<String> {
+        monitor::addresses(&self.hosts[i].ns, dev)
+    }
+
+    /// Hosts with `ip` (any mask) on `lo`.
+    pub fn holders(&self, ip: &str) -> Vec<usize> {
+        (0..self.hosts.len())
+            .filter(|&i| monitor::has_ip(&self.addresses(i, "lo"), ip))
+            .collect()
+    }
+
+    /// Namespace names of the given hosts, for a monitor thread.
+    pub fn namespaces(&self, hosts: &[usize]) -> Vec<String> {
+        hosts.iter().map(|&i| self.hosts[i].ns.clone()).collect()
+    }
+
+    /// Run `args` inside host `i`'s namespace.
+    pub fn exec(&self, i: usize, args: &[&str]) -> String {
+        let mut full = vec!["netns", "exec", self.hosts[i].ns.as_str()];
+        full.extend_from_slice(args);
+        run("ip", &full)
+    }
+
+    /// Every log of host `i`'s agent runs, concatenated.
+    pub fn agent_log(&self, i: usize) -> String {
+        (1..=self.hosts[i].runs)
+            .map(|r| self.file(&format!("{}.{r}.log", self.hosts[i].name)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    fn file(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.join(name)).unwrap_or_default()
+    }
+}
+
+/// Poll `check` every 5 ms until it holds; the time it took, or `None` after `timeout`.
+pub fn wait_for(timeout: Duration, mut check: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    loop {
+        if check() {
+            return Some(start.elapsed());
+        }
+        if start.elapsed() > timeout {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for i in 0..self.hosts.len() {
+                eprintln!(
+                    "---- log of {} ----\n{}",
+                    self.hosts[i].name,
+                    self.agent_log(i)
+                );
+            }
+        }
+        for host in &mut self.hosts {
+            if let Some(mut child) = host.agent.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        if let Some(mut etcd) = self.etcd.take() {
+            let _ = etcd.kill();
+            let _ = etcd.wait();
+        }
+        for host in &self.hosts {
+            kill_namespace(&host.ns);
+        }
+        kill_namespace(&self.etcd_ns);
+        kill_namespace(&self.switch);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A flag shared with monitor threads.
+pub type Shared<T> = Arc<Mutex<T>>;
