@@ -327,6 +327,14 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_config_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/agent.example.toml");
+        let settings = AgentSettings::from_file(&path).unwrap();
+        let c = AgentConfig::from_settings(settings, "h").unwrap();
+        assert_eq!(c.allowed.len(), 2);
+    }
+
+    #[test]
     fn file_keys_match_flags_and_unknown_keys_are_named() {
         let dir = std::env::temp_dir().join(format!("extip-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
