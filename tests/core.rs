@@ -257,3 +257,34 @@ fn the_overlap_monitor_catches_an_ip_on_two_hosts() {
         "monitor missed a real overlap: {report:?}"
     );
 }
+
+#[test]
+fn a_changed_mask_is_applied_and_ipv6_works_the_same() {
+    let mut lab = Lab::new(2);
+    for i in 0..2 {
+        lab.start_agent(i, &["--allowed-cidr", "198.51.100.0/24,2001:db8::/32"]);
+    }
+    lab.put(&format!("/extip/ips/{VIP}"), "{}");
+    let (holder, _) = wait_single_holder(&lab, VIP, Duration::from_secs(2));
+    lab.put(&format!("/extip/ips/{VIP}"), r#"{"prefix_len":24}"#);
+    let changed = wait_for(Duration::from_secs(1), || {
+        let a = lab.addresses(holder, "lo");
+        a.contains(&format!("{VIP}/24")) && !a.contains(&format!("{VIP}/32"))
+    });
+    assert!(
+        changed.is_some(),
+        "mask not applied: {:?}",
+        lab.addresses(holder, "lo")
+    );
+    assert_eq!(lab.holders(VIP), vec![holder], "the change moved the IP");
+
+    let v6 = "2001:db8:5::10";
+    lab.put(&format!("/extip/ips/{v6}"), "{}");
+    let (holder6, _) = wait_single_holder(&lab, v6, Duration::from_secs(2));
+    assert!(lab.addresses(holder6, "lo").contains(&format!("{v6}/128")));
+    lab.signal(holder6, "TERM");
+    let moved = wait_for(Duration::from_secs(1), || {
+        lab.holders(v6) == vec![1 - holder6]
+    });
+    assert!(moved.is_some(), "IPv6 did not move: {:?}", lab.holders(v6));
+}
