@@ -70,6 +70,11 @@ impl LeaseDeadline {
         self.in_flight.clear();
     }
 
+    /// The earliest moment etcd may expire the lease, if known.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
     /// When addresses must be gone unless the lease is renewed first.
     pub fn fence_at(&self) -> Option<Instant> {
         self.deadline
@@ -92,9 +97,40 @@ pub fn fence_margin(ttl: Duration) -> Duration {
     (ttl / 4).max(Duration::from_millis(500))
 }
 
-/// How often to send keepalives: three chances per TTL.
+/// How often to send keepalives: a sixth of the TTL, between 250 ms and 1 s, so that
+/// the deadline always stays far enough ahead to give addresses a kernel lifetime.
 pub fn keepalive_interval(ttl: Duration) -> Duration {
-    ttl / 3
+    (ttl / 6).clamp(Duration::from_millis(250), Duration::from_secs(1))
+}
+
+/// How late the kernel may remove an expired address: it checks lifetimes in whole
+/// seconds, at least a second apart, with up to 250 ms of timer slack.
+pub const KERNEL_EXPIRY_SLACK: Duration = Duration::from_millis(1300);
+
+/// The smallest TTL for which exclusive addresses can carry a kernel lifetime: below
+/// it, `deadline - now - slack` can fall under one whole second between keepalives.
+pub const MIN_TTL_FOR_LIFETIMES: Duration = Duration::from_secs(3);
+
+/// The valid lifetime (whole seconds) that makes the kernel remove an address before
+/// etcd may expire the lease; `None` when the deadline is too close for one second.
+pub fn address_lifetime(deadline: Option<Instant>, now: Instant) -> Option<u32> {
+    let left = deadline?.checked_duration_since(now)?;
+    let secs = left.checked_sub(KERNEL_EXPIRY_SLACK)?.as_secs();
+    (secs >= 1).then(|| u32::try_from(secs).unwrap_or(u32::MAX))
+}
+
+/// Whether an address should get the new lifetime `new` (whole seconds), given the
+/// `valid_left` the kernel reports and the keepalive `interval` until the next chance.
+/// The kernel reports `lifetime - floor(age)`, so up to a second less may be left.
+/// Refresh once half is used up, or when it could run out before the next chance:
+/// this schedule, not every keepalive, bounds the cost for hosts with many addresses.
+pub fn needs_refresh(valid_left: Option<u32>, new: u32, interval: Duration) -> bool {
+    let Some(left) = valid_left else {
+        return true;
+    };
+    let worst = left.saturating_sub(1);
+    let next_chance = interval + Duration::from_millis(500);
+    new > worst && (worst * 2 < new || Duration::from_secs(worst.into()) < next_chance)
 }
 
 #[cfg(test)]
@@ -114,6 +150,46 @@ mod tests {
         clock.sent(t0 + Duration::from_secs(1));
         assert_eq!(clock.answered(2), Renewal::Renewed);
         assert_eq!(clock.fence_at(), Some(t0 + Duration::from_millis(2500)));
+    }
+
+    #[test]
+    fn lifetimes_end_before_the_deadline_and_are_refreshed_at_half_use() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        assert_eq!(address_lifetime(Some(at(3000)), t0), Some(1));
+        assert_eq!(address_lifetime(Some(at(2299)), t0), None);
+        assert_eq!(address_lifetime(Some(at(30_000)), t0), Some(28));
+        assert_eq!(address_lifetime(None, t0), None);
+        assert_eq!(address_lifetime(Some(t0), at(1)), None);
+        let second = Duration::from_secs(1);
+        // TTL 3s: a one-second lifetime is renewed at every keepalive.
+        assert!(needs_refresh(Some(1), 1, Duration::from_millis(500)));
+        assert!(needs_refresh(Some(0), 1, Duration::from_millis(500)));
+        // TTL 30s: a 28 s lifetime is renewed once about half is gone.
+        assert!(!needs_refresh(Some(28), 28, second));
+        assert!(!needs_refresh(Some(15), 28, second));
+        assert!(needs_refresh(Some(14), 28, second));
+        assert!(!needs_refresh(Some(5), 3, second), "never shortened");
+        assert!(
+            needs_refresh(None, 5, second),
+            "a forever address becomes finite"
+        );
+    }
+
+    #[test]
+    fn every_ttl_from_the_minimum_keeps_a_lifetime_between_keepalives() {
+        for secs in 3..=60 {
+            let ttl = Duration::from_secs(secs);
+            let t0 = Instant::now();
+            // Worst case between two answered keepalives: one interval plus a slow answer.
+            let late = t0 + keepalive_interval(ttl) + Duration::from_millis(100);
+            let lft = address_lifetime(Some(t0 + ttl), late);
+            assert!(lft.is_some(), "ttl {secs}s leaves no lifetime");
+            assert!(Duration::from_secs(lft.unwrap().into()) > keepalive_interval(ttl));
+        }
+        let ttl = Duration::from_secs(2);
+        let late = Instant::now() + keepalive_interval(ttl);
+        assert_eq!(address_lifetime(Some(Instant::now() + ttl), late), None);
     }
 
     #[test]

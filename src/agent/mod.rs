@@ -22,7 +22,10 @@ use crate::net::{AddressEvents, Netlink};
 use crate::plan::Ineligible;
 use crate::store::{LeaseKeepAlive, Store, StoreError, Watch};
 
-pub use lease::{fence_margin, keepalive_interval, LeaseDeadline, Renewal};
+pub use lease::{
+    address_lifetime, fence_margin, keepalive_interval, needs_refresh, LeaseDeadline, Renewal,
+    KERNEL_EXPIRY_SLACK, MIN_TTL_FOR_LIFETIMES,
+};
 pub use view::ClusterView;
 
 /// A working connection: the store, the lease keepalive stream and the prefix watch.
@@ -51,6 +54,8 @@ pub struct Agent {
     clock: LeaseDeadline,
     /// True once addresses were dropped for a passed deadline, until a renewal.
     fenced: bool,
+    /// Whether exclusive addresses carry kernel lifetimes (TTL large enough).
+    lifetimes: bool,
     ineligible: HashMap<IpAddr, Ineligible>,
     endpoint: usize,
     started: String,
@@ -111,6 +116,14 @@ async fn sleep_until_some(at: Option<Instant>) {
 
 impl Agent {
     fn new(cfg: AgentConfig, net: Netlink, ifindex: u32) -> Self {
+        if cfg.lease_ttl < MIN_TTL_FOR_LIFETIMES {
+            warn!(
+                lease_ttl = ?cfg.lease_ttl,
+                "below 3s, exclusive addresses get no kernel lifetime: a frozen or killed \
+                 agent keeps them until it runs again"
+            );
+        }
+        let lifetimes = cfg.lease_ttl >= MIN_TTL_FOR_LIFETIMES;
         Agent {
             keys: Keys::new(&cfg.prefix),
             view: ClusterView::new(Keys::new(&cfg.prefix)),
@@ -120,6 +133,7 @@ impl Agent {
             ifindex,
             lease: None,
             fenced: false,
+            lifetimes,
             ineligible: HashMap::new(),
             endpoint: 0,
             started: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
@@ -265,7 +279,10 @@ impl Agent {
                     true
                 }).map_err(|e| e.to_string()),
                 r = conn.keepalive.recv() => match r.map(|ttl| self.clock.answered(ttl)) {
-                    Ok(Renewal::Renewed) => Ok(false),
+                    Ok(Renewal::Renewed) => {
+                        self.refresh_lifetimes().await;
+                        Ok(false)
+                    }
                     Ok(Renewal::Expired) => {
                         self.lease_lost().await;
                         Err("lease expired".into())

@@ -1,12 +1,14 @@
 //! Turning plans into netlink and etcd calls.
 
+use std::net::IpAddr;
 use std::time::{Instant, SystemTime};
 
 use tracing::{error, info, warn};
 
+use super::lease::{address_lifetime, keepalive_interval, needs_refresh};
 use super::Agent;
-use crate::model::ClaimValue;
-use crate::plan::{eligibility, plan, Action, Holder, Me, Mode, World};
+use crate::model::{ClaimValue, Replicas};
+use crate::plan::{eligibility, plan, Action, Holder, LocalAddress, Me, Mode, World};
 use crate::store::{Store, StoreError};
 
 /// Plan and execute at most this many times per wake-up: claim then add needs two,
@@ -35,7 +37,7 @@ impl Agent {
 
     /// Remove every address this agent added, without touching etcd.
     pub(super) async fn drop_addresses(&mut self, why: &str) {
-        let owned = match self.net.owned_addresses().await {
+        let owned = match self.net.owned_set().await {
             Ok(owned) => owned,
             Err(e) => return error!(error = %e, "cannot list addresses to drop them"),
         };
@@ -61,7 +63,7 @@ impl Agent {
     ) -> Result<(), StoreError> {
         self.report_ineligible();
         for _ in 0..MAX_ROUNDS {
-            let owned = match self.net.owned_addresses().await {
+            let owned = match self.net.owned_set().await {
                 Ok(owned) => owned,
                 Err(e) => {
                     error!(error = %e, "cannot list addresses; retrying at the next event");
@@ -91,10 +93,7 @@ impl Agent {
     ) -> Result<(), StoreError> {
         match action {
             Action::RemoveAddress(a) => self.remove_address(a, "not held").await,
-            Action::AddAddress(a) => match self.net.add(a).await {
-                Ok(()) => info!(address = %a, interface = %self.cfg.interface, "address added"),
-                Err(e) => error!(error = %e, "cannot add address"),
-            },
+            Action::AddAddress(a) => self.add_address(a).await,
             Action::Claim { ip, slot } => {
                 if let (Some(store), Some(lease)) = (store, self.lease) {
                     self.claim(store, ip, slot, lease).await?;
@@ -113,7 +112,72 @@ impl Agent {
         Ok(())
     }
 
-    async fn remove_address(&mut self, a: crate::plan::LocalAddress, why: &str) {
+    /// Exclusive IPs get a kernel lifetime that ends before etcd may expire the lease:
+    /// if this agent is killed or frozen, the kernel removes them before anyone else
+    /// can claim them. Shared IPs (replicas > 1) live until removed.
+    fn lifetime_for(&self, ip: IpAddr) -> Result<Option<u32>, ()> {
+        let exclusive = self
+            .view
+            .desired
+            .get(&ip)
+            .is_some_and(|d| d.replicas == Replicas::EXCLUSIVE);
+        if !exclusive || !self.lifetimes {
+            return Ok(None);
+        }
+        address_lifetime(self.clock.deadline(), Instant::now())
+            .map(Some)
+            .ok_or(())
+    }
+
+    async fn add_address(&mut self, a: LocalAddress) {
+        let Ok(lifetime) = self.lifetime_for(a.ip) else {
+            return warn!(address = %a, "lease deadline too close to add an address safely");
+        };
+        match self.net.add(a, lifetime).await {
+            Ok(()) => {
+                info!(address = %a, interface = %self.cfg.interface, lifetime, "address added")
+            }
+            Err(e) => error!(error = %e, "cannot add address"),
+        }
+    }
+
+    /// After a renewal: extend the lifetimes of the addresses this agent keeps.
+    pub(super) async fn refresh_lifetimes(&mut self) {
+        let owned = match self.net.owned_addresses().await {
+            Ok(owned) => owned,
+            Err(e) => return error!(error = %e, "cannot list addresses to refresh them"),
+        };
+        let set = owned.iter().map(|o| o.address).collect();
+        let world = World {
+            desired: &self.view.desired,
+            claims: &self.view.claims,
+            owned: &set,
+        };
+        let leaving: Vec<LocalAddress> = plan(&self.me(self.current_mode()), &world)
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::RemoveAddress(a) => Some(a),
+                _ => None,
+            })
+            .collect();
+        let interval = keepalive_interval(self.cfg.lease_ttl);
+        for o in owned.iter().filter(|o| !leaving.contains(&o.address)) {
+            let Ok(lifetime) = self.lifetime_for(o.address.ip) else {
+                continue; // too close to the deadline: let the kernel expire it
+            };
+            let due = match lifetime {
+                Some(new) => needs_refresh(o.valid_left, new, interval),
+                None => o.valid_left.is_some(),
+            };
+            if due {
+                if let Err(e) = self.net.refresh(o.address, lifetime).await {
+                    error!(error = %e, "cannot refresh address lifetime");
+                }
+            }
+        }
+    }
+
+    async fn remove_address(&mut self, a: LocalAddress, why: &str) {
         match self.net.remove(a).await {
             Ok(()) => info!(address = %a, why, "address removed"),
             Err(e) => error!(error = %e, "cannot remove address"),

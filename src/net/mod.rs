@@ -12,7 +12,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use futures::channel::mpsc::UnboundedReceiver;
 use futures::{StreamExt, TryStreamExt};
-use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
+use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressMessage, CacheInfo};
 use rtnetlink::packet_route::link::LinkAttribute;
 use rtnetlink::{AddressMessageBuilder, Handle, MulticastGroup};
 use thiserror::Error;
@@ -39,6 +39,18 @@ pub enum NetError {
         target: String,
         source: rtnetlink::Error,
     },
+}
+
+/// The kernel's "forever" lifetime.
+const INFINITE: u32 = u32::MAX;
+
+/// An owned address and how long the kernel keeps it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OwnedAddress {
+    /// The address.
+    pub address: LocalAddress,
+    /// Whole seconds of valid lifetime left; `None` when it never expires.
+    pub valid_left: Option<u32>,
 }
 
 /// A handle on the kernel's address tables.
@@ -109,7 +121,7 @@ impl Netlink {
     }
 
     /// Every address on this host that carries extip's mark, on any interface.
-    pub async fn owned_addresses(&self) -> Result<BTreeSet<LocalAddress>, NetError> {
+    pub async fn owned_addresses(&self) -> Result<Vec<OwnedAddress>, NetError> {
         let dump: Vec<AddressMessage> = self
             .handle
             .address()
@@ -125,20 +137,17 @@ impl Netlink {
         Ok(dump.iter().filter_map(owned_address).collect())
     }
 
-    /// Add an address with extip's mark; an address that is already there is fine.
-    pub async fn add(&self, address: LocalAddress) -> Result<(), NetError> {
-        let mut message = build_message(address);
-        message
-            .attributes
-            .push(AddressAttribute::Protocol(OWNER_PROTO.into()));
-        if address.ip.is_ipv6() {
-            // A takeover must not wait for duplicate address detection.
-            message
-                .attributes
-                .push(AddressAttribute::Flags(AddressFlags::Nodad));
-        }
+    /// The owned addresses alone, as the planner wants them.
+    pub async fn owned_set(&self) -> Result<BTreeSet<LocalAddress>, NetError> {
+        let owned = self.owned_addresses().await?;
+        Ok(owned.into_iter().map(|o| o.address).collect())
+    }
+
+    /// Add an address with extip's mark and a valid lifetime in seconds (`None`: forever).
+    /// An address that is already there is left as it is: it may not be ours.
+    pub async fn add(&self, address: LocalAddress, lifetime: Option<u32>) -> Result<(), NetError> {
         let mut request = self.handle.address().add(address.ifindex, address.ip, 0);
-        *request.message_mut() = message;
+        *request.message_mut() = marked_message(address, lifetime);
         match request.execute().await {
             Err(e) if errno_kind(&e) == Some(io::ErrorKind::AlreadyExists) => Ok(()),
             other => other.map_err(|source| NetError::Request {
@@ -147,6 +156,25 @@ impl Netlink {
                 source,
             }),
         }
+    }
+
+    /// Set a new lifetime on an address this agent owns (like `ip addr change`).
+    pub async fn refresh(
+        &self,
+        address: LocalAddress,
+        lifetime: Option<u32>,
+    ) -> Result<(), NetError> {
+        let mut request = self
+            .handle
+            .address()
+            .add(address.ifindex, address.ip, 0)
+            .replace();
+        *request.message_mut() = marked_message(address, lifetime);
+        request.execute().await.map_err(|source| NetError::Request {
+            op: "refresh address",
+            target: address.to_string(),
+            source,
+        })
     }
 
     /// Remove an address; one that is already gone is fine. Call only for owned addresses.
@@ -169,6 +197,23 @@ fn has_name(attributes: &[LinkAttribute], name: &str) -> bool {
         .any(|a| matches!(a, LinkAttribute::IfName(n) if n == name))
 }
 
+/// An add/replace message: the address, extip's mark, its lifetime, and no DAD.
+fn marked_message(address: LocalAddress, lifetime: Option<u32>) -> AddressMessage {
+    let mut message = build_message(address);
+    let attributes = &mut message.attributes;
+    attributes.push(AddressAttribute::Protocol(OWNER_PROTO.into()));
+    let lifetime = lifetime.unwrap_or(INFINITE);
+    let mut lifetimes = CacheInfo::default();
+    lifetimes.ifa_preferred = lifetime;
+    lifetimes.ifa_valid = lifetime;
+    attributes.push(AddressAttribute::CacheInfo(lifetimes));
+    if address.ip.is_ipv6() {
+        // A takeover must not wait for duplicate address detection.
+        attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
+    }
+    message
+}
+
 fn build_message(address: LocalAddress) -> AddressMessage {
     match address.ip {
         IpAddr::V4(ip) => AddressMessageBuilder::<Ipv4Addr>::new()
@@ -183,7 +228,7 @@ fn build_message(address: LocalAddress) -> AddressMessage {
 }
 
 /// The address in a dump entry, if it carries extip's mark.
-fn owned_address(message: &AddressMessage) -> Option<LocalAddress> {
+fn owned_address(message: &AddressMessage) -> Option<OwnedAddress> {
     let marked = message
         .attributes
         .iter()
@@ -200,9 +245,16 @@ fn owned_address(message: &AddressMessage) -> Option<LocalAddress> {
         AddressAttribute::Address(ip) => Some(*ip),
         _ => None,
     });
-    Some(LocalAddress {
-        ifindex: message.header.index,
-        ip: local.or(address)?,
-        prefix_len: message.header.prefix_len,
+    let valid_left = message.attributes.iter().find_map(|a| match a {
+        AddressAttribute::CacheInfo(c) if c.ifa_valid != INFINITE => Some(c.ifa_valid),
+        _ => None,
+    });
+    Some(OwnedAddress {
+        address: LocalAddress {
+            ifindex: message.header.index,
+            ip: local.or(address)?,
+            prefix_len: message.header.prefix_len,
+        },
+        valid_left,
     })
 }

@@ -1,0 +1,192 @@
+//! Safety under faults, in the lab: 3 hosts, 20 exclusive IPs, `--lease-ttl 3s`.
+//! A dual-holder monitor samples every live host throughout each scenario and any
+//! IP seen on two hosts at once fails the test.
+
+mod lab;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use lab::monitor::{has_ip, OverlapMonitor};
+use lab::{wait_for, Lab};
+
+const TTL: &str = "3s";
+const TTL_SECS: u64 = 3;
+
+fn vips() -> Vec<String> {
+    (100..120).map(|i| format!("198.51.100.{i}")).collect()
+}
+
+/// A lab whose agents use TTL 3s, with the 20 IPs placed.
+fn lab_with_vips(hosts: usize) -> Lab {
+    let mut lab = Lab::new(hosts);
+    for i in 0..hosts {
+        lab.start_agent(i, &["--lease-ttl", TTL]);
+    }
+    for ip in vips() {
+        lab.put(&format!("/extip/ips/{ip}"), "{}");
+    }
+    assert!(
+        wait_for(Duration::from_secs(10), || all_served(
+            &lab,
+            &live(hosts, None)
+        ))
+        .is_some(),
+        "the IPs were not placed"
+    );
+    lab
+}
+
+fn live(hosts: usize, except: Option<usize>) -> Vec<usize> {
+    (0..hosts).filter(|&h| Some(h) != except).collect()
+}
+
+/// Which of `hosts` has each IP, read with `ip -j addr`.
+fn placement(lab: &Lab, hosts: &[usize]) -> BTreeMap<String, Vec<usize>> {
+    let seen: Vec<(usize, Vec<String>)> =
+        hosts.iter().map(|&h| (h, lab.addresses(h, "lo"))).collect();
+    vips()
+        .into_iter()
+        .map(|ip| {
+            let on = seen
+                .iter()
+                .filter(|(_, a)| has_ip(a, &ip))
+                .map(|(h, _)| *h)
+                .collect();
+            (ip, on)
+        })
+        .collect()
+}
+
+fn all_served(lab: &Lab, hosts: &[usize]) -> bool {
+    placement(lab, hosts).values().all(|on| on.len() == 1)
+}
+
+fn held_by(lab: &Lab, host: usize) -> Vec<String> {
+    placement(lab, &[host])
+        .into_iter()
+        .filter(|(_, on)| !on.is_empty())
+        .map(|(ip, _)| ip)
+        .collect()
+}
+
+/// The host holding the most IPs (so the fault moves something).
+fn busiest(lab: &Lab, hosts: usize) -> usize {
+    (0..hosts).max_by_key(|&h| held_by(lab, h).len()).unwrap()
+}
+
+#[test]
+fn exclusive_addresses_carry_a_kernel_lifetime_that_is_kept_fresh() {
+    let lab = lab_with_vips(1);
+    let lifetime = |lab: &Lab| -> Vec<u64> {
+        let out = lab::run(
+            "ip",
+            &["-n", &lab.hosts[0].ns, "-j", "addr", "show", "dev", "lo"],
+        );
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v[0]["addr_info"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| {
+                a["local"]
+                    .as_str()
+                    .is_some_and(|l| l.starts_with("198.51.100."))
+            })
+            .map(|a| a["valid_life_time"].as_u64().unwrap())
+            .collect()
+    };
+    let first = lifetime(&lab);
+    assert_eq!(first.len(), 20);
+    assert!(
+        first.iter().all(|&l| (1..TTL_SECS).contains(&l)),
+        "{first:?}"
+    );
+    // Over several lifetimes nothing expires: the agent refreshes in time.
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(5) {
+        assert_eq!(held_by(&lab, 0).len(), 20, "an address expired while held");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn sigkill_with_the_host_up_never_overlaps_and_recovers_within_ttl_plus_1s() {
+    let mut lab = lab_with_vips(3);
+    let victim = busiest(&lab, 3);
+    let had = held_by(&lab, victim);
+    let monitor = OverlapMonitor::start(lab.namespaces(&[0, 1, 2]), vips());
+    let start = Instant::now();
+    lab.kill(victim); // the host and its link stay up
+    let others = live(3, Some(victim));
+    let took = wait_for(Duration::from_secs(TTL_SECS + 5), || {
+        all_served(&lab, &others)
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let report = monitor.stop();
+    assert!(
+        report.overlaps.is_empty(),
+        "overlaps: {:?}",
+        report.overlaps
+    );
+    let took = took.expect("all IPs served again");
+    eprintln!(
+        "SIGKILL: {} IPs moved in {took:?} ({} samples)",
+        had.len(),
+        report.rounds
+    );
+    assert!(
+        took <= Duration::from_secs(TTL_SECS + 1),
+        "recovery took {took:?}"
+    );
+    assert!(
+        held_by(&lab, victim).is_empty(),
+        "the kernel did not expire the dead agent's addresses"
+    );
+    assert!(
+        start.elapsed() > Duration::from_secs(1),
+        "moved before the lease could expire"
+    );
+}
+
+#[test]
+fn sigstop_for_three_ttls_never_overlaps_and_the_thawed_agent_adds_nothing_stale() {
+    let mut lab = lab_with_vips(3);
+    let victim = busiest(&lab, 3);
+    let monitor = OverlapMonitor::start(lab.namespaces(&[0, 1, 2]), vips());
+    lab.signal(victim, "STOP");
+    let others = live(3, Some(victim));
+    let took = wait_for(Duration::from_secs(TTL_SECS + 5), || {
+        all_served(&lab, &others)
+    });
+    std::thread::sleep(Duration::from_secs(3 * TTL_SECS).saturating_sub(took.unwrap_or_default()));
+    lab.signal(victim, "CONT");
+    std::thread::sleep(Duration::from_secs(2));
+    let report = monitor.stop();
+    assert!(
+        report.overlaps.is_empty(),
+        "overlaps: {:?}",
+        report.overlaps
+    );
+    let took = took.expect("all IPs served while the agent was frozen");
+    assert!(
+        took <= Duration::from_secs(TTL_SECS + 1),
+        "recovery took {took:?}"
+    );
+    // Whatever the thawed agent holds now, etcd says it holds.
+    for ip in held_by(&lab, victim) {
+        let claim = lab
+            .get(&format!("/extip/claims/{ip}/0"))
+            .unwrap_or_default();
+        assert!(
+            claim.contains(&format!("\"{}\"", lab.hosts[victim].name)),
+            "{ip} added without its claim: {claim}"
+        );
+    }
+    assert!(
+        all_served(&lab, &[0, 1, 2]),
+        "{:?}",
+        placement(&lab, &[0, 1, 2])
+    );
+    eprintln!("SIGSTOP: recovered in {took:?} ({} samples)", report.rounds);
+}
