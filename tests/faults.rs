@@ -151,7 +151,7 @@ fn sigkill_with_the_host_up_never_overlaps_and_recovers_within_ttl_plus_1s() {
 
 #[test]
 fn sigstop_for_three_ttls_never_overlaps_and_the_thawed_agent_adds_nothing_stale() {
-    let mut lab = lab_with_vips(3);
+    let lab = lab_with_vips(3);
     let victim = busiest(&lab, 3);
     let monitor = OverlapMonitor::start(lab.namespaces(&[0, 1, 2]), vips());
     lab.signal(victim, "STOP");
