@@ -65,6 +65,9 @@ pub struct AgentArgs {
     /// Period of the full re-list from etcd [default: 30s]
     #[arg(long, env = "EXTIP_RESYNC")]
     pub resync: Option<String>,
+    /// Where the agent keeps its lease ID across restarts [default: /var/lib/extip]
+    #[arg(long, env = "EXTIP_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
 }
 
 impl AgentArgs {
@@ -78,6 +81,7 @@ impl AgentArgs {
             lease_ttl: self.lease_ttl.clone(),
             allowed_cidr: self.allowed_cidr.clone(),
             resync: self.resync.clone(),
+            state_dir: self.state_dir.clone(),
         }
     }
 }

@@ -22,6 +22,8 @@ pub const DEFAULT_INTERFACE: &str = "lo";
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(5);
 /// Default period of the full re-list.
 pub const DEFAULT_RESYNC: Duration = Duration::from_secs(30);
+/// Default directory for the lease file (systemd's `StateDirectory=extip`).
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/extip";
 
 /// A setting that cannot be used, with the setting's name.
 #[derive(Debug, Error)]
@@ -65,6 +67,8 @@ pub struct AgentSettings {
     pub allowed_cidr: Option<Vec<String>>,
     /// Full re-list period, humantime text.
     pub resync: Option<String>,
+    /// Directory for the lease file.
+    pub state_dir: Option<PathBuf>,
 }
 
 impl AgentSettings {
@@ -90,6 +94,7 @@ impl AgentSettings {
             lease_ttl: self.lease_ttl.or(lower.lease_ttl),
             allowed_cidr: self.allowed_cidr.or(lower.allowed_cidr),
             resync: self.resync.or(lower.resync),
+            state_dir: self.state_dir.or(lower.state_dir),
         }
     }
 }
@@ -111,6 +116,8 @@ pub struct AgentConfig {
     pub allowed: Vec<IpNet>,
     /// Full re-list period.
     pub resync: Duration,
+    /// Directory for the lease file.
+    pub state_dir: PathBuf,
 }
 
 /// Explains how to allow everything, for the error when no CIDR is given.
@@ -137,6 +144,13 @@ impl AgentConfig {
             return Err(invalid("resync", "must be at least 1s"));
         }
         let allowed = parse_cidrs(s.allowed_cidr.unwrap_or_default())?;
+        let state_dir = s.state_dir.unwrap_or_else(|| DEFAULT_STATE_DIR.into());
+        if !state_dir.is_absolute() {
+            return Err(invalid(
+                "state-dir",
+                format!("`{}` must be an absolute path", state_dir.display()),
+            ));
+        }
         Ok(AgentConfig {
             etcd,
             prefix,
@@ -145,6 +159,7 @@ impl AgentConfig {
             lease_ttl,
             allowed,
             resync,
+            state_dir,
         })
     }
 }

@@ -190,3 +190,82 @@ fn sigstop_for_three_ttls_never_overlaps_and_the_thawed_agent_adds_nothing_stale
     );
     eprintln!("SIGSTOP: recovered in {took:?} ({} samples)", report.rounds);
 }
+
+/// The lease ID a claim key hangs on, read with `etcdctl -w json`.
+fn claim_lease(lab: &Lab, ip: &str) -> i64 {
+    let out = lab
+        .etcdctl(&["get", "-w", "json", &format!("/extip/claims/{ip}/0")])
+        .expect("etcdctl get");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    v["kvs"][0]["lease"].as_i64().expect("claim has a lease")
+}
+
+#[test]
+fn upgrade_by_sighup_loses_no_ping_and_removes_no_address() {
+    let mut lab = Lab::new(3);
+    for i in 0..3 {
+        lab.start_agent(i, &["--lease-ttl", TTL]);
+    }
+    let vip = "198.51.100.10";
+    lab.put(&format!("/extip/ips/{vip}"), "{}");
+    let holder = wait_for(Duration::from_secs(5), || lab.holders(vip).len() == 1)
+        .map(|_| lab.holders(vip)[0])
+        .expect("placed");
+    let lease_before = claim_lease(&lab, vip);
+    let client = lab.add_client();
+    let via = format!("192.0.2.{}", holder + 1);
+    lab::run(
+        "ip",
+        &[
+            "-n",
+            &client,
+            "route",
+            "add",
+            &format!("{vip}/32"),
+            "via",
+            &via,
+        ],
+    );
+    let watch = std::process::Command::new("ip")
+        .args(["-n", &lab.hosts[holder].ns, "monitor", "address"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("ip monitor");
+    let ping = std::process::Command::new("ip")
+        .args([
+            "netns", "exec", &client, "ping", "-n", "-q", "-i", "0.01", "-c", "400", "-W", "1", vip,
+        ])
+        .output();
+    // The documented upgrade: replace the binary, then `systemctl reload extip-agent`,
+    // which sends SIGHUP. Two upgrades while the ping runs.
+    std::thread::sleep(Duration::from_millis(1000));
+    lab.signal(holder, "HUP");
+    std::thread::sleep(Duration::from_millis(1500));
+    lab.signal(holder, "HUP");
+    let ping = ping.expect("ping");
+    let mut watch = watch;
+    let _ = watch.kill();
+    let events =
+        String::from_utf8_lossy(&watch.wait_with_output().expect("monitor").stdout).into_owned();
+    let summary = String::from_utf8_lossy(&ping.stdout).into_owned();
+    assert!(
+        summary.contains("400 packets transmitted, 400 received"),
+        "{summary}"
+    );
+    assert!(
+        !events.contains("Deleted"),
+        "an address was removed:\n{events}"
+    );
+    assert_eq!(lab.holders(vip), vec![holder]);
+    assert_eq!(
+        claim_lease(&lab, vip),
+        lease_before,
+        "the claim moved to a new lease"
+    );
+    let log = lab.agent_log(holder);
+    assert_eq!(
+        log.matches("extip agent starting").count(),
+        3,
+        "not re-executed twice:\n{log}"
+    );
+}

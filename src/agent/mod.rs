@@ -3,10 +3,13 @@
 
 mod lease;
 mod reconcile;
+mod state;
 mod view;
 
 use std::collections::HashMap;
+use std::ffi::OsString;
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
@@ -35,10 +38,21 @@ struct Connection {
     watch: Watch,
 }
 
+/// What a signal asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Signal {
+    /// Nothing yet.
+    None,
+    /// SIGTERM or SIGINT: hand everything over and exit.
+    Stop,
+    /// SIGHUP: re-execute the binary in place (upgrade), keeping lease and addresses.
+    Reexec,
+}
+
 /// Why the serve loop ended.
 enum Stop {
-    /// SIGTERM or SIGINT: hand everything over and exit.
-    Shutdown(Box<Connection>),
+    /// A signal: stop or re-execute.
+    Signal(Signal, Box<Connection>),
     /// The connection or the lease failed: reconnect.
     Lost(String),
 }
@@ -59,6 +73,10 @@ pub struct Agent {
     ineligible: HashMap<IpAddr, Ineligible>,
     endpoint: usize,
     started: String,
+    lease_file: state::LeaseFile,
+    /// The binary and arguments this process started with, for SIGHUP.
+    exe: Option<PathBuf>,
+    args: Vec<OsString>,
 }
 
 /// Run the agent until SIGTERM or SIGINT.
@@ -69,18 +87,21 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("--interface {}", cfg.interface))?;
     let mut events = Netlink::address_events()?;
-    let mut shutdown = shutdown_signal()?;
+    let mut signals = signal_channel()?;
     let mut agent = Agent::new(cfg, net, ifindex);
     info!(node = %agent.cfg.node, interface = %agent.cfg.interface, "extip agent starting");
-    // Addresses left by an earlier run have no claim behind them any more.
-    agent.drop_addresses("startup: no lease yet").await;
+    agent.adopt_or_clean().await;
     loop {
         let conn = tokio::select! {
             conn = agent.connect() => conn,
-            _ = shutdown.changed() => break,
+            _ = signals.changed() => match *signals.borrow() {
+                Signal::Reexec => { agent.reexec(); continue }
+                _ => break,
+            },
         };
-        match agent.serve(conn, &mut events, &mut shutdown).await {
-            Stop::Shutdown(conn) => {
+        match agent.serve(conn, &mut events, &mut signals).await {
+            Stop::Signal(Signal::Reexec, _) => agent.reexec(),
+            Stop::Signal(_, conn) => {
                 agent.leave(Some(conn.store)).await;
                 return Ok(());
             }
@@ -91,18 +112,24 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A channel that flips to true on SIGTERM or SIGINT.
-fn shutdown_signal() -> anyhow::Result<watch::Receiver<bool>> {
+/// A channel that says which signal arrived last: SIGTERM/SIGINT stop, SIGHUP re-executes.
+fn signal_channel() -> anyhow::Result<watch::Receiver<Signal>> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
-    let (tx, rx) = watch::channel(false);
+    let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+    let (tx, rx) = watch::channel(Signal::None);
     tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => info!("SIGTERM: handing over and exiting"),
-            _ = int.recv() => info!("SIGINT: handing over and exiting"),
+        loop {
+            let what = tokio::select! {
+                _ = term.recv() => { info!("SIGTERM: handing over and exiting"); Signal::Stop }
+                _ = int.recv() => { info!("SIGINT: handing over and exiting"); Signal::Stop }
+                _ = hup.recv() => { info!("SIGHUP: re-executing in place, keeping every address"); Signal::Reexec }
+            };
+            if tx.send(what).is_err() || what == Signal::Stop {
+                return;
+            }
         }
-        let _ = tx.send(true);
     });
     Ok(rx)
 }
@@ -128,7 +155,6 @@ impl Agent {
             keys: Keys::new(&cfg.prefix),
             view: ClusterView::new(Keys::new(&cfg.prefix)),
             clock: LeaseDeadline::new(cfg.lease_ttl),
-            cfg,
             net,
             ifindex,
             lease: None,
@@ -137,7 +163,40 @@ impl Agent {
             ineligible: HashMap::new(),
             endpoint: 0,
             started: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            lease_file: state::LeaseFile::new(&cfg.state_dir),
+            exe: std::env::current_exe().ok(),
+            args: std::env::args_os().skip(1).collect(),
+            cfg,
         }
+    }
+
+    /// At start: keep the addresses of a previous run if its lease may still live
+    /// (checked with etcd before anything is added); else remove them, unbacked.
+    async fn adopt_or_clean(&mut self) {
+        match self.lease_file.load(&self.cfg.node) {
+            Some(lease) => {
+                info!(
+                    lease = format!("{lease:x}"),
+                    "found the previous run's lease; re-attaching"
+                );
+                self.lease = Some(lease);
+            }
+            None => self.drop_addresses("startup: no lease yet").await,
+        }
+    }
+
+    /// Replace this process with the binary at the path it started from (an upgrade).
+    /// Addresses stay, the lease file lets the new image re-attach. Returns on failure.
+    fn reexec(&mut self) {
+        use std::os::unix::process::CommandExt;
+        let Some(exe) = self.exe.clone() else {
+            return error!("cannot re-execute: own path unknown");
+        };
+        if let Some(lease) = self.lease {
+            self.lease_file.save(&self.cfg.node, lease);
+        }
+        let err = std::process::Command::new(&exe).args(&self.args).exec();
+        error!(exe = %exe.display(), error = %err, "re-execute failed; running on");
     }
 
     /// Per-request timeout: long enough for a slow fsync, short enough to fail over.
@@ -241,6 +300,7 @@ impl Agent {
         let lease = store.grant(ttl_secs).await?;
         self.clock.granted(sent, ttl_secs);
         self.lease = Some(lease);
+        self.lease_file.save(&self.cfg.node, lease);
         self.fenced = false;
         store.keep_alive(lease).await
     }
@@ -258,7 +318,7 @@ impl Agent {
         &mut self,
         mut conn: Connection,
         events: &mut AddressEvents,
-        shutdown: &mut watch::Receiver<bool>,
+        signals: &mut watch::Receiver<Signal>,
     ) -> Stop {
         let mut keepalive_tick = interval(keepalive_interval(self.cfg.lease_ttl));
         keepalive_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -269,7 +329,7 @@ impl Agent {
         loop {
             let fence_at = self.fence_timer();
             let wake: Result<bool, String> = tokio::select! {
-                _ = shutdown.changed() => return Stop::Shutdown(Box::new(conn)),
+                _ = signals.changed() => return Stop::Signal(*signals.borrow(), Box::new(conn)),
                 _ = sleep_until_some(fence_at) => {
                     self.fence().await;
                     return Stop::Lost("lease not renewed before its deadline".into());
@@ -322,7 +382,10 @@ impl Agent {
         self.drop_addresses("shutting down").await;
         match (store, self.lease) {
             (Some(mut store), Some(lease)) => match store.revoke(lease).await {
-                Ok(()) => info!("lease revoked; other hosts take over now"),
+                Ok(()) => {
+                    self.lease_file.clear();
+                    info!("lease revoked; other hosts take over now")
+                }
                 Err(e) => {
                     error!(error = %e, "lease not revoked; other hosts take over when it expires")
                 }

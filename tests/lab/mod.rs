@@ -46,6 +46,7 @@ pub struct Lab {
     switch: String,
     etcd_ns: String,
     etcd: Option<Child>,
+    clients: Vec<String>,
     /// The hosts, index 0 is h1.
     pub hosts: Vec<Host>,
     _serial: MutexGuard<'static, ()>,
@@ -139,6 +140,7 @@ impl Lab {
             name,
             dir,
             etcd: None,
+            clients: Vec::new(),
             hosts: Vec::new(),
             _serial: serial,
         };
@@ -299,7 +301,10 @@ impl Lab {
     /// Start host `i`'s agent with the acceptance settings; flags in `extra` replace them.
     pub fn start_agent(&mut self, i: usize, extra: &[&str]) {
         let url = self.etcd_url();
+        let state = self.dir.join(format!("{}-state", self.hosts[i].name));
+        let state = state.to_string_lossy().into_owned();
         let defaults = [
+            ("--state-dir", state.as_str()),
             ("--etcd", url.as_str()),
             ("--node", self.hosts[i].name.as_str()),
             ("--interface", "lo"),
@@ -367,6 +372,14 @@ impl Lab {
         self.signal(i, "KILL");
         self.wait_exit(i, Duration::from_secs(5))
             .expect("killed agent exits");
+    }
+
+    /// Add a client namespace on the bridge at 192.0.2.200; returns its namespace name.
+    pub fn add_client(&mut self) -> String {
+        let ns = format!("{}-client", self.name);
+        self.attach("pc", &ns, "192.0.2.200");
+        self.clients.push(ns.clone());
+        ns
     }
 
     /// Take host `i` off the bridge (its link to etcd and everyone else).
@@ -466,6 +479,9 @@ impl Drop for Lab {
         }
         for host in &self.hosts {
             kill_namespace(&host.ns);
+        }
+        for ns in &self.clients {
+            kill_namespace(ns);
         }
         kill_namespace(&self.etcd_ns);
         kill_namespace(&self.switch);
