@@ -20,7 +20,7 @@ async fn connect(args: &EtcdArgs) -> anyhow::Result<(Store, Keys)> {
         .clone()
         .unwrap_or_else(|| vec![DEFAULT_ETCD.to_string()]);
     let prefix = validate_prefix(args.prefix.as_deref().unwrap_or(DEFAULT_PREFIX))?;
-    let (store, _) = Store::connect_any(&endpoints, 0, CLI_TIMEOUT).await?;
+    let (store, _) = Store::connect_any(&endpoints, 0, CLI_TIMEOUT, CLI_TIMEOUT).await?;
     Ok((store, Keys::new(&prefix)))
 }
 

@@ -59,6 +59,11 @@ impl LeaseDeadline {
         Renewal::Renewed
     }
 
+    /// When the oldest unanswered keepalive was sent.
+    pub fn oldest_unanswered(&self) -> Option<Instant> {
+        self.in_flight.front().copied()
+    }
+
     /// Requests in flight are lost with their stream; they renew nothing.
     pub fn stream_lost(&mut self) {
         self.in_flight.clear();
@@ -122,16 +127,21 @@ pub fn address_lifetime(deadline: Option<Instant>, now: Instant) -> Option<u32> 
 /// Whether an address should get the new lifetime `new` (whole seconds), given the
 /// `valid_left` the kernel reports and the keepalive `interval` until the next chance.
 /// The kernel reports `lifetime - floor(age)`, so up to a second less may be left.
-/// Refresh once half is used up, or when it could run out before the next chance:
-/// this schedule, not every keepalive, bounds the cost for hosts with many addresses.
-pub fn needs_refresh(valid_left: Option<u32>, new: u32, interval: Duration) -> bool {
+/// A host with few addresses refreshes whenever the lifetime can grow, for the longest
+/// tolerance of etcd outages. With `many`, refresh once half is used up, or when it
+/// could run out before the next chance: that bounds the cost of refreshing.
+pub fn needs_refresh(valid_left: Option<u32>, new: u32, interval: Duration, many: bool) -> bool {
     let Some(left) = valid_left else {
         return true;
     };
     let worst = left.saturating_sub(1);
     let next_chance = interval + Duration::from_millis(500);
-    new > worst && (worst * 2 < new || Duration::from_secs(worst.into()) < next_chance)
+    new > worst && (!many || worst * 2 < new || Duration::from_secs(worst.into()) < next_chance)
 }
+
+/// Above this many addresses a host refreshes lifetimes only once half is used (about
+/// 32 µs each): CPU stays bounded, at the price of less tolerance of etcd outages.
+pub const MANY_ADDRESSES: usize = 1000;
 
 #[cfg(test)]
 mod tests {
@@ -162,17 +172,21 @@ mod tests {
         assert_eq!(address_lifetime(None, t0), None);
         assert_eq!(address_lifetime(Some(t0), at(1)), None);
         let second = Duration::from_secs(1);
+        let half = Duration::from_millis(500);
         // TTL 3s: a one-second lifetime is renewed at every keepalive.
-        assert!(needs_refresh(Some(1), 1, Duration::from_millis(500)));
-        assert!(needs_refresh(Some(0), 1, Duration::from_millis(500)));
-        // TTL 30s: a 28 s lifetime is renewed once about half is gone.
-        assert!(!needs_refresh(Some(28), 28, second));
-        assert!(!needs_refresh(Some(15), 28, second));
-        assert!(needs_refresh(Some(14), 28, second));
-        assert!(!needs_refresh(Some(5), 3, second), "never shortened");
+        assert!(needs_refresh(Some(1), 1, half, true));
+        assert!(needs_refresh(Some(0), 1, half, true));
+        // TTL 30s, many addresses: a 28 s lifetime is renewed once about half is gone.
+        assert!(!needs_refresh(Some(28), 28, second, true));
+        assert!(!needs_refresh(Some(15), 28, second, true));
+        assert!(needs_refresh(Some(14), 28, second, true));
+        // Few addresses: whenever it grows.
+        assert!(needs_refresh(Some(28), 28, second, false));
+        assert!(!needs_refresh(Some(29), 28, second, false));
+        assert!(!needs_refresh(Some(5), 3, second, false), "never shortened");
         assert!(
-            needs_refresh(None, 5, second),
-            "a forever address becomes finite"
+            needs_refresh(None, 5, second, true),
+            "forever becomes finite"
         );
     }
 

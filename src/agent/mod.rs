@@ -105,7 +105,13 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                 agent.leave(Some(conn.store)).await;
                 return Ok(());
             }
-            Stop::Lost(reason) => warn!(reason, "etcd connection lost; reconnecting"),
+            Stop::Lost(reason) => {
+                warn!(
+                    reason,
+                    "etcd connection lost; reconnecting, next endpoint first"
+                );
+                agent.endpoint = (agent.endpoint + 1) % agent.cfg.etcd.len();
+            }
         }
     }
     agent.leave(None).await;
@@ -199,6 +205,16 @@ impl Agent {
         error!(exe = %exe.display(), error = %err, "re-execute failed; running on");
     }
 
+    /// Connecting to a member on the LAN takes milliseconds; a silent one is skipped fast.
+    fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(500)
+    }
+
+    /// How long a keepalive may stay unanswered before the member counts as dead.
+    fn answer_timeout(&self) -> Duration {
+        (keepalive_interval(self.cfg.lease_ttl) * 2).max(Duration::from_millis(500))
+    }
+
     /// Per-request timeout: long enough for a slow fsync, short enough to fail over.
     fn request_timeout(&self) -> Duration {
         (self.cfg.lease_ttl / 2).clamp(Duration::from_secs(1), Duration::from_secs(5))
@@ -220,7 +236,7 @@ impl Agent {
 
     /// Connect, retrying every endpoint with backoff; fences while etcd stays away.
     async fn connect(&mut self) -> Connection {
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Duration::from_millis(50);
         loop {
             let fence_at = self.fence_timer();
             let attempt = tokio::select! {
@@ -238,14 +254,19 @@ impl Agent {
                 _ = sleep(backoff) => {}
                 _ = sleep_until_some(self.fence_timer()) => self.fence().await,
             }
-            backoff = (backoff * 2).min(Duration::from_secs(2));
+            backoff = (backoff * 2).min(Duration::from_millis(500));
         }
     }
 
     /// Connect to one endpoint, attach the lease, register, list and watch.
     async fn establish(&mut self) -> Result<Connection, StoreError> {
-        let (mut store, idx) =
-            Store::connect_any(&self.cfg.etcd, self.endpoint, self.request_timeout()).await?;
+        let (mut store, idx) = Store::connect_any(
+            &self.cfg.etcd,
+            self.endpoint,
+            self.connect_timeout(),
+            self.request_timeout(),
+        )
+        .await?;
         self.endpoint = idx;
         let keepalive = self.attach_lease(&mut store).await?;
         let lease = self.lease.unwrap_or_default();
@@ -328,7 +349,12 @@ impl Agent {
         }
         loop {
             let fence_at = self.fence_timer();
+            let answer_due = self
+                .clock
+                .oldest_unanswered()
+                .map(|t| Instant::from_std(t + self.answer_timeout()));
             let wake: Result<bool, String> = tokio::select! {
+                _ = sleep_until_some(answer_due) => Err("keepalive unanswered".into()),
                 _ = signals.changed() => return Stop::Signal(*signals.borrow(), Box::new(conn)),
                 _ = sleep_until_some(fence_at) => {
                     self.fence().await;

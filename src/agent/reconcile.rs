@@ -5,7 +5,7 @@ use std::time::{Instant, SystemTime};
 
 use tracing::{error, info, warn};
 
-use super::lease::{address_lifetime, keepalive_interval, needs_refresh};
+use super::lease::{address_lifetime, keepalive_interval, needs_refresh, MANY_ADDRESSES};
 use super::Agent;
 use crate::model::{ClaimValue, Replicas};
 use crate::plan::{eligibility, plan, Action, Holder, LocalAddress, Me, Mode, World};
@@ -161,12 +161,13 @@ impl Agent {
             })
             .collect();
         let interval = keepalive_interval(self.cfg.lease_ttl);
+        let many = owned.len() > MANY_ADDRESSES;
         for o in owned.iter().filter(|o| !leaving.contains(&o.address)) {
             let Ok(lifetime) = self.lifetime_for(o.address.ip) else {
                 continue; // too close to the deadline: let the kernel expire it
             };
             let due = match lifetime {
-                Some(new) => needs_refresh(o.valid_left, new, interval),
+                Some(new) => needs_refresh(o.valid_left, new, interval, many),
                 None => o.valid_left.is_some(),
             };
             if due {

@@ -114,15 +114,17 @@ fn end_of_prefix(prefix: &str) -> Vec<u8> {
 
 impl Store {
     /// Connect to the first endpoint that answers, starting at `start`; returns its index.
+    /// `connect` bounds connecting and the first read, `timeout` every later request.
     pub async fn connect_any(
         endpoints: &[String],
         start: usize,
+        connect: Duration,
         timeout: Duration,
     ) -> Result<(Store, usize), StoreError> {
         let mut last = String::from("no endpoint");
         for i in 0..endpoints.len() {
             let idx = (start + i) % endpoints.len();
-            match Store::connect(&endpoints[idx], timeout).await {
+            match Store::connect(&endpoints[idx], connect, timeout).await {
                 Ok(store) => return Ok((store, idx)),
                 Err(e) => last = format!("{}: {e}", endpoints[idx]),
             }
@@ -134,13 +136,23 @@ impl Store {
     }
 
     /// Connect to one endpoint and check it serves linearizable reads (has a leader).
-    pub async fn connect(endpoint: &str, timeout: Duration) -> Result<Store, StoreError> {
+    pub async fn connect(
+        endpoint: &str,
+        connect: Duration,
+        timeout: Duration,
+    ) -> Result<Store, StoreError> {
+        // etcd refuses gRPC pings more often than every 5 s by default.
         let options = ConnectOptions::new()
-            .with_connect_timeout(timeout)
+            .with_connect_timeout(connect)
             .with_keep_alive(Duration::from_secs(10), timeout)
+            .with_keep_alive_while_idle(true)
             .with_require_leader(true);
-        let connect = Client::connect([endpoint], Some(options));
-        let client = within(timeout, "connect", connect).await?;
+        let client = within(
+            connect,
+            "connect",
+            Client::connect([endpoint], Some(options)),
+        )
+        .await?;
         let store = Store {
             client,
             endpoint: endpoint.to_string(),
@@ -148,7 +160,7 @@ impl Store {
         };
         let probe = GetOptions::new().with_count_only();
         let mut kv = store.client.kv_client();
-        within(timeout, "connect", kv.get("/", Some(probe))).await?;
+        within(connect, "connect", kv.get("/", Some(probe))).await?;
         Ok(store)
     }
 
