@@ -124,6 +124,22 @@ pub fn address_lifetime(deadline: Option<Instant>, now: Instant) -> Option<u32> 
     (secs >= 1).then(|| u32::try_from(secs).unwrap_or(u32::MAX))
 }
 
+/// When to refresh lifetimes so that the whole-second lifetime ends as close to the
+/// safe bound (`deadline - slack`) as possible: just before the fraction runs out.
+pub fn refresh_time(deadline: Option<Instant>, now: Instant) -> Option<Instant> {
+    let deadline = deadline?;
+    let available = deadline
+        .checked_duration_since(now)?
+        .checked_sub(KERNEL_EXPIRY_SLACK)?;
+    let whole = Duration::from_secs(available.as_secs());
+    if whole.is_zero() {
+        return None;
+    }
+    let early = Duration::from_millis(20);
+    let at = deadline.checked_sub(KERNEL_EXPIRY_SLACK + whole + early)?;
+    Some(at.max(now))
+}
+
 /// Whether an address should get the new lifetime `new` (whole seconds), given the
 /// `valid_left` the kernel reports and the keepalive `interval` until the next chance.
 /// The kernel reports `lifetime - floor(age)`, so up to a second less may be left.
@@ -188,6 +204,18 @@ mod tests {
             needs_refresh(None, 5, second, true),
             "forever becomes finite"
         );
+    }
+
+    #[test]
+    fn refresh_is_timed_to_use_the_fraction_of_a_second() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        // 1.7 s available: refresh 0.68 s later with 1 s, ending 1.32 s before the deadline.
+        let at = refresh_time(Some(t0 + ms(3000)), t0).unwrap();
+        assert_eq!(at, t0 + ms(680));
+        assert_eq!(address_lifetime(Some(t0 + ms(3000)), at), Some(1));
+        assert_eq!(refresh_time(Some(t0 + ms(2200)), t0), None);
+        assert_eq!(refresh_time(Some(t0 + ms(2310)), t0), Some(t0));
     }
 
     #[test]

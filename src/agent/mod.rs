@@ -26,8 +26,8 @@ use crate::plan::Ineligible;
 use crate::store::{LeaseKeepAlive, Store, StoreError, Watch};
 
 pub use lease::{
-    address_lifetime, fence_margin, keepalive_interval, needs_refresh, LeaseDeadline, Renewal,
-    KERNEL_EXPIRY_SLACK, MIN_TTL_FOR_LIFETIMES,
+    address_lifetime, fence_margin, keepalive_interval, needs_refresh, refresh_time, LeaseDeadline,
+    Renewal, KERNEL_EXPIRY_SLACK, MIN_TTL_FOR_LIFETIMES,
 };
 pub use view::ClusterView;
 
@@ -70,6 +70,8 @@ pub struct Agent {
     fenced: bool,
     /// Whether exclusive addresses carry kernel lifetimes (TTL large enough).
     lifetimes: bool,
+    /// When the earliest lifetime this agent set runs out; `None`: unknown.
+    lifetimes_end: Option<std::time::Instant>,
     ineligible: HashMap<IpAddr, Ineligible>,
     endpoint: usize,
     started: String,
@@ -166,6 +168,7 @@ impl Agent {
             lease: None,
             fenced: false,
             lifetimes,
+            lifetimes_end: None,
             ineligible: HashMap::new(),
             endpoint: 0,
             started: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
@@ -344,6 +347,7 @@ impl Agent {
         let mut keepalive_tick = interval(keepalive_interval(self.cfg.lease_ttl));
         keepalive_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut resync = interval_at(Instant::now() + self.cfg.resync, self.cfg.resync);
+        let mut refresh_due: Option<Instant> = None;
         if let Err(e) = self.reconcile(Some(&mut conn.store)).await {
             return Stop::Lost(e.to_string());
         }
@@ -355,6 +359,11 @@ impl Agent {
                 .map(|t| Instant::from_std(t + self.answer_timeout()));
             let wake: Result<bool, String> = tokio::select! {
                 _ = sleep_until_some(answer_due) => Err("keepalive unanswered".into()),
+                _ = sleep_until_some(refresh_due) => {
+                    refresh_due = None;
+                    self.refresh_lifetimes().await;
+                    Ok(false)
+                }
                 _ = signals.changed() => return Stop::Signal(*signals.borrow(), Box::new(conn)),
                 _ = sleep_until_some(fence_at) => {
                     self.fence().await;
@@ -366,7 +375,7 @@ impl Agent {
                 }).map_err(|e| e.to_string()),
                 r = conn.keepalive.recv() => match r.map(|ttl| self.clock.answered(ttl)) {
                     Ok(Renewal::Renewed) => {
-                        self.refresh_lifetimes().await;
+                        refresh_due = self.next_refresh().map(Instant::from_std);
                         Ok(false)
                     }
                     Ok(Renewal::Expired) => {
@@ -395,6 +404,18 @@ impl Agent {
                 }
             }
         }
+    }
+
+    /// When to refresh lifetimes next: as late as uses the most of the new deadline,
+    /// but before the lifetimes set earlier run out (at once when that is unknown).
+    fn next_refresh(&self) -> Option<std::time::Instant> {
+        let now = std::time::Instant::now();
+        let best = refresh_time(self.clock.deadline(), now)?;
+        let latest = match self.lifetimes_end {
+            Some(end) => end.checked_sub(Duration::from_millis(200)).unwrap_or(now),
+            None => now,
+        };
+        Some(best.min(latest).max(now))
     }
 
     async fn resync(&mut self, store: &mut Store) -> Result<(), StoreError> {

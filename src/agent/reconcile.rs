@@ -1,7 +1,7 @@
 //! Turning plans into netlink and etcd calls.
 
 use std::net::IpAddr;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use tracing::{error, info, warn};
 
@@ -162,6 +162,7 @@ impl Agent {
             .collect();
         let interval = keepalive_interval(self.cfg.lease_ttl);
         let many = owned.len() > MANY_ADDRESSES;
+        self.lifetimes_end = None;
         for o in owned.iter().filter(|o| !leaving.contains(&o.address)) {
             let Ok(lifetime) = self.lifetime_for(o.address.ip) else {
                 continue; // too close to the deadline: let the kernel expire it
@@ -170,11 +171,24 @@ impl Agent {
                 Some(new) => needs_refresh(o.valid_left, new, interval, many),
                 None => o.valid_left.is_some(),
             };
-            if due {
+            let now = Instant::now();
+            let kept = if due {
                 if let Err(e) = self.net.refresh(o.address, lifetime).await {
                     error!(error = %e, "cannot refresh address lifetime");
                 }
-            }
+                lifetime
+            } else {
+                // The kernel reports lifetime minus whole seconds of age: one less is safe.
+                o.valid_left.map(|l| l.saturating_sub(1))
+            };
+            self.note_lifetime(kept.map(|l| now + Duration::from_secs(l.into())));
+        }
+    }
+
+    /// Remember the earliest end of a lifetime set on an owned address.
+    fn note_lifetime(&mut self, end: Option<Instant>) {
+        if let Some(end) = end {
+            self.lifetimes_end = Some(self.lifetimes_end.map_or(end, |e| e.min(end)));
         }
     }
 

@@ -18,8 +18,6 @@ use std::time::{Duration, Instant};
 pub mod monitor;
 
 const NAME_PREFIX: &str = "extip-lab-";
-/// etcd's address on the lab bridge.
-pub const ETCD_ADDR: &str = "192.0.2.250";
 /// The extip binary under test.
 pub const EXTIP: &str = env!("CARGO_BIN_EXE_extip");
 
@@ -39,13 +37,24 @@ pub struct Host {
     runs: usize,
 }
 
+/// One etcd member in its own namespace.
+pub struct Member {
+    /// Member name: m1, m2, …
+    pub name: String,
+    /// Namespace name.
+    pub ns: String,
+    /// Address on the bridge.
+    pub addr: String,
+    child: Option<Child>,
+}
+
 /// A running lab; dropped, it leaves nothing behind.
 pub struct Lab {
     name: String,
     dir: PathBuf,
     switch: String,
-    etcd_ns: String,
-    etcd: Option<Child>,
+    /// The etcd members, index 0 is m1.
+    pub etcd: Vec<Member>,
     clients: Vec<String>,
     /// The hosts, index 0 is h1.
     pub hosts: Vec<Host>,
@@ -126,6 +135,11 @@ fn kill_namespace(ns: &str) {
 impl Lab {
     /// A lab with `hosts` host namespaces and a running single-member etcd.
     pub fn new(hosts: usize) -> Lab {
+        Lab::with_cluster(hosts, 1)
+    }
+
+    /// A lab with `hosts` host namespaces and an etcd cluster of `members`.
+    pub fn with_cluster(hosts: usize, members: usize) -> Lab {
         require_root();
         let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         remove_stale_labs();
@@ -136,16 +150,25 @@ impl Lab {
         std::fs::create_dir_all(&dir).expect("lab dir");
         let mut lab = Lab {
             switch: format!("{name}-sw"),
-            etcd_ns: format!("{name}-etcd"),
             name,
             dir,
-            etcd: None,
+            etcd: Vec::new(),
             clients: Vec::new(),
             hosts: Vec::new(),
             _serial: serial,
         };
         lab.build_switch();
-        lab.attach("etcd", &lab.etcd_ns.clone(), ETCD_ADDR);
+        for k in 1..=members {
+            let ns = format!("{}-m{k}", lab.name);
+            let addr = format!("192.0.2.{}", 249 + k);
+            lab.attach(&format!("e{k}"), &ns, &addr);
+            lab.etcd.push(Member {
+                name: format!("m{k}"),
+                ns,
+                addr,
+                child: None,
+            });
+        }
         for i in 1..=hosts {
             let ns = format!("{}-h{i}", lab.name);
             lab.attach(&format!("p{i}"), &ns, &format!("192.0.2.{i}"));
@@ -199,11 +222,37 @@ impl Lab {
     }
 
     fn start_etcd(&mut self) {
-        let data = self.dir.join("etcd-data");
-        let log = std::fs::File::create(self.dir.join("etcd.log")).expect("etcd log");
-        let client = format!("http://{ETCD_ADDR}:2379");
+        for k in 0..self.etcd.len() {
+            self.start_member(k);
+        }
+        let ready = wait_for(Duration::from_secs(20), || {
+            self.etcdctl(&["endpoint", "health", "--cluster"]).is_ok()
+        });
+        assert!(
+            ready.is_some(),
+            "etcd did not become healthy: {}",
+            self.file("m1.log")
+        );
+    }
+
+    /// Start member `k` (again): a restarted member keeps its data directory.
+    pub fn start_member(&mut self, k: usize) {
+        let cluster: Vec<String> = self
+            .etcd
+            .iter()
+            .map(|m| format!("{}=http://{}:2380", m.name, m.addr))
+            .collect();
+        let m = &self.etcd[k];
+        let data = self.dir.join(format!("{}-data", m.name));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("{}.log", m.name)))
+            .expect("etcd log");
+        let client = format!("http://{}:2379", m.addr);
+        let peer = format!("http://{}:2380", m.addr);
         let child = Command::new("ip")
-            .args(["netns", "exec", &self.etcd_ns, "etcd", "--name", "lab"])
+            .args(["netns", "exec", &m.ns, "etcd", "--name", &m.name])
             .arg("--data-dir")
             .arg(&data)
             .args([
@@ -211,39 +260,92 @@ impl Lab {
                 &format!("{client},http://127.0.0.1:2379"),
             ])
             .args(["--advertise-client-urls", &client])
-            .args(["--listen-peer-urls", "http://127.0.0.1:2380"])
-            .args(["--initial-advertise-peer-urls", "http://127.0.0.1:2380"])
-            .args(["--initial-cluster", "lab=http://127.0.0.1:2380"])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &cluster.join(",")])
+            .args(["--initial-cluster-token", &self.name])
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("start etcd");
-        self.etcd = Some(child);
-        let ready = wait_for(Duration::from_secs(15), || {
-            self.etcdctl(&["endpoint", "health"]).is_ok()
-        });
-        assert!(
-            ready.is_some(),
-            "etcd did not become healthy: {}",
-            self.file("etcd.log")
-        );
+        self.etcd[k].child = Some(child);
     }
 
-    /// The client URL agents use.
+    /// SIGKILL member `k` and reap it.
+    pub fn kill_member(&mut self, k: usize) {
+        if let Some(mut child) = self.etcd[k].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Send `signal` (e.g. "STOP", "CONT") to member `k`.
+    pub fn signal_member(&self, k: usize, signal: &str) {
+        let child = self.etcd[k].child.as_ref().expect("member running");
+        run("kill", &[&format!("-{signal}"), &child.id().to_string()]);
+    }
+
+    /// Index of the current leader, asked of the running members.
+    pub fn leader(&self) -> Option<usize> {
+        let out = self.etcdctl(&["endpoint", "status", "-w", "json"]).ok()?;
+        let statuses: serde_json::Value = serde_json::from_str(&out).ok()?;
+        let endpoint = statuses.as_array()?.iter().find_map(|s| {
+            let me = s["Status"]["header"]["member_id"].as_u64()?;
+            (s["Status"]["leader"].as_u64()? == me)
+                .then(|| s["Endpoint"].as_str().map(str::to_string))?
+        })?;
+        self.etcd.iter().position(|m| endpoint.contains(&m.addr))
+    }
+
+    /// Drop host `i`'s traffic to every etcd member; everyone else still reaches it.
+    pub fn isolate_from_etcd(&self, i: usize) {
+        for m in &self.etcd {
+            run(
+                "ip",
+                &[
+                    "-n",
+                    &self.hosts[i].ns,
+                    "route",
+                    "add",
+                    "blackhole",
+                    &format!("{}/32", m.addr),
+                ],
+            );
+        }
+    }
+
+    /// Undo [`Lab::isolate_from_etcd`].
+    pub fn heal(&self, i: usize) {
+        for m in &self.etcd {
+            run(
+                "ip",
+                &[
+                    "-n",
+                    &self.hosts[i].ns,
+                    "route",
+                    "del",
+                    "blackhole",
+                    &format!("{}/32", m.addr),
+                ],
+            );
+        }
+    }
+
+    /// The client URLs agents use, comma separated.
     pub fn etcd_url(&self) -> String {
-        format!("http://{ETCD_ADDR}:2379")
+        let urls: Vec<String> = self
+            .etcd
+            .iter()
+            .map(|m| format!("http://{}:2379", m.addr))
+            .collect();
+        urls.join(",")
     }
 
-    /// Run etcdctl (API v3) inside etcd's namespace.
+    /// Run etcdctl (API v3) from m1's namespace against every member.
     pub fn etcdctl(&self, args: &[&str]) -> Result<String, String> {
         let out = Command::new("ip")
-            .args(["netns", "exec", &self.etcd_ns, "etcdctl"])
-            .args([
-                "--endpoints",
-                "http://127.0.0.1:2379",
-                "--command-timeout",
-                "5s",
-            ])
+            .args(["netns", "exec", &self.etcd[0].ns, "etcdctl"])
+            .args(["--endpoints", &self.etcd_url(), "--command-timeout", "5s"])
             .args(args)
             .env("ETCDCTL_API", "3")
             .output()
@@ -265,8 +367,8 @@ impl Lab {
     pub fn put_stdin(&self, key: &str, value: &[u8]) {
         use std::io::Write;
         let mut child = Command::new("ip")
-            .args(["netns", "exec", &self.etcd_ns, "etcdctl"])
-            .args(["--endpoints", "http://127.0.0.1:2379", "put", key])
+            .args(["netns", "exec", &self.etcd[0].ns, "etcdctl"])
+            .args(["--endpoints", &self.etcd_url(), "put", key])
             .env("ETCDCTL_API", "3")
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
@@ -473,9 +575,16 @@ impl Drop for Lab {
                 let _ = child.wait();
             }
         }
-        if let Some(mut etcd) = self.etcd.take() {
-            let _ = etcd.kill();
-            let _ = etcd.wait();
+        for k in 0..self.etcd.len() {
+            if self.etcd[k].child.is_some() {
+                let _ = Command::new("kill")
+                    .args([
+                        "-CONT",
+                        &self.etcd[k].child.as_ref().unwrap().id().to_string(),
+                    ])
+                    .status();
+            }
+            self.kill_member(k);
         }
         for host in &self.hosts {
             kill_namespace(&host.ns);
@@ -483,7 +592,9 @@ impl Drop for Lab {
         for ns in &self.clients {
             kill_namespace(ns);
         }
-        kill_namespace(&self.etcd_ns);
+        for m in &self.etcd {
+            kill_namespace(&m.ns);
+        }
         kill_namespace(&self.switch);
         let _ = std::fs::remove_dir_all(&self.dir);
     }

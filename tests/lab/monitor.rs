@@ -92,3 +92,33 @@ fn sample_loop(namespaces: &[String], ips: &[String], stop: &AtomicBool) -> Repo
     }
     report
 }
+
+/// `ip monitor address` in a namespace: every change, none missed by sampling.
+pub struct AddressEvents {
+    child: std::process::Child,
+}
+
+impl AddressEvents {
+    /// Start watching address changes in namespace `ns`.
+    pub fn start(ns: &str) -> Self {
+        let child = Command::new("ip")
+            .args(["-n", ns, "monitor", "address"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("ip monitor");
+        // Give ip a moment to subscribe before the caller acts.
+        std::thread::sleep(Duration::from_millis(50));
+        AddressEvents { child }
+    }
+
+    /// Stop and return the lines that report a deleted address matching `needle`.
+    pub fn deletions(mut self, needle: &str) -> Vec<String> {
+        let _ = self.child.kill();
+        let out = self.child.wait_with_output().expect("ip monitor output");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.starts_with("Deleted") && l.contains(needle))
+            .map(str::to_string)
+            .collect()
+    }
+}
