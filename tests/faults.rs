@@ -4,75 +4,17 @@
 
 mod lab;
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use lab::monitor::{has_ip, AddressEvents, OverlapMonitor};
+use lab::fleet::{self, all_served, busiest, held_by, live, placement, vips};
+use lab::monitor::{AddressEvents, OverlapMonitor};
 use lab::{wait_for, Lab};
 
 const TTL: &str = "3s";
 const TTL_SECS: u64 = 3;
 
-fn vips() -> Vec<String> {
-    (100..120).map(|i| format!("198.51.100.{i}")).collect()
-}
-
-/// A lab whose agents use TTL 3s, with the 20 IPs placed.
 fn lab_with_vips(hosts: usize) -> Lab {
-    let mut lab = Lab::new(hosts);
-    for i in 0..hosts {
-        lab.start_agent(i, &["--lease-ttl", TTL]);
-    }
-    for ip in vips() {
-        lab.put(&format!("/extip/ips/{ip}"), "{}");
-    }
-    assert!(
-        wait_for(Duration::from_secs(10), || all_served(
-            &lab,
-            &live(hosts, None)
-        ))
-        .is_some(),
-        "the IPs were not placed"
-    );
-    lab
-}
-
-fn live(hosts: usize, except: Option<usize>) -> Vec<usize> {
-    (0..hosts).filter(|&h| Some(h) != except).collect()
-}
-
-/// Which of `hosts` has each IP, read with `ip -j addr`.
-fn placement(lab: &Lab, hosts: &[usize]) -> BTreeMap<String, Vec<usize>> {
-    let seen: Vec<(usize, Vec<String>)> =
-        hosts.iter().map(|&h| (h, lab.addresses(h, "lo"))).collect();
-    vips()
-        .into_iter()
-        .map(|ip| {
-            let on = seen
-                .iter()
-                .filter(|(_, a)| has_ip(a, &ip))
-                .map(|(h, _)| *h)
-                .collect();
-            (ip, on)
-        })
-        .collect()
-}
-
-fn all_served(lab: &Lab, hosts: &[usize]) -> bool {
-    placement(lab, hosts).values().all(|on| on.len() == 1)
-}
-
-fn held_by(lab: &Lab, host: usize) -> Vec<String> {
-    placement(lab, &[host])
-        .into_iter()
-        .filter(|(_, on)| !on.is_empty())
-        .map(|(ip, _)| ip)
-        .collect()
-}
-
-/// The host holding the most IPs (so the fault moves something).
-fn busiest(lab: &Lab, hosts: usize) -> usize {
-    (0..hosts).max_by_key(|&h| held_by(lab, h).len()).unwrap()
+    fleet::lab_with_vips(hosts, 1, TTL)
 }
 
 #[test]

@@ -257,7 +257,7 @@ impl Agent {
                 _ = sleep(backoff) => {}
                 _ = sleep_until_some(self.fence_timer()) => self.fence().await,
             }
-            backoff = (backoff * 2).min(Duration::from_millis(500));
+            backoff = (backoff * 2).min(Duration::from_millis(250));
         }
     }
 
@@ -306,19 +306,11 @@ impl Agent {
     async fn attach_lease(&mut self, store: &mut Store) -> Result<LeaseKeepAlive, StoreError> {
         let ttl_secs = self.cfg.lease_ttl.as_secs() as i64;
         if let Some(lease) = self.lease {
-            let mut keepalive = store.keep_alive(lease).await?;
-            self.clock.sent(std::time::Instant::now());
-            keepalive.send().await?;
-            let answer = timeout(self.request_timeout(), keepalive.recv()).await;
-            let ttl = answer.map_err(|_| StoreError::Timeout {
-                op: "lease keepalive",
-                timeout: self.request_timeout(),
-            })??;
-            if self.clock.answered(ttl) == Renewal::Renewed {
-                self.fenced = false;
-                return Ok(keepalive);
+            match self.renew_existing(store, lease).await {
+                Ok(Some(keepalive)) => return Ok(keepalive),
+                Ok(None) | Err(StoreError::LeaseNotFound(_)) => self.lease_lost().await,
+                Err(e) => return Err(e),
             }
-            self.lease_lost().await;
         }
         let sent = std::time::Instant::now();
         let lease = store.grant(ttl_secs).await?;
@@ -327,6 +319,27 @@ impl Agent {
         self.lease_file.save(&self.cfg.node, lease);
         self.fenced = false;
         store.keep_alive(lease).await
+    }
+
+    /// Renew `lease` on a new stream; `None` when etcd says it is gone.
+    async fn renew_existing(
+        &mut self,
+        store: &mut Store,
+        lease: i64,
+    ) -> Result<Option<LeaseKeepAlive>, StoreError> {
+        let mut keepalive = store.keep_alive(lease).await?;
+        self.clock.sent(std::time::Instant::now());
+        keepalive.send().await?;
+        let answer = timeout(self.request_timeout(), keepalive.recv()).await;
+        let ttl = answer.map_err(|_| StoreError::Timeout {
+            op: "lease keepalive",
+            timeout: self.request_timeout(),
+        })??;
+        if self.clock.answered(ttl) == Renewal::Renewed {
+            self.fenced = false;
+            return Ok(Some(keepalive));
+        }
+        Ok(None)
     }
 
     /// etcd dropped the lease: every claim on it is gone, so are our rights to addresses.

@@ -36,6 +36,9 @@ pub enum StoreError {
     /// A stream (watch or keepalive) ended or was cancelled by the server.
     #[error("etcd {op} stream ended: {reason}")]
     StreamEnded { op: &'static str, reason: String },
+    /// etcd no longer knows the lease (it expired or was revoked).
+    #[error("etcd lease {0:x} not found (expired or revoked)")]
+    LeaseNotFound(i64),
     /// The watch start revision was compacted away.
     #[error("etcd watch start revision compacted (oldest is {0})")]
     Compacted(i64),
@@ -180,15 +183,18 @@ impl Store {
         Ok(resp.id())
     }
 
-    /// Open a keepalive stream for `lease`.
+    /// Open a keepalive stream for `lease` (this renews it once).
     pub async fn keep_alive(&mut self, lease: i64) -> Result<LeaseKeepAlive, StoreError> {
-        let (keeper, stream) = within(
-            self.timeout,
-            "lease keepalive",
-            self.client.lease_keep_alive(lease),
-        )
-        .await?;
-        Ok(LeaseKeepAlive { keeper, stream })
+        let open = self.client.lease_keep_alive(lease);
+        match within(self.timeout, "lease keepalive", open).await {
+            Ok((keeper, stream)) => Ok(LeaseKeepAlive { keeper, stream }),
+            // The client reports a TTL of 0 on the first answer as this error.
+            Err(StoreError::Request {
+                source: etcd_client::Error::LeaseKeepAliveError(msg),
+                ..
+            }) if msg.contains("not found") => Err(StoreError::LeaseNotFound(lease)),
+            Err(e) => Err(e),
+        }
     }
 
     /// Revoke `lease`: every key on it is deleted at once.

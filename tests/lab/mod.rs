@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+pub mod fleet;
 pub mod monitor;
 
 const NAME_PREFIX: &str = "extip-lab-";
@@ -287,7 +288,14 @@ impl Lab {
 
     /// Index of the current leader, asked of the running members.
     pub fn leader(&self) -> Option<usize> {
-        let out = self.etcdctl(&["endpoint", "status", "-w", "json"]).ok()?;
+        let running: Vec<String> = self
+            .etcd
+            .iter()
+            .filter(|m| m.child.is_some())
+            .map(|m| format!("http://{}:2379", m.addr))
+            .collect();
+        let args = ["endpoint", "status", "-w", "json"];
+        let out = self.etcdctl_at(&running.join(","), &args).ok()?;
         let statuses: serde_json::Value = serde_json::from_str(&out).ok()?;
         let endpoint = statuses.as_array()?.iter().find_map(|s| {
             let me = s["Status"]["header"]["member_id"].as_u64()?;
@@ -343,9 +351,13 @@ impl Lab {
 
     /// Run etcdctl (API v3) from m1's namespace against every member.
     pub fn etcdctl(&self, args: &[&str]) -> Result<String, String> {
+        self.etcdctl_at(&self.etcd_url(), args)
+    }
+
+    fn etcdctl_at(&self, endpoints: &str, args: &[&str]) -> Result<String, String> {
         let out = Command::new("ip")
             .args(["netns", "exec", &self.etcd[0].ns, "etcdctl"])
-            .args(["--endpoints", &self.etcd_url(), "--command-timeout", "5s"])
+            .args(["--endpoints", endpoints, "--command-timeout", "5s"])
             .args(args)
             .env("ETCDCTL_API", "3")
             .output()
