@@ -72,6 +72,10 @@ pub struct Agent {
     lifetimes: bool,
     /// When the earliest lifetime this agent set runs out; `None`: unknown.
     lifetimes_end: Option<std::time::Instant>,
+    /// The lease deadline the last lifetime refresh was computed from.
+    refreshed_for: Option<std::time::Instant>,
+    /// When to refresh lifetimes next, connected or not.
+    refresh_due: Option<Instant>,
     ineligible: HashMap<IpAddr, Ineligible>,
     endpoint: usize,
     started: String,
@@ -169,6 +173,8 @@ impl Agent {
             fenced: false,
             lifetimes,
             lifetimes_end: None,
+            refreshed_for: None,
+            refresh_due: None,
             ineligible: HashMap::new(),
             endpoint: 0,
             started: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
@@ -242,10 +248,15 @@ impl Agent {
         let mut backoff = Duration::from_millis(50);
         loop {
             let fence_at = self.fence_timer();
+            let refresh_at = self.refresh_due;
             let attempt = tokio::select! {
                 r = self.establish() => r,
                 _ = sleep_until_some(fence_at) => {
                     self.fence().await;
+                    continue;
+                }
+                _ = sleep_until_some(refresh_at) => {
+                    self.scheduled_refresh().await;
                     continue;
                 }
             };
@@ -256,6 +267,7 @@ impl Agent {
             tokio::select! {
                 _ = sleep(backoff) => {}
                 _ = sleep_until_some(self.fence_timer()) => self.fence().await,
+                _ = sleep_until_some(self.refresh_due) => self.scheduled_refresh().await,
             }
             backoff = (backoff * 2).min(Duration::from_millis(250));
         }
@@ -360,7 +372,6 @@ impl Agent {
         let mut keepalive_tick = interval(keepalive_interval(self.cfg.lease_ttl));
         keepalive_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut resync = interval_at(Instant::now() + self.cfg.resync, self.cfg.resync);
-        let mut refresh_due: Option<Instant> = None;
         if let Err(e) = self.reconcile(Some(&mut conn.store)).await {
             return Stop::Lost(e.to_string());
         }
@@ -370,11 +381,11 @@ impl Agent {
                 .clock
                 .oldest_unanswered()
                 .map(|t| Instant::from_std(t + self.answer_timeout()));
+            let refresh_due = self.refresh_due;
             let wake: Result<bool, String> = tokio::select! {
                 _ = sleep_until_some(answer_due) => Err("keepalive unanswered".into()),
                 _ = sleep_until_some(refresh_due) => {
-                    refresh_due = None;
-                    self.refresh_lifetimes().await;
+                    self.scheduled_refresh().await;
                     Ok(false)
                 }
                 _ = signals.changed() => return Stop::Signal(*signals.borrow(), Box::new(conn)),
@@ -388,7 +399,7 @@ impl Agent {
                 }).map_err(|e| e.to_string()),
                 r = conn.keepalive.recv() => match r.map(|ttl| self.clock.answered(ttl)) {
                     Ok(Renewal::Renewed) => {
-                        refresh_due = self.next_refresh().map(Instant::from_std);
+                        self.refresh_due = self.next_refresh();
                         Ok(false)
                     }
                     Ok(Renewal::Expired) => {
@@ -419,16 +430,30 @@ impl Agent {
         }
     }
 
-    /// When to refresh lifetimes next: as late as uses the most of the new deadline,
-    /// but before the lifetimes set earlier run out (at once when that is unknown).
-    fn next_refresh(&self) -> Option<std::time::Instant> {
+    /// When to refresh lifetimes next. After a renewal: at the moment that uses the most
+    /// of the new deadline, but before the lifetimes set earlier run out (at once when
+    /// unknown). Without a renewal since the last refresh there is nothing to gain.
+    fn next_refresh(&self) -> Option<Instant> {
         let now = std::time::Instant::now();
-        let best = refresh_time(self.clock.deadline(), now)?;
+        let deadline = self.clock.deadline()?;
         let latest = match self.lifetimes_end {
             Some(end) => end.checked_sub(Duration::from_millis(200)).unwrap_or(now),
             None => now,
         };
-        Some(best.min(latest).max(now))
+        let best = if self.refreshed_for == Some(deadline) {
+            None
+        } else {
+            refresh_time(Some(deadline), now)
+        };
+        let at = best.map_or(latest, |b| b.min(latest)).max(now);
+        address_lifetime(Some(deadline), at)?;
+        Some(Instant::from_std(at))
+    }
+
+    async fn scheduled_refresh(&mut self) {
+        self.refresh_due = None;
+        self.refresh_lifetimes().await;
+        self.refresh_due = self.next_refresh();
     }
 
     async fn resync(&mut self, store: &mut Store) -> Result<(), StoreError> {

@@ -163,6 +163,7 @@ impl Agent {
         let interval = keepalive_interval(self.cfg.lease_ttl);
         let many = owned.len() > MANY_ADDRESSES;
         self.lifetimes_end = None;
+        self.refreshed_for = self.clock.deadline();
         for o in owned.iter().filter(|o| !leaving.contains(&o.address)) {
             let Ok(lifetime) = self.lifetime_for(o.address.ip) else {
                 continue; // too close to the deadline: let the kernel expire it
