@@ -70,6 +70,8 @@ pub struct Me<'a> {
     pub allowed: &'a [IpNet],
     /// Serve or fenced.
     pub mode: Mode,
+    /// Whether the interface is up with carrier; when not, its IPs go elsewhere.
+    pub interface_up: bool,
 }
 
 /// The cluster as this agent sees it.
@@ -103,6 +105,8 @@ pub enum Ineligible {
     OutsideAllowedCidrs,
     /// The IP asks for an interface this agent does not serve.
     OtherInterface(String),
+    /// The interface is down or has no carrier.
+    InterfaceDown,
 }
 
 impl fmt::Display for Ineligible {
@@ -110,6 +114,7 @@ impl fmt::Display for Ineligible {
         match self {
             Ineligible::OutsideAllowedCidrs => f.write_str("outside every --allowed-cidr"),
             Ineligible::OtherInterface(i) => write!(f, "wants interface {i}, not served here"),
+            Ineligible::InterfaceDown => f.write_str("the interface is down"),
         }
     }
 }
@@ -121,6 +126,7 @@ pub fn eligibility(me: &Me, ip: IpAddr, desired: &DesiredIp) -> Result<(), Ineli
     }
     match &desired.interface {
         Some(i) if i != me.interface => Err(Ineligible::OtherInterface(i.clone())),
+        _ if !me.interface_up => Err(Ineligible::InterfaceDown),
         _ => Ok(()),
     }
 }

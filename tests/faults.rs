@@ -204,3 +204,42 @@ fn upgrade_by_sighup_loses_no_ping_and_removes_no_address() {
         "not re-executed twice:\n{log}"
     );
 }
+
+#[test]
+fn a_down_data_interface_hands_its_ips_over_at_once_and_rejoins() {
+    let mut lab = Lab::new(3);
+    lab.add_data_plane();
+    for i in 0..3 {
+        lab.start_agent(i, &["--lease-ttl", TTL, "--interface", "eth1"]);
+    }
+    let vip = "198.51.100.10";
+    lab.put(&format!("/extip/ips/{vip}"), "{}");
+    let on_eth1 = |lab: &Lab| -> Vec<usize> {
+        (0..3)
+            .filter(|&h| lab::monitor::has_ip(&lab.addresses(h, "eth1"), vip))
+            .collect()
+    };
+    assert!(wait_for(Duration::from_secs(5), || on_eth1(&lab).len() == 1).is_some());
+    let holder = on_eth1(&lab)[0];
+    let monitor = OverlapMonitor::start(lab.namespaces(&[0, 1, 2]), vec![vip.into()]);
+    lab.exec(holder, &["ip", "link", "set", "eth1", "down"]);
+    let took = wait_for(Duration::from_secs(TTL_SECS + 2), || {
+        let on = on_eth1(&lab);
+        on.len() == 1 && on[0] != holder
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let report = monitor.stop();
+    assert!(
+        report.overlaps.is_empty(),
+        "overlaps: {:?}",
+        report.overlaps
+    );
+    let took = took.expect("another host serves the IP");
+    eprintln!("eth1 down: moved in {took:?}");
+    assert!(took <= Duration::from_secs(TTL_SECS + 1), "took {took:?}");
+    lab.exec(holder, &["ip", "link", "set", "eth1", "up"]);
+    std::thread::sleep(Duration::from_millis(500));
+    let node = format!("/extip/nodes/{}", lab.hosts[holder].name);
+    assert!(lab.get(&node).is_some(), "the host left the cluster");
+    assert!(lab.agent_log(holder).contains("interface state changed"));
+}

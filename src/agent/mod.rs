@@ -68,6 +68,8 @@ pub struct Agent {
     clock: LeaseDeadline,
     /// True once addresses were dropped for a passed deadline, until a renewal.
     fenced: bool,
+    /// Whether the interface is up with carrier, as last read.
+    interface_up: bool,
     /// Whether exclusive addresses carry kernel lifetimes (TTL large enough).
     lifetimes: bool,
     /// When the earliest lifetime this agent set runs out; `None`: unknown.
@@ -171,6 +173,7 @@ impl Agent {
             ifindex,
             lease: None,
             fenced: false,
+            interface_up: true,
             lifetimes,
             lifetimes_end: None,
             refreshed_for: None,

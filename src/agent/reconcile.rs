@@ -24,7 +24,26 @@ impl Agent {
             interface: &self.cfg.interface,
             allowed: &self.cfg.allowed,
             mode,
+            interface_up: self.interface_up,
         }
+    }
+
+    /// Re-read the interface: its index (it may have been re-created) and link state.
+    async fn check_interface(&mut self) {
+        let (ifindex, up) = match self.net.link_state(&self.cfg.interface).await {
+            Ok(state) => state,
+            Err(e) => {
+                if self.interface_up {
+                    error!(error = %e, "interface gone: giving its IPs away");
+                }
+                (self.ifindex, false)
+            }
+        };
+        if up != self.interface_up {
+            warn!(interface = %self.cfg.interface, up, "interface state changed");
+        }
+        self.ifindex = ifindex;
+        self.interface_up = up;
     }
 
     fn current_mode(&self) -> Mode {
@@ -61,6 +80,7 @@ impl Agent {
         &mut self,
         mut store: Option<&mut Store>,
     ) -> Result<(), StoreError> {
+        self.check_interface().await;
         self.report_ineligible();
         for _ in 0..MAX_ROUNDS {
             let owned = match self.net.owned_set().await {
@@ -231,7 +251,8 @@ impl Agent {
 
     /// Log once why a desired IP is not served here.
     fn report_ineligible(&mut self) {
-        let me = self.me(Mode::Serve);
+        let mut me = self.me(Mode::Serve);
+        me.interface_up = true; // a down link is logged once, above, not per IP
         let mut now_ineligible = std::collections::HashMap::new();
         for (&ip, desired) in &self.view.desired {
             if let Err(reason) = eligibility(&me, ip, desired) {

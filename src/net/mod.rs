@@ -13,7 +13,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use futures::channel::mpsc::UnboundedReceiver;
 use futures::{StreamExt, TryStreamExt};
 use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressMessage, CacheInfo};
-use rtnetlink::packet_route::link::LinkAttribute;
+use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags};
 use rtnetlink::{AddressMessageBuilder, Handle, MulticastGroup};
 use thiserror::Error;
 
@@ -89,13 +89,43 @@ impl Netlink {
         Ok(Netlink { handle })
     }
 
-    /// Subscribe to IPv4 and IPv6 address changes (like `ip monitor address`).
+    /// Subscribe to address and link changes (like `ip monitor address link`).
     pub fn address_events() -> Result<AddressEvents, NetError> {
-        let groups = [MulticastGroup::Ipv4Ifaddr, MulticastGroup::Ipv6Ifaddr];
+        let groups = [
+            MulticastGroup::Ipv4Ifaddr,
+            MulticastGroup::Ipv6Ifaddr,
+            MulticastGroup::Link,
+        ];
         let (connection, _, messages) =
             rtnetlink::new_multicast_connection(&groups).map_err(NetError::Socket)?;
         tokio::spawn(connection);
         Ok(AddressEvents { messages })
+    }
+
+    /// The index of interface `name` and whether it can carry traffic (up, with carrier).
+    pub async fn link_state(&self, name: &str) -> Result<(u32, bool), NetError> {
+        let mut links = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute();
+        match links.try_next().await {
+            Ok(Some(link)) if has_name(&link.attributes, name) => {
+                let flags = link.header.flags;
+                let up = flags.contains(LinkFlags::Up) && flags.contains(LinkFlags::LowerUp);
+                Ok((link.header.index, up))
+            }
+            Ok(_) => Err(NetError::NoInterface(name.to_string())),
+            Err(e) if errno_kind(&e) == Some(io::ErrorKind::NotFound) => {
+                Err(NetError::NoInterface(name.to_string()))
+            }
+            Err(source) => Err(NetError::Request {
+                op: "look up interface",
+                target: name.to_string(),
+                source,
+            }),
+        }
     }
 
     /// The kernel index of the interface called `name`.

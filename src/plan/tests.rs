@@ -24,6 +24,7 @@ fn me(lease: LeaseId, allowed: &[IpNet]) -> Me<'_> {
         interface: "lo",
         allowed,
         mode: Mode::Serve,
+        interface_up: true,
     }
 }
 
@@ -295,6 +296,32 @@ fn all_replicas_take_the_lowest_free_slot() {
         vec![Action::Claim {
             ip: ip("198.51.100.10"),
             slot: 2
+        }]
+    );
+}
+
+#[test]
+fn a_down_interface_gives_its_ips_away() {
+    let a = allowed();
+    let mut m = me(7, &a);
+    m.interface_up = false;
+    let case = Case::new()
+        .want("198.51.100.10", exclusive())
+        .want("198.51.100.11", exclusive())
+        .claim("198.51.100.10", 0, 7)
+        .owns(addr("198.51.100.10", 32));
+    assert_eq!(
+        case.plan(&m),
+        vec![Action::RemoveAddress(addr("198.51.100.10", 32))]
+    );
+    let case = Case::new()
+        .want("198.51.100.10", exclusive())
+        .claim("198.51.100.10", 0, 7);
+    assert_eq!(
+        case.plan(&m),
+        vec![Action::Release {
+            ip: ip("198.51.100.10"),
+            slot: 0
         }]
     );
 }

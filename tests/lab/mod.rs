@@ -488,6 +488,29 @@ impl Lab {
             .expect("killed agent exits");
     }
 
+    /// Give every host an `eth1` on a second bridge (a data plane apart from etcd's path).
+    pub fn add_data_plane(&self) {
+        let sw = self.switch.as_str();
+        run("ip", &["-n", sw, "link", "add", "br1", "type", "bridge"]);
+        run("ip", &["-n", sw, "link", "set", "br1", "up"]);
+        for (i, host) in self.hosts.iter().enumerate() {
+            let port = format!("d{}", i + 1);
+            let ns = host.ns.as_str();
+            run(
+                "ip",
+                &[
+                    "-n", sw, "link", "add", &port, "type", "veth", "peer", "name", "eth1",
+                    "netns", ns,
+                ],
+            );
+            run(
+                "ip",
+                &["-n", sw, "link", "set", &port, "master", "br1", "up"],
+            );
+            run("ip", &["-n", ns, "link", "set", "eth1", "up"]);
+        }
+    }
+
     /// Add a client namespace on the bridge at 192.0.2.200; returns its namespace name.
     pub fn add_client(&mut self) -> String {
         let ns = format!("{}-client", self.name);

@@ -86,6 +86,7 @@ impl Sim {
             interface: "lo",
             allowed: &self.allowed,
             mode: Mode::Serve,
+            interface_up: true,
         };
         plan(
             &me,
@@ -164,6 +165,7 @@ impl Sim {
                     interface: "lo",
                     allowed: &self.allowed,
                     mode: Mode::Serve,
+                    interface_up: true,
                 };
                 let empty = Etcd::default();
                 let world = World {
