@@ -10,11 +10,12 @@
 #![allow(dead_code)]
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+mod etcd;
 pub mod fleet;
 pub mod monitor;
 
@@ -222,196 +223,6 @@ impl Lab {
         run("ip", &["-n", ns, "link", "set", "eth0", "up"]);
     }
 
-    fn start_etcd(&mut self) {
-        for k in 0..self.etcd.len() {
-            self.start_member(k);
-        }
-        let ready = wait_for(Duration::from_secs(20), || {
-            self.etcdctl(&["endpoint", "health", "--cluster"]).is_ok()
-        });
-        assert!(
-            ready.is_some(),
-            "etcd did not become healthy: {}",
-            self.file("m1.log")
-        );
-    }
-
-    /// Start member `k` (again): a restarted member keeps its data directory.
-    pub fn start_member(&mut self, k: usize) {
-        let cluster: Vec<String> = self
-            .etcd
-            .iter()
-            .map(|m| format!("{}=http://{}:2380", m.name, m.addr))
-            .collect();
-        let m = &self.etcd[k];
-        let data = self.dir.join(format!("{}-data", m.name));
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join(format!("{}.log", m.name)))
-            .expect("etcd log");
-        let client = format!("http://{}:2379", m.addr);
-        let peer = format!("http://{}:2380", m.addr);
-        let child = Command::new("ip")
-            .args(["netns", "exec", &m.ns, "etcd", "--name", &m.name])
-            .arg("--data-dir")
-            .arg(&data)
-            .args([
-                "--listen-client-urls",
-                &format!("{client},http://127.0.0.1:2379"),
-            ])
-            .args(["--advertise-client-urls", &client])
-            .args(["--listen-peer-urls", &peer])
-            .args(["--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", &cluster.join(",")])
-            .args(["--initial-cluster-token", &self.name])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start etcd");
-        self.etcd[k].child = Some(child);
-    }
-
-    /// SIGKILL member `k` and reap it.
-    pub fn kill_member(&mut self, k: usize) {
-        if let Some(mut child) = self.etcd[k].child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Send `signal` (e.g. "STOP", "CONT") to member `k`.
-    pub fn signal_member(&self, k: usize, signal: &str) {
-        let child = self.etcd[k].child.as_ref().expect("member running");
-        run("kill", &[&format!("-{signal}"), &child.id().to_string()]);
-    }
-
-    /// Index of the current leader, asked of the running members.
-    pub fn leader(&self) -> Option<usize> {
-        let running: Vec<String> = self
-            .etcd
-            .iter()
-            .filter(|m| m.child.is_some())
-            .map(|m| format!("http://{}:2379", m.addr))
-            .collect();
-        let args = ["endpoint", "status", "-w", "json"];
-        let out = self.etcdctl_at(&running.join(","), &args).ok()?;
-        let statuses: serde_json::Value = serde_json::from_str(&out).ok()?;
-        let endpoint = statuses.as_array()?.iter().find_map(|s| {
-            let me = s["Status"]["header"]["member_id"].as_u64()?;
-            (s["Status"]["leader"].as_u64()? == me)
-                .then(|| s["Endpoint"].as_str().map(str::to_string))?
-        })?;
-        self.etcd.iter().position(|m| endpoint.contains(&m.addr))
-    }
-
-    /// Drop host `i`'s traffic to every etcd member; everyone else still reaches it.
-    pub fn isolate_from_etcd(&self, i: usize) {
-        for m in &self.etcd {
-            run(
-                "ip",
-                &[
-                    "-n",
-                    &self.hosts[i].ns,
-                    "route",
-                    "add",
-                    "blackhole",
-                    &format!("{}/32", m.addr),
-                ],
-            );
-        }
-    }
-
-    /// Undo [`Lab::isolate_from_etcd`].
-    pub fn heal(&self, i: usize) {
-        for m in &self.etcd {
-            run(
-                "ip",
-                &[
-                    "-n",
-                    &self.hosts[i].ns,
-                    "route",
-                    "del",
-                    "blackhole",
-                    &format!("{}/32", m.addr),
-                ],
-            );
-        }
-    }
-
-    /// The client URLs agents use, comma separated.
-    pub fn etcd_url(&self) -> String {
-        let urls: Vec<String> = self
-            .etcd
-            .iter()
-            .map(|m| format!("http://{}:2379", m.addr))
-            .collect();
-        urls.join(",")
-    }
-
-    /// Run etcdctl (API v3) from m1's namespace against every member.
-    pub fn etcdctl(&self, args: &[&str]) -> Result<String, String> {
-        self.etcdctl_at(&self.etcd_url(), args)
-    }
-
-    fn etcdctl_at(&self, endpoints: &str, args: &[&str]) -> Result<String, String> {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.etcd[0].ns, "etcdctl"])
-            .args(["--endpoints", endpoints, "--command-timeout", "5s"])
-            .args(args)
-            .env("ETCDCTL_API", "3")
-            .output()
-            .map_err(|e| e.to_string())?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).into_owned())
-        }
-    }
-
-    /// `etcdctl put`.
-    pub fn put(&self, key: &str, value: &str) {
-        self.etcdctl(&["put", key, "--", value])
-            .expect("etcdctl put");
-    }
-
-    /// `etcdctl put` with the value on standard input (for values too big for argv).
-    pub fn put_stdin(&self, key: &str, value: &[u8]) {
-        use std::io::Write;
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &self.etcd[0].ns, "etcdctl"])
-            .args(["--endpoints", &self.etcd_url(), "put", key])
-            .env("ETCDCTL_API", "3")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("etcdctl");
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(value)
-            .expect("write value");
-        assert!(
-            child.wait().expect("etcdctl").success(),
-            "etcdctl put {key} failed"
-        );
-    }
-
-    /// `etcdctl del`.
-    pub fn del(&self, key: &str) {
-        self.etcdctl(&["del", key]).expect("etcdctl del");
-    }
-
-    /// The value of `key`, if it exists.
-    pub fn get(&self, key: &str) -> Option<String> {
-        let out = self
-            .etcdctl(&["get", "--print-value-only", key])
-            .expect("etcdctl get");
-        let value = out.trim_end_matches('\n');
-        (!value.is_empty()).then(|| value.to_string())
-    }
-
     /// Start host `i`'s agent with the acceptance settings; flags in `extra` replace them.
     pub fn start_agent(&mut self, i: usize, extra: &[&str]) {
         let url = self.etcd_url();
@@ -574,7 +385,7 @@ impl Lab {
             .join("\n")
     }
 
-    fn file(&self, name: &str) -> String {
+    pub(crate) fn file(&self, name: &str) -> String {
         std::fs::read_to_string(self.dir.join(name)).unwrap_or_default()
     }
 }
