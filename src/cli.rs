@@ -68,6 +68,9 @@ pub struct AgentArgs {
     /// Where the agent keeps its lease ID across restarts [default: /var/lib/extip]
     #[arg(long, env = "EXTIP_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
+    /// Shared IPs (replicas > 1) when etcd is lost: keep or withdraw [default: keep]
+    #[arg(long, env = "EXTIP_ON_ETCD_LOSS")]
+    pub on_etcd_loss: Option<String>,
 }
 
 impl AgentArgs {
@@ -82,6 +85,7 @@ impl AgentArgs {
             allowed_cidr: self.allowed_cidr.clone(),
             resync: self.resync.clone(),
             state_dir: self.state_dir.clone(),
+            on_etcd_loss: self.on_etcd_loss.clone(),
         }
     }
 }

@@ -69,6 +69,8 @@ pub struct AgentSettings {
     pub resync: Option<String>,
     /// Directory for the lease file.
     pub state_dir: Option<PathBuf>,
+    /// `keep` or `withdraw`: shared IPs during an etcd outage.
+    pub on_etcd_loss: Option<String>,
 }
 
 impl AgentSettings {
@@ -95,6 +97,7 @@ impl AgentSettings {
             allowed_cidr: self.allowed_cidr.or(lower.allowed_cidr),
             resync: self.resync.or(lower.resync),
             state_dir: self.state_dir.or(lower.state_dir),
+            on_etcd_loss: self.on_etcd_loss.or(lower.on_etcd_loss),
         }
     }
 }
@@ -118,6 +121,29 @@ pub struct AgentConfig {
     pub resync: Duration,
     /// Directory for the lease file.
     pub state_dir: PathBuf,
+    /// What shared IPs do when the lease can no longer be trusted.
+    pub on_etcd_loss: EtcdLossPolicy,
+}
+
+/// `--on-etcd-loss`: what happens to shared IPs (replicas > 1) when etcd is lost.
+/// Exclusive IPs are always withdrawn by the lease deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EtcdLossPolicy {
+    /// Keep serving them: ECMP keeps working through an etcd outage.
+    Keep,
+    /// Remove them too, and give them kernel lifetimes like exclusive IPs.
+    Withdraw,
+}
+
+fn parse_etcd_loss(text: Option<&str>) -> Result<EtcdLossPolicy, ConfigError> {
+    match text {
+        None | Some("keep") => Ok(EtcdLossPolicy::Keep),
+        Some("withdraw") => Ok(EtcdLossPolicy::Withdraw),
+        Some(other) => Err(invalid(
+            "on-etcd-loss",
+            format!("`{other}` is neither `keep` nor `withdraw`"),
+        )),
+    }
 }
 
 /// Explains how to allow everything, for the error when no CIDR is given.
@@ -151,6 +177,7 @@ impl AgentConfig {
                 format!("`{}` must be an absolute path", state_dir.display()),
             ));
         }
+        let on_etcd_loss = parse_etcd_loss(s.on_etcd_loss.as_deref())?;
         Ok(AgentConfig {
             etcd,
             prefix,
@@ -160,6 +187,7 @@ impl AgentConfig {
             allowed,
             resync,
             state_dir,
+            on_etcd_loss,
         })
     }
 }
@@ -317,6 +345,13 @@ mod tests {
                     ..base()
                 },
                 "etcd: `127.0.0.1:2379` must start with http://",
+            ),
+            (
+                AgentSettings {
+                    on_etcd_loss: Some("drop".into()),
+                    ..base()
+                },
+                "on-etcd-loss: `drop` is neither",
             ),
             (
                 AgentSettings {

@@ -72,6 +72,8 @@ pub struct Me<'a> {
     pub mode: Mode,
     /// Whether the interface is up with carrier; when not, its IPs go elsewhere.
     pub interface_up: bool,
+    /// When fenced, keep addresses of shared IPs (replicas > 1): `--on-etcd-loss keep`.
+    pub keep_shared_when_fenced: bool,
 }
 
 /// The cluster as this agent sees it.
@@ -193,7 +195,10 @@ fn owned_for(world: &World, ip: IpAddr) -> Vec<LocalAddress> {
 fn plan_ip(me: &Me, world: &World, ip: IpAddr, desired: &DesiredIp, out: &mut Vec<Action>) {
     let owned = owned_for(world, ip);
     if me.mode == Mode::Fenced {
-        out.extend(owned.into_iter().map(Action::RemoveAddress));
+        let shared = desired.replicas != Replicas::EXCLUSIVE;
+        if !(shared && me.keep_shared_when_fenced) {
+            out.extend(owned.into_iter().map(Action::RemoveAddress));
+        }
         return;
     }
     let mine = my_slots(me, world.claims, ip);

@@ -131,6 +131,11 @@ fn a_frozen_etcd_for_half_a_ttl_changes_nothing() {
 #[test]
 fn a_long_etcd_outage_withdraws_by_the_deadline_and_recovers_within_ttl_plus_2s() {
     let mut lab = fleet::lab_with_vips(3, 3, "3s");
+    // A shared IP: the default --on-etcd-loss keep serves it through the outage.
+    let shared = "198.51.100.50";
+    lab.put(&format!("/extip/ips/{shared}"), r#"{"replicas":2}"#);
+    assert!(wait_for(secs(5), || lab.holders(shared).len() == 2).is_some());
+    let sharing = lab.holders(shared);
     let monitor = OverlapMonitor::start(lab.namespaces(&[0, 1, 2]), vips());
     for k in 0..3 {
         lab.kill_member(k);
@@ -141,6 +146,7 @@ fn a_long_etcd_outage_withdraws_by_the_deadline_and_recovers_within_ttl_plus_2s(
         (0..3).all(|h| held_by(&lab, h).is_empty()),
         "an address outlived the deadline"
     );
+    assert_eq!(lab.holders(shared), sharing, "the shared IP was not kept");
     for k in 0..3 {
         lab.start_member(k);
     }

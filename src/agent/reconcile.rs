@@ -7,6 +7,7 @@ use tracing::{error, info, warn};
 
 use super::lease::{address_lifetime, keepalive_interval, needs_refresh, MANY_ADDRESSES};
 use super::Agent;
+use crate::config::EtcdLossPolicy;
 use crate::model::{ClaimValue, Replicas};
 use crate::plan::{eligibility, plan, Action, Holder, LocalAddress, Me, Mode, World};
 use crate::store::{Store, StoreError};
@@ -25,6 +26,7 @@ impl Agent {
             allowed: &self.cfg.allowed,
             mode,
             interface_up: self.interface_up,
+            keep_shared_when_fenced: self.cfg.on_etcd_loss == EtcdLossPolicy::Keep,
         }
     }
 
@@ -141,7 +143,8 @@ impl Agent {
             .desired
             .get(&ip)
             .is_some_and(|d| d.replicas == Replicas::EXCLUSIVE);
-        if !exclusive || !self.lifetimes {
+        let fenced_anyway = self.cfg.on_etcd_loss == EtcdLossPolicy::Withdraw;
+        if !(exclusive || fenced_anyway) || !self.lifetimes {
             return Ok(None);
         }
         address_lifetime(self.clock.deadline(), Instant::now())

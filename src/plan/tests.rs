@@ -25,6 +25,7 @@ fn me(lease: LeaseId, allowed: &[IpNet]) -> Me<'_> {
         allowed,
         mode: Mode::Serve,
         interface_up: true,
+        keep_shared_when_fenced: false,
     }
 }
 
@@ -323,5 +324,33 @@ fn a_down_interface_gives_its_ips_away() {
             ip: ip("198.51.100.10"),
             slot: 0
         }]
+    );
+}
+
+#[test]
+fn fenced_agent_keeps_shared_ips_only_when_told_to() {
+    let a = allowed();
+    let mut m = me(7, &a);
+    m.mode = Mode::Fenced;
+    let mut two = exclusive();
+    two.replicas = Replicas::Count(2);
+    let case = Case::new()
+        .want("198.51.100.10", exclusive())
+        .want("198.51.100.20", two)
+        .claim("198.51.100.10", 0, 7)
+        .claim("198.51.100.20", 1, 7)
+        .owns(addr("198.51.100.10", 32))
+        .owns(addr("198.51.100.20", 32));
+    assert_eq!(
+        case.plan(&m),
+        vec![
+            Action::RemoveAddress(addr("198.51.100.10", 32)),
+            Action::RemoveAddress(addr("198.51.100.20", 32)),
+        ]
+    );
+    m.keep_shared_when_fenced = true;
+    assert_eq!(
+        case.plan(&m),
+        vec![Action::RemoveAddress(addr("198.51.100.10", 32))]
     );
 }

@@ -87,6 +87,7 @@ impl Sim {
             allowed: &self.allowed,
             mode: Mode::Serve,
             interface_up: true,
+            keep_shared_when_fenced: false,
         };
         plan(
             &me,
@@ -166,6 +167,7 @@ impl Sim {
                     allowed: &self.allowed,
                     mode: Mode::Serve,
                     interface_up: true,
+                    keep_shared_when_fenced: false,
                 };
                 let empty = Etcd::default();
                 let world = World {
