@@ -18,14 +18,15 @@ use crate::model::{max_prefix_len, DesiredIp, Replicas};
 pub type LeaseId = i64;
 
 /// An address on this host that carries extip's ownership mark.
+/// Ordered by IP first, so the addresses of one IP are one range of a set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct LocalAddress {
-    /// Kernel interface index.
-    pub ifindex: u32,
     /// The address.
     pub ip: IpAddr,
     /// Its mask length.
     pub prefix_len: u8,
+    /// Kernel interface index.
+    pub ifindex: u32,
 }
 
 impl fmt::Display for LocalAddress {
@@ -189,7 +190,17 @@ fn my_slots(me: &Me, claims: &Claims, ip: IpAddr) -> Vec<u32> {
 }
 
 fn owned_for(world: &World, ip: IpAddr) -> Vec<LocalAddress> {
-    world.owned.iter().filter(|a| a.ip == ip).copied().collect()
+    let first = LocalAddress {
+        ip,
+        prefix_len: 0,
+        ifindex: 0,
+    };
+    world
+        .owned
+        .range(first..)
+        .take_while(|a| a.ip == ip)
+        .copied()
+        .collect()
 }
 
 fn plan_ip(me: &Me, world: &World, ip: IpAddr, desired: &DesiredIp, out: &mut Vec<Action>) {

@@ -176,13 +176,14 @@ impl Agent {
             claims: &self.view.claims,
             owned: &set,
         };
-        let leaving: Vec<LocalAddress> = plan(&self.me(self.current_mode()), &world)
-            .into_iter()
-            .filter_map(|a| match a {
-                Action::RemoveAddress(a) => Some(a),
-                _ => None,
-            })
-            .collect();
+        let leaving: std::collections::BTreeSet<LocalAddress> =
+            plan(&self.me(self.current_mode()), &world)
+                .into_iter()
+                .filter_map(|a| match a {
+                    Action::RemoveAddress(a) => Some(a),
+                    _ => None,
+                })
+                .collect();
         let interval = keepalive_interval(self.cfg.lease_ttl);
         let many = owned.len() > MANY_ADDRESSES;
         self.lifetimes_end = None;

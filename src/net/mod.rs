@@ -68,9 +68,12 @@ pub struct AddressEvents {
 }
 
 impl AddressEvents {
-    /// Wait for the next address change; `None` when the socket closed.
+    /// Wait for the next change; `None` when the socket closed. A burst (our own
+    /// 10,000 adds, say) is drained at once so that it costs one reconcile, not one each.
     pub async fn changed(&mut self) -> Option<()> {
-        self.messages.next().await.map(|_| ())
+        self.messages.next().await?;
+        while self.messages.try_recv().is_ok() {}
+        Some(())
     }
 }
 
