@@ -96,10 +96,11 @@ fn secs(ttl_secs: i64) -> Duration {
     Duration::from_secs(u64::try_from(ttl_secs).unwrap_or(0))
 }
 
-/// A quarter of the TTL, at least 500 ms: room for one lost keepalive (sent every TTL/3)
-/// before fencing, and time to remove addresses before the deadline.
+/// How long before the deadline the agent itself drops exclusive addresses: a quarter
+/// of the TTL, at least 500 ms (time to remove them), at most the kernel's slack (with
+/// lifetimes the kernel has removed them by then anyway).
 pub fn fence_margin(ttl: Duration) -> Duration {
-    (ttl / 4).max(Duration::from_millis(500))
+    (ttl / 4).clamp(Duration::from_millis(500), KERNEL_EXPIRY_SLACK)
 }
 
 /// How often to send keepalives: a tenth of the TTL, between 250 ms and 1 s. Addresses
