@@ -72,6 +72,30 @@ fn junk_write(lab: &Lab, rng: &mut TestRng, written: &mut Vec<String>) {
     }
 }
 
+/// Write junk for `duration`, stopping (TERM, then KILL) and restarting an agent
+/// every 1.5 s. Returns the keys written and the number of agent faults.
+fn junk_during_failovers(lab: &mut Lab, duration: Duration) -> (Vec<String>, usize) {
+    let mut rng = TestRng::deterministic_rng(RngAlgorithm::ChaCha);
+    let mut written = Vec::new();
+    let start = Instant::now();
+    let mut next_fault = Duration::from_millis(1500);
+    let mut faults = 0;
+    while start.elapsed() < duration {
+        junk_write(lab, &mut rng, &mut written);
+        if start.elapsed() > next_fault {
+            let h = (rng.next_u32() % 3) as usize;
+            let signal = if faults % 2 == 0 { "TERM" } else { "KILL" };
+            lab.signal(h, signal);
+            let stopped = lab.wait_exit(h, Duration::from_secs(5));
+            assert!(stopped.is_some(), "h{} did not stop", h + 1);
+            lab.start_agent(h, &["--lease-ttl", "3s"]);
+            faults += 1;
+            next_fault += Duration::from_millis(1500);
+        }
+    }
+    (written, faults)
+}
+
 #[test]
 fn malformed_writes_during_failovers_touch_no_foreign_address_and_kill_no_agent() {
     let mut lab = Lab::new(3);
@@ -87,27 +111,7 @@ fn malformed_writes_during_failovers_touch_no_foreign_address_and_kill_no_agent(
         lab.put(&format!("/extip/ips/{ip}"), "{}");
     }
     let monitor = OverlapMonitor::start(lab.namespaces(&[0, 1, 2]), real_ips());
-    let mut rng = TestRng::deterministic_rng(RngAlgorithm::ChaCha);
-    let mut written = Vec::new();
-    let start = Instant::now();
-    let mut next_fault = Duration::from_millis(1500);
-    let mut faults = 0;
-    while start.elapsed() < Duration::from_secs(12) {
-        junk_write(&lab, &mut rng, &mut written);
-        if start.elapsed() > next_fault {
-            let h = (rng.next_u32() % 3) as usize;
-            let signal = if faults % 2 == 0 { "TERM" } else { "KILL" };
-            lab.signal(h, signal);
-            assert!(
-                lab.wait_exit(h, Duration::from_secs(5)).is_some(),
-                "h{} did not stop",
-                h + 1
-            );
-            lab.start_agent(h, &["--lease-ttl", "3s"]);
-            faults += 1;
-            next_fault += Duration::from_millis(1500);
-        }
-    }
+    let (written, faults) = junk_during_failovers(&mut lab, Duration::from_secs(12));
     let settled = wait_for(Duration::from_secs(8), || {
         real_ips().iter().all(|ip| lab.holders(ip).len() == 1)
     });

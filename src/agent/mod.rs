@@ -400,17 +400,7 @@ impl Agent {
                     changes.iter().for_each(|c| self.view.apply(c));
                     true
                 }).map_err(|e| e.to_string()),
-                r = conn.keepalive.recv() => match r.map(|ttl| self.clock.answered(ttl)) {
-                    Ok(Renewal::Renewed) => {
-                        self.refresh_due = self.next_refresh();
-                        Ok(false)
-                    }
-                    Ok(Renewal::Expired) => {
-                        self.lease_lost().await;
-                        Err("lease expired".into())
-                    }
-                    Err(e) => Err(e.to_string()),
-                },
+                r = conn.keepalive.recv() => self.keepalive_answered(r).await,
                 _ = keepalive_tick.tick() => {
                     self.clock.sent(std::time::Instant::now());
                     conn.keepalive.send().await.map(|()| false).map_err(|e| e.to_string())
@@ -430,6 +420,24 @@ impl Agent {
                     return Stop::Lost(reason);
                 }
             }
+        }
+    }
+
+    /// A keepalive answer: a renewal schedules a lifetime refresh; an expiry ends the lease.
+    async fn keepalive_answered(
+        &mut self,
+        answer: Result<i64, StoreError>,
+    ) -> Result<bool, String> {
+        match answer.map(|ttl| self.clock.answered(ttl)) {
+            Ok(Renewal::Renewed) => {
+                self.refresh_due = self.next_refresh();
+                Ok(false)
+            }
+            Ok(Renewal::Expired) => {
+                self.lease_lost().await;
+                Err("lease expired".into())
+            }
+            Err(e) => Err(e.to_string()),
         }
     }
 

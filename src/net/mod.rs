@@ -133,24 +133,7 @@ impl Netlink {
 
     /// The kernel index of the interface called `name`.
     pub async fn interface_index(&self, name: &str) -> Result<u32, NetError> {
-        let mut links = self
-            .handle
-            .link()
-            .get()
-            .match_name(name.to_string())
-            .execute();
-        match links.try_next().await {
-            Ok(Some(link)) if has_name(&link.attributes, name) => Ok(link.header.index),
-            Ok(_) => Err(NetError::NoInterface(name.to_string())),
-            Err(e) if errno_kind(&e) == Some(io::ErrorKind::NotFound) => {
-                Err(NetError::NoInterface(name.to_string()))
-            }
-            Err(source) => Err(NetError::Request {
-                op: "look up interface",
-                target: name.to_string(),
-                source,
-            }),
-        }
+        self.link_state(name).await.map(|(index, _)| index)
     }
 
     /// Every address on this host that carries extip's mark, on any interface.

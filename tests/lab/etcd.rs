@@ -91,35 +91,19 @@ impl Lab {
 
     /// Drop host `i`'s traffic to every etcd member; everyone else still reaches it.
     pub fn isolate_from_etcd(&self, i: usize) {
-        for m in &self.etcd {
-            run(
-                "ip",
-                &[
-                    "-n",
-                    &self.hosts[i].ns,
-                    "route",
-                    "add",
-                    "blackhole",
-                    &format!("{}/32", m.addr),
-                ],
-            );
-        }
+        self.blackhole_etcd(i, "add");
     }
 
     /// Undo [`Lab::isolate_from_etcd`].
     pub fn heal(&self, i: usize) {
+        self.blackhole_etcd(i, "del");
+    }
+
+    fn blackhole_etcd(&self, i: usize, op: &str) {
+        let ns = self.hosts[i].ns.as_str();
         for m in &self.etcd {
-            run(
-                "ip",
-                &[
-                    "-n",
-                    &self.hosts[i].ns,
-                    "route",
-                    "del",
-                    "blackhole",
-                    &format!("{}/32", m.addr),
-                ],
-            );
+            let dest = format!("{}/32", m.addr);
+            run("ip", &["-n", ns, "route", op, "blackhole", &dest]);
         }
     }
 
