@@ -71,6 +71,9 @@ pub struct AgentArgs {
     /// Shared IPs (replicas > 1) when etcd is lost: keep or withdraw [default: keep]
     #[arg(long, env = "EXTIP_ON_ETCD_LOSS")]
     pub on_etcd_loss: Option<String>,
+    /// Keep a host route (main table, proto 88) for every held address, for BGP export
+    #[arg(long, env = "EXTIP_EXPORT_ROUTES", num_args = 0..=1, default_missing_value = "true")]
+    pub export_routes: Option<bool>,
 }
 
 impl AgentArgs {
@@ -86,6 +89,7 @@ impl AgentArgs {
             resync: self.resync.clone(),
             state_dir: self.state_dir.clone(),
             on_etcd_loss: self.on_etcd_loss.clone(),
+            export_routes: self.export_routes,
         }
     }
 }

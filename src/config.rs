@@ -71,6 +71,8 @@ pub struct AgentSettings {
     pub state_dir: Option<PathBuf>,
     /// `keep` or `withdraw`: shared IPs during an etcd outage.
     pub on_etcd_loss: Option<String>,
+    /// Mirror held addresses as export routes for a routing daemon.
+    pub export_routes: Option<bool>,
 }
 
 impl AgentSettings {
@@ -98,6 +100,7 @@ impl AgentSettings {
             resync: self.resync.or(lower.resync),
             state_dir: self.state_dir.or(lower.state_dir),
             on_etcd_loss: self.on_etcd_loss.or(lower.on_etcd_loss),
+            export_routes: self.export_routes.or(lower.export_routes),
         }
     }
 }
@@ -123,6 +126,8 @@ pub struct AgentConfig {
     pub state_dir: PathBuf,
     /// What shared IPs do when the lease can no longer be trusted.
     pub on_etcd_loss: EtcdLossPolicy,
+    /// Mirror held addresses as export routes (main table, proto 88) for BGP.
+    pub export_routes: bool,
 }
 
 /// `--on-etcd-loss`: what happens to shared IPs (replicas > 1) when etcd is lost.
@@ -188,6 +193,7 @@ impl AgentConfig {
             resync,
             state_dir,
             on_etcd_loss,
+            export_routes: s.export_routes.unwrap_or(false),
         })
     }
 }

@@ -147,7 +147,12 @@ fn hand_added_address_survives_start_stop_resync_and_delete() {
     // Desired by etcd too: the agent claims it but must not take it over.
     lab.put("/extip/ips/198.51.100.99", "{}");
     lab.put(&format!("/extip/ips/{VIP}"), "{}");
+    lab.put("/extip/ips/198.51.100.30", r#"{"replicas":2}"#);
     assert!(wait_for(Duration::from_secs(2), || lab.holders(VIP) == vec![0]).is_some());
+    let shared = wait_for(Duration::from_secs(2), || {
+        lab.holders("198.51.100.30") == vec![0]
+    });
+    assert!(shared.is_some());
     assert_eq!(node_of_claim(&lab, "198.51.100.99").as_deref(), Some("h1"));
     std::thread::sleep(Duration::from_millis(2500)); // two resyncs
     assert!(lab.addresses(0, "lo").contains(&hand.to_string()));
@@ -172,6 +177,10 @@ fn hand_added_address_survives_start_stop_resync_and_delete() {
     assert!(
         !has_ip(&left, VIP),
         "agent stop left its own address: {left:?}"
+    );
+    assert!(
+        !has_ip(&left, "198.51.100.30"),
+        "agent stop left a shared address: {left:?}"
     );
     lab.start_agent(0, &[]);
     assert!(wait_for(Duration::from_secs(2), || lab.holders(VIP) == vec![0]).is_some());

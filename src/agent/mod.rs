@@ -199,7 +199,7 @@ impl Agent {
                 );
                 self.lease = Some(lease);
             }
-            None => self.drop_addresses("startup: no lease yet").await,
+            None => self.drop_addresses("startup: no lease yet", true).await,
         }
     }
 
@@ -242,7 +242,7 @@ impl Agent {
 
     async fn fence(&mut self) {
         self.fenced = true;
-        self.drop_addresses("lease deadline reached without renewal")
+        self.drop_addresses("lease deadline reached without renewal", false)
             .await;
     }
 
@@ -362,7 +362,7 @@ impl Agent {
         warn!(lease = ?self.lease.map(|l| format!("{l:x}")), "lease expired in etcd");
         self.lease = None;
         self.clock.forget();
-        self.drop_addresses("lease expired").await;
+        self.drop_addresses("lease expired", false).await;
     }
 
     /// The connected loop; returns on shutdown or when the connection must be rebuilt.
@@ -475,7 +475,8 @@ impl Agent {
 
     /// Shutdown: addresses first, then the lease, so the next holder never overlaps.
     async fn leave(&mut self, store: Option<Store>) {
-        self.drop_addresses("shutting down").await;
+        self.withdraw_export_routes().await;
+        self.drop_addresses("shutting down", true).await;
         match (store, self.lease) {
             (Some(mut store), Some(lease)) => match store.revoke(lease).await {
                 Ok(()) => {

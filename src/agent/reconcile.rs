@@ -7,14 +7,21 @@ use tracing::{error, info, warn};
 
 use super::lease::{address_lifetime, keepalive_interval, needs_refresh, MANY_ADDRESSES};
 use super::Agent;
+use std::collections::BTreeSet;
+
 use crate::config::EtcdLossPolicy;
 use crate::model::{ClaimValue, Replicas};
+use crate::net::ExportRoute;
 use crate::plan::{eligibility, plan, Action, Holder, LocalAddress, Me, Mode, World};
 use crate::store::{Store, StoreError};
 
 /// Plan and execute at most this many times per wake-up: claim then add needs two,
 /// a failing netlink call must not spin.
 const MAX_ROUNDS: usize = 4;
+
+/// How long a stopping agent waits between withdrawing its routes and removing its
+/// addresses: BGP peers (BIRD sends updates at once) move traffic away meanwhile.
+pub const EXPORT_DRAIN: Duration = Duration::from_millis(500);
 
 impl Agent {
     fn me(&self, mode: Mode) -> Me<'_> {
@@ -56,8 +63,10 @@ impl Agent {
         }
     }
 
-    /// Remove every address this agent added, without touching etcd.
-    pub(super) async fn drop_addresses(&mut self, why: &str) {
+    /// Without touching etcd, remove the addresses a fenced agent must not keep: all of
+    /// them with `everything` (stop, start without a lease), else all but shared IPs
+    /// under `--on-etcd-loss keep`.
+    pub(super) async fn drop_addresses(&mut self, why: &str, everything: bool) {
         let owned = match self.net.owned_set().await {
             Ok(owned) => owned,
             Err(e) => return error!(error = %e, "cannot list addresses to drop them"),
@@ -70,18 +79,76 @@ impl Agent {
             claims: &self.view.claims,
             owned: &owned,
         };
-        for action in plan(&self.me(Mode::Fenced), &world) {
+        let mut me = self.me(Mode::Fenced);
+        me.keep_shared_when_fenced &= !everything;
+        for action in plan(&me, &world) {
             if let Action::RemoveAddress(a) = action {
                 self.remove_address(a, why).await;
+            }
+        }
+        self.sync_export_routes().await;
+    }
+
+    /// Converge addresses and claims, then mirror the addresses as export routes.
+    pub(super) async fn reconcile(&mut self, store: Option<&mut Store>) -> Result<(), StoreError> {
+        let converged = self.converge(store).await;
+        self.sync_export_routes().await;
+        converged
+    }
+
+    /// Before a graceful stop: withdraw every export route and give the routing daemon
+    /// and its peers [`EXPORT_DRAIN`] to stop sending traffic here, then drop addresses.
+    pub(super) async fn withdraw_export_routes(&mut self) {
+        if !self.cfg.export_routes {
+            return;
+        }
+        let routes = match self.net.export_routes().await {
+            Ok(routes) => routes,
+            Err(e) => return error!(error = %e, "cannot list export routes"),
+        };
+        for &route in &routes {
+            if let Err(e) = self.net.remove_export_route(route).await {
+                error!(error = %e, "cannot remove export route");
+            }
+        }
+        if !routes.is_empty() {
+            info!(count = routes.len(), drain = ?EXPORT_DRAIN, "export routes withdrawn");
+            tokio::time::sleep(EXPORT_DRAIN).await;
+        }
+    }
+
+    /// Make the export routes (if enabled) mirror the owned addresses exactly.
+    pub(super) async fn sync_export_routes(&mut self) {
+        if !self.cfg.export_routes {
+            return;
+        }
+        let (owned, have) = match (self.net.owned_set().await, self.net.export_routes().await) {
+            (Ok(owned), Ok(have)) => (owned, have),
+            (Err(e), _) | (_, Err(e)) => return error!(error = %e, "cannot sync export routes"),
+        };
+        let wanted: BTreeSet<ExportRoute> = owned
+            .iter()
+            .map(|a| ExportRoute {
+                ip: a.ip,
+                ifindex: a.ifindex,
+            })
+            .collect();
+        for &route in have.difference(&wanted) {
+            match self.net.remove_export_route(route).await {
+                Ok(()) => info!(ip = %route.ip, "export route removed"),
+                Err(e) => error!(error = %e, "cannot remove export route"),
+            }
+        }
+        for &route in wanted.difference(&have) {
+            match self.net.add_export_route(route).await {
+                Ok(()) => info!(ip = %route.ip, "export route added"),
+                Err(e) => error!(error = %e, "cannot add export route"),
             }
         }
     }
 
     /// Plan and execute until converged (or [`MAX_ROUNDS`]).
-    pub(super) async fn reconcile(
-        &mut self,
-        mut store: Option<&mut Store>,
-    ) -> Result<(), StoreError> {
+    async fn converge(&mut self, mut store: Option<&mut Store>) -> Result<(), StoreError> {
         self.check_interface().await;
         self.report_ineligible();
         for _ in 0..MAX_ROUNDS {

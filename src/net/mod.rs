@@ -19,8 +19,12 @@ use thiserror::Error;
 
 use crate::plan::LocalAddress;
 
-/// The `IFA_PROTO` value that marks extip's addresses: 88, ASCII `X`.
-/// iproute2 6.3+ shows it as `proto 0x58` in `ip -d addr`.
+mod routes;
+pub use routes::ExportRoute;
+
+/// The `IFA_PROTO` value that marks extip's addresses, and the route protocol of its
+/// export routes: 88, ASCII `X`. iproute2 6.3+ shows `proto 0x58` in `ip -d addr`;
+/// `ip route show table N proto 88` lists the export routes.
 pub const OWNER_PROTO: u8 = 88;
 
 /// Why a netlink operation failed.
@@ -74,6 +78,13 @@ impl AddressEvents {
         self.messages.next().await?;
         while self.messages.try_recv().is_ok() {}
         Some(())
+    }
+}
+
+fn errno(err: &rtnetlink::Error) -> Option<i32> {
+    match err {
+        rtnetlink::Error::NetlinkError(msg) => msg.to_io().raw_os_error(),
+        _ => None,
     }
 }
 

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 mod etcd;
 pub mod fleet;
 pub mod monitor;
+pub mod routing;
 
 const NAME_PREFIX: &str = "extip-lab-";
 /// The extip binary under test.
@@ -58,6 +59,8 @@ pub struct Lab {
     /// The etcd members, index 0 is m1.
     pub etcd: Vec<Member>,
     clients: Vec<String>,
+    /// Other daemons (BIRD), killed on drop.
+    daemons: Vec<Child>,
     /// The hosts, index 0 is h1.
     pub hosts: Vec<Host>,
     _serial: MutexGuard<'static, ()>,
@@ -156,6 +159,7 @@ impl Lab {
             dir,
             etcd: Vec::new(),
             clients: Vec::new(),
+            daemons: Vec::new(),
             hosts: Vec::new(),
             _serial: serial,
         };
@@ -434,6 +438,10 @@ impl Drop for Lab {
         }
         for host in &self.hosts {
             kill_namespace(&host.ns);
+        }
+        for mut child in self.daemons.drain(..) {
+            let _ = child.kill();
+            let _ = child.wait();
         }
         for ns in &self.clients {
             kill_namespace(ns);
