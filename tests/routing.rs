@@ -4,68 +4,15 @@
 
 mod lab;
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use lab::routing::CLIENT;
+use lab::routing::{holder_gateways, lost_pings, ping, wait_routes_match_holders, CLIENT};
 use lab::{wait_for, Lab};
 
 const TTL: &str = "3s";
 
-/// A lab whose 3 hosts run agents with export routes and BIRD, plus router and client.
 fn routed_lab() -> (Lab, String, String) {
-    let mut lab = Lab::new(3);
-    let (router, client) = lab.add_router();
-    lab.start_router_bird(&router);
-    for i in 0..3 {
-        lab.start_agent(i, &["--lease-ttl", TTL, "--export-routes"]);
-        lab.start_host_bird(i);
-    }
-    (lab, router, client)
-}
-
-/// The hosts' bridge addresses that hold `ip` on `lo`, as the router would name them.
-fn holder_gateways(lab: &Lab, ip: &str) -> Vec<String> {
-    let mut gw: Vec<String> = lab
-        .holders(ip)
-        .into_iter()
-        .map(|h| format!("192.0.2.{}", h + 1))
-        .collect();
-    gw.sort();
-    gw
-}
-
-fn wait_routes_match_holders(lab: &Lab, router: &str, ip: &str, count: usize) -> Option<Duration> {
-    wait_for(Duration::from_secs(20), || {
-        let holders = holder_gateways(lab, ip);
-        holders.len() == count && lab.router_next_hops(router, ip) == holders
-    })
-}
-
-/// Ping `ip` from the client every 10 ms, `count` times, in the background.
-fn ping(client: &str, ip: &str, count: u32) -> Child {
-    Command::new("ip")
-        .args([
-            "netns", "exec", client, "ping", "-n", "-q", "-i", "0.01", "-W", "1",
-        ])
-        .args(["-c", &count.to_string(), ip])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("ping")
-}
-
-fn lost(ping: Child) -> u32 {
-    let out = String::from_utf8_lossy(&ping.wait_with_output().expect("ping").stdout).into_owned();
-    let line = out
-        .lines()
-        .find(|l| l.contains("packets transmitted"))
-        .expect(&out)
-        .to_string();
-    let nums: Vec<u32> = line
-        .split(|c: char| !c.is_ascii_digit())
-        .filter_map(|n| n.parse().ok())
-        .collect();
-    nums[0] - nums[1]
+    Lab::routed(3, TTL)
 }
 
 #[test]
@@ -97,7 +44,7 @@ fn the_router_learns_exactly_the_holders_and_follows_every_change() {
         !lab.router_next_hops(&router, shared)
             .contains(&format!("192.0.2.{}", stopping + 1))
     });
-    let failed = lost(pinger);
+    let failed = lost_pings(pinger);
     let dropped = dropped.expect("the router dropped the stopped host");
     eprintln!(
         "graceful stop: next hop dropped after {:?}, {failed} of 300 pings lost",

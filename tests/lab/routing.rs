@@ -3,9 +3,10 @@
 //! the configs shipped in `config/bird/`, so the tests check what operators install.
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
-use super::{run, Lab};
+use super::{run, wait_for, Lab};
 
 /// The client's address behind the router.
 pub const CLIENT: &str = "192.0.2.246";
@@ -18,7 +19,71 @@ fn shipped(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// The hosts' bridge addresses that hold `ip` on `lo`, as the router names them.
+pub fn holder_gateways(lab: &Lab, ip: &str) -> Vec<String> {
+    let mut gw: Vec<String> = lab
+        .holders(ip)
+        .into_iter()
+        .map(|h| format!("192.0.2.{}", h + 1))
+        .collect();
+    gw.sort();
+    gw
+}
+
+/// Wait until `count` hosts hold `ip` and the router's next hops are exactly them.
+pub fn wait_routes_match_holders(
+    lab: &Lab,
+    router: &str,
+    ip: &str,
+    count: usize,
+) -> Option<Duration> {
+    wait_for(Duration::from_secs(20), || {
+        let holders = holder_gateways(lab, ip);
+        holders.len() == count && lab.router_next_hops(router, ip) == holders
+    })
+}
+
+/// Ping `ip` from the client every 10 ms, `count` times, in the background.
+pub fn ping(client: &str, ip: &str, count: u32) -> Child {
+    Command::new("ip")
+        .args([
+            "netns", "exec", client, "ping", "-n", "-q", "-i", "0.01", "-W", "1",
+        ])
+        .args(["-c", &count.to_string(), ip])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("ping")
+}
+
+/// How many of a finished ping's probes got no reply.
+pub fn lost_pings(ping: Child) -> u32 {
+    let out = ping.wait_with_output().expect("ping");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let line = text
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .unwrap_or_else(|| panic!("no ping summary: {text}"));
+    let nums: Vec<u32> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    nums[0] - nums[1]
+}
+
 impl Lab {
+    /// A lab of `hosts` agents (`--export-routes`) and BIRDs, a BIRD router and a
+    /// client behind it; returns (lab, router namespace, client namespace).
+    pub fn routed(hosts: usize, ttl: &str) -> (Lab, String, String) {
+        let mut lab = Lab::new(hosts);
+        let (router, client) = lab.add_router();
+        lab.start_router_bird(&router);
+        for i in 0..hosts {
+            lab.start_agent(i, &["--lease-ttl", ttl, "--export-routes"]);
+            lab.start_host_bird(i);
+        }
+        (lab, router, client)
+    }
+
     /// Add the router and the client; returns (router namespace, client namespace).
     pub fn add_router(&mut self) -> (String, String) {
         let router = format!("{}-r1", self.name);
