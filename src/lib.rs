@@ -6,5 +6,6 @@ pub mod commands;
 pub mod config;
 pub mod model;
 pub mod net;
+pub mod placement;
 pub mod plan;
 pub mod store;

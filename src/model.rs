@@ -49,6 +49,8 @@ pub enum KeyKind {
     Claim(IpAddr, u32),
     /// `<prefix>/nodes/<node>`: a live agent.
     Node(String),
+    /// `<prefix>/drains/<node>`: an operator asked this node to hand everything over.
+    Drain(String),
     /// Any other key: pools, allocations and keys of later versions.
     Other,
 }
@@ -92,6 +94,11 @@ impl Keys {
         format!("{}/nodes/{node}", self.prefix)
     }
 
+    /// `<prefix>/drains/<node>`.
+    pub fn drain(&self, node: &str) -> String {
+        format!("{}/drains/{node}", self.prefix)
+    }
+
     /// Classify a key; `Ok(None)` when the key is outside the prefix.
     pub fn parse(&self, key: &str) -> Result<Option<KeyKind>, ContractError> {
         let Some(rest) = key
@@ -112,6 +119,8 @@ impl Keys {
             KeyKind::Claim(parse_canonical_ip(ip)?, slot)
         } else if let Some(node) = rest.strip_prefix("nodes/") {
             KeyKind::Node(node.to_string())
+        } else if let Some(node) = rest.strip_prefix("drains/") {
+            KeyKind::Drain(node.to_string())
         } else {
             KeyKind::Other
         };
@@ -313,8 +322,11 @@ pub struct ClaimValue {
 pub struct NodeValue {
     /// Node name, equal to the key's last segment.
     pub node: String,
-    /// Interfaces this agent serves.
+    /// Interfaces this agent serves and that are up: empty while it can serve nothing.
     pub interfaces: Vec<String>,
+    /// CIDRs this agent may configure; empty means unknown (an older agent).
+    #[serde(default)]
+    pub allowed_cidrs: Vec<ipnet::IpNet>,
     /// Labels for IP placement.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,

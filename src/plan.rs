@@ -12,7 +12,8 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use crate::model::{max_prefix_len, DesiredIp, Replicas};
+use crate::model::{max_prefix_len, DesiredIp, NodeValue, Replicas};
+use crate::placement;
 
 /// An etcd lease ID.
 pub type LeaseId = i64;
@@ -75,6 +76,8 @@ pub struct Me<'a> {
     pub interface_up: bool,
     /// When fenced, keep addresses of shared IPs (replicas > 1): `--on-etcd-loss keep`.
     pub keep_shared_when_fenced: bool,
+    /// An operator drained this node: hand everything over, claim nothing.
+    pub draining: bool,
 }
 
 /// The cluster as this agent sees it.
@@ -86,6 +89,10 @@ pub struct World<'a> {
     pub claims: &'a Claims,
     /// Addresses on this host that carry extip's mark.
     pub owned: &'a BTreeSet<LocalAddress>,
+    /// Live nodes, for placement.
+    pub nodes: &'a BTreeMap<String, NodeValue>,
+    /// Free slots left unclaimed past the grace period: anyone eligible may take them.
+    pub overdue: &'a BTreeSet<(IpAddr, u32)>,
 }
 
 /// One step for the agent to execute. Variants are ordered as they must run.
@@ -110,6 +117,8 @@ pub enum Ineligible {
     OtherInterface(String),
     /// The interface is down or has no carrier.
     InterfaceDown,
+    /// An operator drained this node.
+    Draining,
 }
 
 impl fmt::Display for Ineligible {
@@ -118,6 +127,7 @@ impl fmt::Display for Ineligible {
             Ineligible::OutsideAllowedCidrs => f.write_str("outside every --allowed-cidr"),
             Ineligible::OtherInterface(i) => write!(f, "wants interface {i}, not served here"),
             Ineligible::InterfaceDown => f.write_str("the interface is down"),
+            Ineligible::Draining => f.write_str("this node is drained"),
         }
     }
 }
@@ -130,6 +140,7 @@ pub fn eligibility(me: &Me, ip: IpAddr, desired: &DesiredIp) -> Result<(), Ineli
     match &desired.interface {
         Some(i) if i != me.interface => Err(Ineligible::OtherInterface(i.clone())),
         _ if !me.interface_up => Err(Ineligible::InterfaceDown),
+        _ if me.draining => Err(Ineligible::Draining),
         _ => Ok(()),
     }
 }
@@ -151,20 +162,37 @@ fn slot_is_valid(replicas: Replicas, slot: u32) -> bool {
     }
 }
 
-/// The lowest slot nobody holds, if `replicas` allows one more holder.
-fn free_slot(replicas: Replicas, taken: Option<&BTreeMap<u32, Holder>>) -> Option<u32> {
-    let is_free = |s: &u32| taken.is_none_or(|t| !t.contains_key(s));
-    match replicas {
-        Replicas::Count(n) => (0..n).find(is_free),
-        Replicas::All => (0..).find(is_free),
-    }
+/// Which free slot of `ip` this agent should claim: the one placement assigns it, else
+/// one left unclaimed past the grace period.
+fn slot_to_claim(
+    me: &Me,
+    world: &World,
+    assignment: &Assignment,
+    ip: IpAddr,
+    replicas: Replicas,
+) -> Option<u32> {
+    let assigned = assignment
+        .range((ip, 0)..=(ip, u32::MAX))
+        .find(|(_, node)| node.as_str() == me.node)
+        .map(|(&(_, slot), _)| slot);
+    let taken = world.claims.get(&ip);
+    let overdue = world
+        .overdue
+        .range((ip, 0)..=(ip, u32::MAX))
+        .map(|&(_, slot)| slot)
+        .find(|&s| slot_is_valid(replicas, s) && taken.is_none_or(|t| !t.contains_key(&s)));
+    assigned.or(overdue)
 }
+
+/// Free slots and the node that should claim each.
+type Assignment = BTreeMap<(IpAddr, u32), String>;
 
 /// Decide the next actions. Run them in order, then plan again until nothing is left.
 pub fn plan(me: &Me, world: &World) -> Vec<Action> {
     let mut actions = Vec::new();
+    let assignment = placement::assign(world.desired, world.claims, world.nodes);
     for (&ip, desired) in world.desired {
-        plan_ip(me, world, ip, desired, &mut actions);
+        plan_ip(me, world, &assignment, ip, desired, &mut actions);
     }
     plan_strays(me, world, &mut actions);
     actions.sort();
@@ -203,7 +231,14 @@ fn owned_for(world: &World, ip: IpAddr) -> Vec<LocalAddress> {
         .collect()
 }
 
-fn plan_ip(me: &Me, world: &World, ip: IpAddr, desired: &DesiredIp, out: &mut Vec<Action>) {
+fn plan_ip(
+    me: &Me,
+    world: &World,
+    assignment: &Assignment,
+    ip: IpAddr,
+    desired: &DesiredIp,
+    out: &mut Vec<Action>,
+) {
     let owned = owned_for(world, ip);
     if me.mode == Mode::Fenced {
         let shared = desired.replicas != Replicas::EXCLUSIVE;
@@ -243,7 +278,7 @@ fn plan_ip(me: &Me, world: &World, ip: IpAddr, desired: &DesiredIp, out: &mut Ve
         return;
     }
     if eligible && me.lease.is_some() {
-        if let Some(slot) = free_slot(desired.replicas, world.claims.get(&ip)) {
+        if let Some(slot) = slot_to_claim(me, world, assignment, ip, desired.replicas) {
             out.push(Action::Claim { ip, slot });
         }
     }

@@ -2,6 +2,7 @@
 //! address events, a periodic resync, the lease deadline and shutdown signals.
 
 mod lease;
+mod membership;
 mod reconcile;
 mod state;
 mod view;
@@ -82,6 +83,12 @@ pub struct Agent {
     endpoint: usize,
     started: String,
     lease_file: state::LeaseFile,
+    /// The node record last put in etcd.
+    published: Option<NodeValue>,
+    /// Since when each free slot has been free, for the placement grace.
+    free_since: std::collections::BTreeMap<(IpAddr, u32), std::time::Instant>,
+    /// Free slots past the grace: any eligible host may claim them.
+    overdue: std::collections::BTreeSet<(IpAddr, u32)>,
     /// The binary and arguments this process started with, for SIGHUP.
     exe: Option<PathBuf>,
     args: Vec<OsString>,
@@ -182,6 +189,9 @@ impl Agent {
             endpoint: 0,
             started: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
             lease_file: state::LeaseFile::new(&cfg.state_dir),
+            published: None,
+            free_since: Default::default(),
+            overdue: Default::default(),
             exe: std::env::current_exe().ok(),
             args: std::env::args_os().skip(1).collect(),
             cfg,
@@ -288,18 +298,8 @@ impl Agent {
         self.endpoint = idx;
         let keepalive = self.attach_lease(&mut store).await?;
         let lease = self.lease.unwrap_or_default();
-        let node = NodeValue {
-            node: self.cfg.node.clone(),
-            interfaces: vec![self.cfg.interface.clone()],
-            labels: Default::default(),
-            draining: false,
-            version: env!("CARGO_PKG_VERSION").into(),
-            started: self.started.clone(),
-        };
-        let value = serde_json::to_vec(&node).expect("node value serializes");
-        store
-            .put(&self.keys.node(&self.cfg.node), &value, Some(lease))
-            .await?;
+        self.published = None;
+        self.publish_node(&mut store).await?;
         let snapshot = store.list(&self.keys.root()).await?;
         self.view.replace(&snapshot);
         let watch = store
@@ -385,7 +385,9 @@ impl Agent {
                 .oldest_unanswered()
                 .map(|t| Instant::from_std(t + self.answer_timeout()));
             let refresh_due = self.refresh_due;
+            let overdue_at = self.next_overdue().map(Instant::from_std);
             let wake: Result<bool, String> = tokio::select! {
+                _ = sleep_until_some(overdue_at) => Ok(true),
                 _ = sleep_until_some(answer_due) => Err("keepalive unanswered".into()),
                 _ = sleep_until_some(refresh_due) => {
                     self.scheduled_refresh().await;

@@ -34,6 +34,22 @@ impl Agent {
             mode,
             interface_up: self.interface_up,
             keep_shared_when_fenced: self.cfg.on_etcd_loss == EtcdLossPolicy::Keep,
+            draining: self.draining(),
+        }
+    }
+
+    /// The cluster as the planner sees it, with this host's owned addresses.
+    fn world<'a>(
+        &'a self,
+        owned: &'a BTreeSet<LocalAddress>,
+        nodes: &'a std::collections::BTreeMap<String, crate::model::NodeValue>,
+    ) -> World<'a> {
+        World {
+            desired: &self.view.desired,
+            claims: &self.view.claims,
+            owned,
+            nodes,
+            overdue: &self.overdue,
         }
     }
 
@@ -74,11 +90,8 @@ impl Agent {
         if !owned.is_empty() {
             warn!(count = owned.len(), why, "removing extip addresses");
         }
-        let world = World {
-            desired: &self.view.desired,
-            claims: &self.view.claims,
-            owned: &owned,
-        };
+        let nodes = self.view.placement_nodes();
+        let world = self.world(&owned, &nodes);
         let mut me = self.me(Mode::Fenced);
         me.keep_shared_when_fenced &= !everything;
         for action in plan(&me, &world) {
@@ -90,9 +103,15 @@ impl Agent {
     }
 
     /// Converge addresses and claims, then mirror the addresses as export routes.
-    pub(super) async fn reconcile(&mut self, store: Option<&mut Store>) -> Result<(), StoreError> {
-        let converged = self.converge(store).await;
+    pub(super) async fn reconcile(
+        &mut self,
+        mut store: Option<&mut Store>,
+    ) -> Result<(), StoreError> {
+        let converged = self.converge(store.as_deref_mut()).await;
         self.sync_export_routes().await;
+        if let Some(store) = store {
+            self.publish_node(store).await?;
+        }
         converged
     }
 
@@ -151,6 +170,7 @@ impl Agent {
     async fn converge(&mut self, mut store: Option<&mut Store>) -> Result<(), StoreError> {
         self.check_interface().await;
         self.report_ineligible();
+        self.track_free_slots();
         for _ in 0..MAX_ROUNDS {
             let owned = match self.net.owned_set().await {
                 Ok(owned) => owned,
@@ -159,11 +179,8 @@ impl Agent {
                     return Ok(());
                 }
             };
-            let world = World {
-                desired: &self.view.desired,
-                claims: &self.view.claims,
-                owned: &owned,
-            };
+            let nodes = self.view.placement_nodes();
+            let world = self.world(&owned, &nodes);
             let actions = plan(&self.me(self.current_mode()), &world);
             if actions.is_empty() {
                 return Ok(());
@@ -238,11 +255,8 @@ impl Agent {
             Err(e) => return error!(error = %e, "cannot list addresses to refresh them"),
         };
         let set = owned.iter().map(|o| o.address).collect();
-        let world = World {
-            desired: &self.view.desired,
-            claims: &self.view.claims,
-            owned: &set,
-        };
+        let nodes = self.view.placement_nodes();
+        let world = self.world(&set, &nodes);
         let leaving: std::collections::BTreeSet<LocalAddress> =
             plan(&self.me(self.current_mode()), &world)
                 .into_iter()

@@ -1,6 +1,6 @@
 //! The agent's copy of the cluster state, fed by lists and watch changes.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
 use tracing::{debug, warn};
@@ -18,6 +18,8 @@ pub struct ClusterView {
     pub claims: Claims,
     /// Live nodes.
     pub nodes: BTreeMap<String, NodeValue>,
+    /// Nodes an operator drained.
+    pub drains: BTreeSet<String>,
     /// Changes at or below this revision are already in the view.
     revision: i64,
     /// Bad keys already reported, with the revision reported, so each is logged once.
@@ -32,6 +34,7 @@ impl ClusterView {
             desired: BTreeMap::new(),
             claims: Claims::new(),
             nodes: BTreeMap::new(),
+            drains: BTreeSet::new(),
             revision: 0,
             reported: HashMap::new(),
         }
@@ -42,6 +45,7 @@ impl ClusterView {
         self.desired.clear();
         self.claims.clear();
         self.nodes.clear();
+        self.drains.clear();
         for kv in &snapshot.kvs {
             self.put(kv);
         }
@@ -55,6 +59,16 @@ impl ClusterView {
             Change::Delete { key, revision } if *revision > self.revision => self.delete(key),
             _ => {}
         }
+    }
+
+    /// Live nodes as placement sees them: a drain key drains a node even if its
+    /// agent has not said so yet.
+    pub fn placement_nodes(&self) -> BTreeMap<String, NodeValue> {
+        let mut nodes = self.nodes.clone();
+        for (name, node) in nodes.iter_mut() {
+            node.draining |= self.drains.contains(name);
+        }
+        nodes
     }
 
     /// Record the outcome of this agent's own claim transaction.
@@ -110,6 +124,9 @@ impl ClusterView {
                 }
                 Err(e) => self.report(kv, &e.to_string()),
             },
+            Ok(Some(KeyKind::Drain(name))) => {
+                self.drains.insert(name);
+            }
             Ok(Some(KeyKind::Other)) | Ok(None) => {}
             Err(e) => self.report(kv, &e.to_string()),
         }
@@ -124,6 +141,9 @@ impl ClusterView {
             Ok(Some(KeyKind::Claim(ip, slot))) => self.remove_claim(ip, slot),
             Ok(Some(KeyKind::Node(name))) => {
                 self.nodes.remove(&name);
+            }
+            Ok(Some(KeyKind::Drain(name))) => {
+                self.drains.remove(&name);
             }
             _ => {}
         }

@@ -1,7 +1,7 @@
 //! Unit tests of single plans, and a simulation of several agents sharing one etcd.
 
 use super::*;
-use crate::model::{DesiredIp, Replicas};
+use crate::model::{DesiredIp, NodeValue, Replicas};
 
 mod simulation;
 
@@ -26,6 +26,7 @@ fn me(lease: LeaseId, allowed: &[IpNet]) -> Me<'_> {
         mode: Mode::Serve,
         interface_up: true,
         keep_shared_when_fenced: false,
+        draining: false,
     }
 }
 
@@ -58,6 +59,21 @@ struct Case {
     desired: BTreeMap<IpAddr, DesiredIp>,
     claims: Claims,
     owned: BTreeSet<LocalAddress>,
+    nodes: BTreeMap<String, NodeValue>,
+    overdue: BTreeSet<(IpAddr, u32)>,
+}
+
+/// A live node that can serve anything on `lo`.
+fn node_record(name: &str) -> NodeValue {
+    NodeValue {
+        node: name.into(),
+        interfaces: vec!["lo".into()],
+        allowed_cidrs: Vec::new(),
+        labels: Default::default(),
+        draining: false,
+        version: String::new(),
+        started: String::new(),
+    }
 }
 
 impl Case {
@@ -66,7 +82,13 @@ impl Case {
             desired: BTreeMap::new(),
             claims: Claims::new(),
             owned: BTreeSet::new(),
+            nodes: [("h1".to_string(), node_record("h1"))].into(),
+            overdue: BTreeSet::new(),
         }
+    }
+    fn node(mut self, name: &str) -> Self {
+        self.nodes.insert(name.into(), node_record(name));
+        self
     }
     fn want(mut self, s: &str, d: DesiredIp) -> Self {
         self.desired.insert(ip(s), d);
@@ -90,6 +112,8 @@ impl Case {
                 desired: &self.desired,
                 claims: &self.claims,
                 owned: &self.owned,
+                nodes: &self.nodes,
+                overdue: &self.overdue,
             },
         )
     }
@@ -261,6 +285,7 @@ fn replicas_fill_free_slots_and_shrink_safely() {
     let mut two = exclusive();
     two.replicas = Replicas::Count(2);
     let case = Case::new()
+        .node("n9")
         .want("198.51.100.10", two.clone())
         .claim("198.51.100.10", 0, 9);
     assert_eq!(
@@ -288,6 +313,9 @@ fn all_replicas_take_the_lowest_free_slot() {
     let mut all = exclusive();
     all.replicas = Replicas::All;
     let case = Case::new()
+        .node("n9")
+        .node("n8")
+        .node("n6")
         .want("198.51.100.10", all)
         .claim("198.51.100.10", 0, 9)
         .claim("198.51.100.10", 1, 8)
@@ -349,6 +377,51 @@ fn fenced_agent_keeps_shared_ips_only_when_told_to() {
         ]
     );
     m.keep_shared_when_fenced = true;
+    assert_eq!(
+        case.plan(&m),
+        vec![Action::RemoveAddress(addr("198.51.100.10", 32))]
+    );
+}
+
+#[test]
+fn a_host_claims_only_what_placement_gives_it_until_the_grace_runs_out() {
+    let a = allowed();
+    let mut case = Case::new().node("h2").node("h3");
+    for i in 1..=30 {
+        case = case.want(&format!("198.51.100.{i}"), exclusive());
+    }
+    let claims: Vec<Action> = case.plan(&me(7, &a));
+    assert!(
+        (5..=15).contains(&claims.len()),
+        "h1 claims its share of 30, not all: {}",
+        claims.len()
+    );
+    let skipped = (1..=30)
+        .map(|i| ip(&format!("198.51.100.{i}")))
+        .find(|x| {
+            !claims
+                .iter()
+                .any(|c| matches!(c, Action::Claim { ip, .. } if ip == x))
+        })
+        .unwrap();
+    case.overdue.insert((skipped, 0));
+    let after = case.plan(&me(7, &a));
+    assert!(after.contains(&Action::Claim {
+        ip: skipped,
+        slot: 0
+    }));
+}
+
+#[test]
+fn a_drained_host_gives_everything_away_and_claims_nothing() {
+    let a = allowed();
+    let mut m = me(7, &a);
+    m.draining = true;
+    let case = Case::new()
+        .want("198.51.100.10", exclusive())
+        .want("198.51.100.11", exclusive())
+        .claim("198.51.100.10", 0, 7)
+        .owns(addr("198.51.100.10", 32));
     assert_eq!(
         case.plan(&m),
         vec![Action::RemoveAddress(addr("198.51.100.10", 32))]

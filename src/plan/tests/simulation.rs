@@ -43,6 +43,23 @@ fn op() -> impl Strategy<Value = Op> {
 struct Etcd {
     desired: BTreeMap<IpAddr, DesiredIp>,
     claims: Claims,
+    nodes: BTreeMap<String, crate::model::NodeValue>,
+}
+
+fn name(a: usize) -> String {
+    format!("a{a}")
+}
+
+fn record(a: usize) -> crate::model::NodeValue {
+    crate::model::NodeValue {
+        node: name(a),
+        interfaces: vec!["lo".into()],
+        allowed_cidrs: Vec::new(),
+        labels: Default::default(),
+        draining: false,
+        version: String::new(),
+        started: String::new(),
+    }
 }
 
 struct Agent {
@@ -69,8 +86,12 @@ impl Sim {
                 owned: BTreeSet::new(),
             })
             .collect();
+        let etcd = Etcd {
+            nodes: (0..AGENTS).map(|a| (name(a), record(a))).collect(),
+            ..Etcd::default()
+        };
         Sim {
-            etcd: Etcd::default(),
+            etcd,
             agents,
             next_lease: AGENTS as LeaseId + 1,
             allowed: allowed(),
@@ -79,8 +100,9 @@ impl Sim {
 
     fn plan_for(&self, a: usize) -> Vec<Action> {
         let agent = &self.agents[a];
+        let node = name(a);
         let me = Me {
-            node: "n",
+            node: &node,
             lease: Some(agent.lease),
             ifindex: 1,
             interface: "lo",
@@ -88,6 +110,7 @@ impl Sim {
             mode: Mode::Serve,
             interface_up: true,
             keep_shared_when_fenced: false,
+            draining: false,
         };
         plan(
             &me,
@@ -95,6 +118,8 @@ impl Sim {
                 desired: &agent.view.desired,
                 claims: &agent.view.claims,
                 owned: &agent.owned,
+                nodes: &agent.view.nodes,
+                overdue: &BTreeSet::new(),
             },
         )
     }
@@ -118,7 +143,10 @@ impl Sim {
             Action::Claim { ip, slot } => {
                 let slots = self.etcd.claims.entry(ip).or_default();
                 // The txn: create only if absent. Either way the agent learns the truth.
-                slots.entry(slot).or_insert_with(|| held_by(lease));
+                slots.entry(slot).or_insert_with(|| Holder {
+                    node: Some(name(a)),
+                    lease,
+                });
                 let truth = slots[&slot].clone();
                 agent.view.claims.entry(ip).or_default().insert(slot, truth);
             }
@@ -152,6 +180,7 @@ impl Sim {
                     slots.retain(|_, h| h.lease != lease);
                 }
                 self.agents[a].alive = false;
+                self.etcd.nodes.remove(&name(a));
             }
             Op::Restart(a) => {
                 if self.agents[a].alive {
@@ -160,7 +189,7 @@ impl Sim {
                 // Startup cleanup runs before the agent joins: plan with no lease.
                 let agent = &mut self.agents[a];
                 let me = Me {
-                    node: "n",
+                    node: "restarting",
                     lease: None,
                     ifindex: 1,
                     interface: "lo",
@@ -168,12 +197,15 @@ impl Sim {
                     mode: Mode::Serve,
                     interface_up: true,
                     keep_shared_when_fenced: false,
+                    draining: false,
                 };
                 let empty = Etcd::default();
                 let world = World {
                     desired: &empty.desired,
                     claims: &empty.claims,
                     owned: &agent.owned,
+                    nodes: &empty.nodes,
+                    overdue: &BTreeSet::new(),
                 };
                 for action in plan(&me, &world) {
                     let Action::RemoveAddress(x) = action else {
@@ -185,6 +217,7 @@ impl Sim {
                 agent.lease = self.next_lease;
                 agent.view = Etcd::default();
                 self.next_lease += 1;
+                self.etcd.nodes.insert(name(a), record(a));
             }
         }
     }

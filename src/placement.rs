@@ -1,0 +1,126 @@
+//! Which live node should claim each free slot: rendezvous hashing with bounded loads.
+//!
+//! Pure and deterministic: every agent computes the same assignment from the same etcd
+//! state (desired IPs, claims, node records), so hosts rarely race for a slot. Held
+//! slots are never reassigned here, so a membership change moves only the IPs whose
+//! holder went away. The claim transaction stays the lock: a wrong or stale assignment
+//! can only delay a claim, never put an IP on two hosts.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::hash::Hasher;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use crate::model::{DesiredIp, NodeValue, Replicas};
+use crate::plan::Claims;
+
+/// Load bound: a node above `ceil(average × 1.05)` passes a slot to its next-ranked node.
+const LOAD_FACTOR: f64 = 1.05;
+
+/// The rendezvous weight of `node` for `ip`: FNV-1a over both, then a 64-bit finalizer
+/// for good mixing. Stable across versions and platforms, unlike std's hashers.
+pub fn weight(ip: IpAddr, node: &str) -> u64 {
+    let mut h = fnv::FnvHasher::default();
+    h.write(ip.to_string().as_bytes());
+    h.write(&[0]);
+    h.write(node.as_bytes());
+    let mut x = h.finish();
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    x ^ (x >> 33)
+}
+
+/// Whether the node described by `node` can serve `ip` as `desired` asks.
+pub fn node_can_serve(node: &NodeValue, ip: IpAddr, desired: &DesiredIp) -> bool {
+    if node.draining || node.interfaces.is_empty() {
+        return false;
+    }
+    let allowed =
+        node.allowed_cidrs.is_empty() || node.allowed_cidrs.iter().any(|c: &IpNet| c.contains(&ip));
+    let interface = match &desired.interface {
+        Some(i) => node.interfaces.iter().any(|n| n == i),
+        None => true,
+    };
+    allowed && interface
+}
+
+/// Nodes that can serve `ip`, best-ranked first.
+pub fn ranking<'a>(
+    ip: IpAddr,
+    desired: &DesiredIp,
+    nodes: &'a BTreeMap<String, NodeValue>,
+) -> Vec<&'a str> {
+    let mut ranked: Vec<(u64, &str)> = nodes
+        .iter()
+        .filter(|(_, n)| node_can_serve(n, ip, desired))
+        .map(|(name, _)| (weight(ip, name), name.as_str()))
+        .collect();
+    ranked.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(b.1)));
+    ranked.into_iter().map(|(_, n)| n).collect()
+}
+
+/// How many slots an IP wants given how many nodes can serve it.
+fn wanted_slots(replicas: Replicas, candidates: usize) -> usize {
+    match replicas {
+        Replicas::Count(n) => (n as usize).min(candidates),
+        Replicas::All => candidates,
+    }
+}
+
+/// For every free slot, the node that should claim it.
+pub fn assign(
+    desired: &BTreeMap<IpAddr, DesiredIp>,
+    claims: &Claims,
+    nodes: &BTreeMap<String, NodeValue>,
+) -> BTreeMap<(IpAddr, u32), String> {
+    let rankings: BTreeMap<IpAddr, Vec<&str>> = desired
+        .iter()
+        .map(|(&ip, d)| (ip, ranking(ip, d, nodes)))
+        .collect();
+    let total: usize = desired
+        .iter()
+        .map(|(ip, d)| wanted_slots(d.replicas, rankings[ip].len()))
+        .sum();
+    let serving = nodes
+        .values()
+        .filter(|n| !n.draining && !n.interfaces.is_empty())
+        .count();
+    let cap = ((total as f64 / serving.max(1) as f64) * LOAD_FACTOR).ceil() as usize;
+    let mut load: BTreeMap<&str, usize> = BTreeMap::new();
+    for slots in claims.values() {
+        for h in slots.values() {
+            if let Some(node) = h.node.as_deref().filter(|n| nodes.contains_key(*n)) {
+                *load.entry(node).or_default() += 1;
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    for (&ip, d) in desired {
+        let ranked = &rankings[&ip];
+        let held = claims.get(&ip);
+        let mut holders: BTreeSet<&str> = held
+            .map(|s| s.values().filter_map(|h| h.node.as_deref()).collect())
+            .unwrap_or_default();
+        let wanted = wanted_slots(d.replicas, ranked.len());
+        let free = (0u32..).filter(|s| held.is_none_or(|h| !h.contains_key(s)));
+        let missing = wanted.saturating_sub(held.map_or(0, |h| h.len()));
+        for slot in free.take(missing) {
+            let pick = ranked
+                .iter()
+                .filter(|n| !holders.contains(**n))
+                .find(|n| load.get(**n).copied().unwrap_or(0) < cap)
+                .or_else(|| ranked.iter().find(|n| !holders.contains(**n)));
+            let Some(&node) = pick else { break };
+            holders.insert(node);
+            *load.entry(node).or_default() += 1;
+            out.insert((ip, slot), node.to_string());
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

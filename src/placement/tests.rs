@@ -1,0 +1,157 @@
+use super::*;
+use crate::plan::Holder;
+
+fn node(name: &str) -> NodeValue {
+    NodeValue {
+        node: name.into(),
+        interfaces: vec!["lo".into()],
+        allowed_cidrs: vec![
+            "198.51.100.0/24".parse().unwrap(),
+            "203.0.113.0/24".parse().unwrap(),
+        ],
+        labels: Default::default(),
+        draining: false,
+        version: String::new(),
+        started: String::new(),
+    }
+}
+
+fn nodes(names: &[&str]) -> BTreeMap<String, NodeValue> {
+    names.iter().map(|n| (n.to_string(), node(n))).collect()
+}
+
+fn exclusive() -> DesiredIp {
+    DesiredIp {
+        prefix_len: None,
+        replicas: Replicas::Count(1),
+        interface: None,
+        pool: None,
+        source: None,
+    }
+}
+
+/// `count` exclusive IPs from the two /24 documentation ranges for VIPs.
+fn ips(count: usize) -> BTreeMap<IpAddr, DesiredIp> {
+    (0..count)
+        .map(|i| {
+            let ip: IpAddr = if i < 250 {
+                format!("198.51.100.{}", i + 1)
+            } else {
+                format!("203.0.113.{}", i - 249)
+            }
+            .parse()
+            .unwrap();
+            (ip, exclusive())
+        })
+        .collect()
+}
+
+fn as_claims(assignment: &BTreeMap<(IpAddr, u32), String>) -> Claims {
+    let mut claims = Claims::new();
+    for (&(ip, slot), node) in assignment {
+        let holder = Holder {
+            node: Some(node.clone()),
+            lease: 1,
+        };
+        claims.entry(ip).or_default().insert(slot, holder);
+    }
+    claims
+}
+
+fn per_node(assignment: &BTreeMap<(IpAddr, u32), String>) -> BTreeMap<String, usize> {
+    let mut count = BTreeMap::new();
+    for node in assignment.values() {
+        *count.entry(node.clone()).or_default() += 1;
+    }
+    count
+}
+
+#[test]
+fn three_hundred_ips_spread_within_ninety_to_one_hundred_ten() {
+    let desired = ips(300);
+    let a = assign(&desired, &Claims::new(), &nodes(&["h1", "h2", "h3"]));
+    assert_eq!(a.len(), 300);
+    for (node, n) in per_node(&a) {
+        assert!((90..=110).contains(&n), "{node} got {n}");
+    }
+}
+
+#[test]
+fn losing_a_node_moves_only_its_ips_and_stays_bounded() {
+    let desired = ips(300);
+    let all = nodes(&["h1", "h2", "h3"]);
+    let first = assign(&desired, &Claims::new(), &all);
+    let mut claims = as_claims(&first);
+    for slots in claims.values_mut() {
+        slots.retain(|_, h| h.node.as_deref() != Some("h2"));
+    }
+    let survivors = nodes(&["h1", "h3"]);
+    let second = assign(&desired, &claims, &survivors);
+    let lost: BTreeSet<IpAddr> = first
+        .iter()
+        .filter(|(_, n)| n.as_str() == "h2")
+        .map(|((ip, _), _)| *ip)
+        .collect();
+    let moved: BTreeSet<IpAddr> = second.keys().map(|(ip, _)| *ip).collect();
+    assert_eq!(moved, lost, "only the lost node's IPs get new holders");
+    let mut total = per_node(&first);
+    total.remove("h2");
+    for (node, n) in per_node(&second) {
+        *total.get_mut(&node).unwrap() += n;
+    }
+    for (node, n) in total {
+        assert!((140..=160).contains(&n), "{node} ends with {n}");
+    }
+}
+
+#[test]
+fn replicas_pick_distinct_nodes_and_all_means_every_node() {
+    let mut desired = BTreeMap::new();
+    let two: IpAddr = "198.51.100.20".parse().unwrap();
+    let every: IpAddr = "198.51.100.21".parse().unwrap();
+    let mut d = exclusive();
+    d.replicas = Replicas::Count(2);
+    desired.insert(two, d.clone());
+    d.replicas = Replicas::All;
+    desired.insert(every, d);
+    let a = assign(&desired, &Claims::new(), &nodes(&["h1", "h2", "h3"]));
+    let on = |ip: IpAddr| -> BTreeSet<String> {
+        a.iter()
+            .filter(|((i, _), _)| *i == ip)
+            .map(|(_, n)| n.clone())
+            .collect()
+    };
+    assert_eq!(on(two).len(), 2);
+    assert_eq!(on(every).len(), 3);
+}
+
+#[test]
+fn draining_ineligible_and_down_nodes_get_nothing() {
+    let mut all = nodes(&["h1", "h2", "h3", "h4"]);
+    all.get_mut("h1").unwrap().draining = true;
+    all.get_mut("h2").unwrap().allowed_cidrs = vec!["192.0.2.0/24".parse().unwrap()];
+    all.get_mut("h3").unwrap().interfaces.clear();
+    let a = assign(&ips(20), &Claims::new(), &all);
+    assert_eq!(a.len(), 20);
+    assert!(a.values().all(|n| n == "h4"), "{a:?}");
+}
+
+#[test]
+fn the_ranking_is_deterministic_and_differs_per_ip() {
+    let all = nodes(&["h1", "h2", "h3"]);
+    let ip1: IpAddr = "198.51.100.1".parse().unwrap();
+    let ip2: IpAddr = "198.51.100.2".parse().unwrap();
+    assert_eq!(
+        ranking(ip1, &exclusive(), &all),
+        ranking(ip1, &exclusive(), &all)
+    );
+    let firsts: BTreeSet<&str> = (1..40)
+        .map(|i| {
+            let ip: IpAddr = format!("198.51.100.{i}").parse().unwrap();
+            ranking(ip, &exclusive(), &all)[0]
+        })
+        .collect();
+    assert_eq!(firsts.len(), 3, "every node ranks first for some IP");
+    assert_eq!(weight(ip1, "h1"), weight(ip1, "h1"));
+    assert_ne!(weight(ip1, "h1"), weight(ip2, "h1"));
+}
