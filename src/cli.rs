@@ -25,6 +25,27 @@ pub enum Command {
     Ip(IpCommand),
     /// Show every desired IP, its holder, and the live nodes.
     Status(StatusArgs),
+    /// Drain a node (it hands every IP over and claims none) or undrain it.
+    #[command(subcommand)]
+    Node(NodeCommand),
+}
+
+/// `extip node …`.
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// Writes `<prefix>/drains/<node>`: the node hands its IPs over and claims none.
+    Drain(NodeArgs),
+    /// Deletes `<prefix>/drains/<node>`: the node may claim again.
+    Undrain(NodeArgs),
+}
+
+/// `extip node drain|undrain`.
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
+    /// The node name, as in `extip status`.
+    pub node: String,
 }
 
 /// Where the etcd cluster is; shared by every subcommand.

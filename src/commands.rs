@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use serde::Serialize;
 
-use crate::cli::{EtcdArgs, IpAddArgs, IpLsArgs, IpRmArgs, Output, StatusArgs};
+use crate::cli::{EtcdArgs, IpAddArgs, IpLsArgs, IpRmArgs, NodeArgs, Output, StatusArgs};
 use crate::config::{validate_prefix, DEFAULT_ETCD, DEFAULT_PREFIX};
 use crate::model::{self, DesiredValue, KeyKind, Keys};
 use crate::store::{Snapshot, Store};
@@ -99,6 +99,28 @@ pub async fn ip_ls(args: IpLsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `extip node drain` (`drain`) or `extip node undrain`.
+pub async fn drain(args: NodeArgs, drain: bool) -> anyhow::Result<()> {
+    let node = args.node.trim();
+    if node.is_empty() || node.contains('/') {
+        bail!("`{node}` is not a node name");
+    }
+    let (mut store, keys) = connect(&args.etcd).await?;
+    if drain {
+        let since = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
+        let value = serde_json::json!({ "since": since.to_string() });
+        store
+            .put(&keys.drain(node), value.to_string().as_bytes(), None)
+            .await?;
+        println!("{node} drained: it hands its IPs over and claims none");
+    } else if store.delete(&keys.drain(node)).await? {
+        println!("{node} undrained: it may claim IPs again");
+    } else {
+        bail!("{node} was not drained");
+    }
+    Ok(())
+}
+
 /// `extip status`.
 pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
     let status = fetch_status(&args.etcd).await?;
@@ -157,6 +179,7 @@ pub fn build_status(keys: &Keys, snapshot: &Snapshot) -> Status {
     let mut ips: BTreeMap<IpAddr, IpStatus> = BTreeMap::new();
     let mut claims: BTreeMap<IpAddr, Vec<HolderStatus>> = BTreeMap::new();
     let mut status = Status::default();
+    let mut drains = std::collections::BTreeSet::new();
     for kv in &snapshot.kvs {
         match keys.parse(&kv.key) {
             Ok(Some(KeyKind::Desired(ip))) => {
@@ -175,12 +198,18 @@ pub fn build_status(keys: &Keys, snapshot: &Snapshot) -> Status {
                     status.nodes.push(node);
                 }
             }
+            Ok(Some(KeyKind::Drain(name))) => {
+                drains.insert(name);
+            }
             _ => {}
         }
     }
     for (ip, mut entry) in ips {
         entry.holders = claims.remove(&ip).unwrap_or_default();
         status.ips.push(entry);
+    }
+    for node in &mut status.nodes {
+        node.draining |= drains.contains(&node.node);
     }
     status
 }
@@ -235,13 +264,20 @@ fn nodes_table(status: &Status) -> String {
     let mut rows = vec![[
         "NODE".to_string(),
         "INTERFACES".into(),
+        "DRAINING".into(),
         "VERSION".into(),
         "STARTED".into(),
     ]];
     for n in &status.nodes {
+        let interfaces = if n.interfaces.is_empty() {
+            "(down)".to_string()
+        } else {
+            n.interfaces.join(",")
+        };
         rows.push([
             n.node.clone(),
-            n.interfaces.join(","),
+            interfaces,
+            if n.draining { "yes" } else { "no" }.into(),
             n.version.clone(),
             n.started.clone(),
         ]);

@@ -4,7 +4,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
-use extip::cli::{Cli, Command, IpCommand};
+use extip::cli::{Cli, Command, IpCommand, NodeCommand};
 use extip::config::{hostname, AgentConfig, AgentSettings};
 use tracing_subscriber::EnvFilter;
 
@@ -50,5 +50,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Ip(IpCommand::Rm(args)) => extip::commands::ip_rm(args).await,
         Command::Ip(IpCommand::Ls(args)) => extip::commands::ip_ls(args).await,
         Command::Status(args) => extip::commands::status(args).await,
+        Command::Node(NodeCommand::Drain(args)) => extip::commands::drain(args, true).await,
+        Command::Node(NodeCommand::Undrain(args)) => extip::commands::drain(args, false).await,
     }
 }

@@ -166,6 +166,43 @@ impl Lab {
         );
     }
 
+    /// Put many keys with `etcdctl txn`, 100 per transaction (etcd allows 128).
+    /// Values must not contain spaces.
+    pub fn put_many(&self, pairs: &[(String, String)]) {
+        use std::io::Write;
+        for batch in pairs.chunks(100) {
+            let mut script = String::from("\n");
+            for (k, v) in batch {
+                script.push_str(&format!("put {k} {v}\n"));
+            }
+            script.push_str("\n\n");
+            let mut child = Command::new("ip")
+                .args(["netns", "exec", &self.etcd[0].ns, "etcdctl"])
+                .args(["--endpoints", &self.etcd_url(), "txn"])
+                .env("ETCDCTL_API", "3")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("etcdctl txn");
+            let mut stdin = child.stdin.take().expect("stdin");
+            stdin.write_all(script.as_bytes()).expect("txn script");
+            drop(stdin);
+            assert!(
+                child.wait().expect("etcdctl").success(),
+                "etcdctl txn failed"
+            );
+        }
+    }
+
+    /// Run the `extip` CLI from m1's namespace against this lab's etcd.
+    pub fn extip(&self, args: &[&str]) -> String {
+        let mut full = vec!["netns", "exec", self.etcd[0].ns.as_str(), super::EXTIP];
+        full.extend_from_slice(args);
+        let url = self.etcd_url();
+        full.extend_from_slice(&["--etcd", &url]);
+        run("ip", &full)
+    }
+
     /// `etcdctl del`.
     pub fn del(&self, key: &str) {
         self.etcdctl(&["del", key]).expect("etcdctl del");

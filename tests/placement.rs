@@ -1,0 +1,167 @@
+//! Placement in the lab: IPs spread evenly, a lost host moves only its own IPs, and a
+//! drained host hands everything over. Checked with `ip -j addr` and the real CLI.
+
+mod lab;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use lab::monitor::{has_ip, OverlapMonitor};
+use lab::{wait_for, Lab};
+
+const ALLOWED: &str = "198.51.100.0/24,203.0.113.0/24";
+
+/// `count` exclusive IPs from the two documentation ranges for virtual IPs.
+fn ips(count: usize) -> Vec<String> {
+    (0..count)
+        .map(|i| match i {
+            0..250 => format!("198.51.100.{}", i + 1),
+            _ => format!("203.0.113.{}", i - 249),
+        })
+        .collect()
+}
+
+/// Agents on every host, all registered before any IP is desired.
+fn lab_with_agents(hosts: usize) -> Lab {
+    let mut lab = Lab::new(hosts);
+    for h in 0..hosts {
+        lab.start_agent(h, &["--lease-ttl", "3s", "--allowed-cidr", ALLOWED]);
+    }
+    let up = wait_for(Duration::from_secs(10), || {
+        (1..=hosts).all(|h| lab.get(&format!("/extip/nodes/h{h}")).is_some())
+    });
+    assert!(up.is_some(), "agents did not register");
+    lab
+}
+
+/// Which host holds each IP (hosts in `among`), from one `ip -j addr` per host.
+fn placement(lab: &Lab, ips: &[String], among: &[usize]) -> BTreeMap<String, Vec<usize>> {
+    let seen: Vec<(usize, Vec<String>)> =
+        among.iter().map(|&h| (h, lab.addresses(h, "lo"))).collect();
+    ips.iter()
+        .map(|ip| {
+            let on = seen
+                .iter()
+                .filter(|(_, a)| has_ip(a, ip))
+                .map(|(h, _)| *h)
+                .collect();
+            (ip.clone(), on)
+        })
+        .collect()
+}
+
+fn each_once(p: &BTreeMap<String, Vec<usize>>) -> bool {
+    p.values().all(|on| on.len() == 1)
+}
+
+fn per_host(p: &BTreeMap<String, Vec<usize>>) -> BTreeMap<usize, usize> {
+    let mut count = BTreeMap::new();
+    for on in p.values() {
+        for h in on {
+            *count.entry(*h).or_default() += 1;
+        }
+    }
+    count
+}
+
+#[test]
+fn three_hundred_ips_spread_evenly_and_a_lost_host_moves_only_its_own() {
+    let mut lab = lab_with_agents(3);
+    let all = ips(300);
+    let pairs: Vec<(String, String)> = all
+        .iter()
+        .map(|ip| (format!("/extip/ips/{ip}"), "{}".into()))
+        .collect();
+    lab.put_many(&pairs);
+    let placed = wait_for(Duration::from_secs(30), || {
+        each_once(&placement(&lab, &all, &[0, 1, 2]))
+    });
+    assert!(placed.is_some(), "not every IP on exactly one host");
+    let before = placement(&lab, &all, &[0, 1, 2]);
+    let spread = per_host(&before);
+    eprintln!("300 IPs placed in {placed:?}: {spread:?}");
+    for (h, n) in &spread {
+        assert!((90..=110).contains(n), "h{} holds {n}", h + 1);
+    }
+
+    let victim = 1;
+    let survivors = [0, 2];
+    let monitor = OverlapMonitor::start(lab.namespaces(&survivors), all.clone());
+    lab.kill(victim);
+    lab.cut(victim);
+    let moved = wait_for(Duration::from_secs(10), || {
+        each_once(&placement(&lab, &all, &survivors))
+    });
+    let report = monitor.stop();
+    assert!(
+        report.overlaps.is_empty(),
+        "overlaps: {:?}",
+        report.overlaps
+    );
+    let moved = moved.expect("the lost host's IPs served again");
+    let after = placement(&lab, &all, &survivors);
+    for (ip, on) in &before {
+        if on[0] != victim {
+            assert_eq!(&after[ip], on, "{ip} moved although its host survived");
+        }
+    }
+    eprintln!(
+        "host loss: {} IPs moved in {moved:?}, now {:?}",
+        spread[&victim],
+        per_host(&after)
+    );
+    assert!(moved <= Duration::from_secs(4), "took {moved:?}");
+}
+
+#[test]
+fn a_drained_host_hands_everything_over_without_overlap() {
+    let lab = lab_with_agents(3);
+    let some = ips(30);
+    let pairs: Vec<(String, String)> = some
+        .iter()
+        .map(|ip| (format!("/extip/ips/{ip}"), "{}".into()))
+        .collect();
+    lab.put_many(&pairs);
+    assert!(wait_for(Duration::from_secs(10), || each_once(&placement(
+        &lab,
+        &some,
+        &[0, 1, 2]
+    )))
+    .is_some());
+    let monitor = OverlapMonitor::start(lab.namespaces(&[0, 1, 2]), some.clone());
+    lab.extip(&["node", "drain", "h1"]);
+    let emptied = wait_for(Duration::from_secs(2), || {
+        let p = placement(&lab, &some, &[0, 1, 2]);
+        each_once(&p) && !per_host(&p).contains_key(&0)
+    });
+    let report = monitor.stop();
+    assert!(
+        report.overlaps.is_empty(),
+        "overlaps: {:?}",
+        report.overlaps
+    );
+    let emptied = emptied.expect("h1 handed everything over within 2 s");
+    eprintln!("drain: h1 emptied in {emptied:?}");
+    let status = lab.extip(&["status"]);
+    let h1 = status
+        .lines()
+        .find(|l| l.starts_with("h1 "))
+        .expect("h1 in status");
+    assert!(
+        h1.contains("yes"),
+        "status does not show h1 draining: {status}"
+    );
+    lab.extip(&["node", "undrain", "h1"]);
+    // No rebalancing yet: an undrained host takes new IPs (and ones that become free).
+    let fresh: Vec<String> = (200..230).map(|i| format!("198.51.100.{i}")).collect();
+    let pairs: Vec<(String, String)> = fresh
+        .iter()
+        .map(|ip| (format!("/extip/ips/{ip}"), "{}".into()))
+        .collect();
+    lab.put_many(&pairs);
+    let back = wait_for(Duration::from_secs(5), || {
+        let mine = lab.addresses(0, "lo");
+        fresh.iter().any(|ip| has_ip(&mine, ip))
+    });
+    assert!(back.is_some(), "undrained h1 takes no new IP");
+}
