@@ -95,6 +95,9 @@ pub struct AgentArgs {
     /// Keep a host route (main table, proto 88) for every held address, for BGP export
     #[arg(long, env = "EXTIP_EXPORT_ROUTES", num_args = 0..=1, default_missing_value = "true")]
     pub export_routes: Option<bool>,
+    /// How long a new or returning node must be up before IPs move to it [default: 10s]
+    #[arg(long, env = "EXTIP_STABILIZATION")]
+    pub stabilization: Option<String>,
 }
 
 impl AgentArgs {
@@ -111,6 +114,7 @@ impl AgentArgs {
             state_dir: self.state_dir.clone(),
             on_etcd_loss: self.on_etcd_loss.clone(),
             export_routes: self.export_routes,
+            stabilization: self.stabilization.clone(),
         }
     }
 }

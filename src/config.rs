@@ -22,6 +22,8 @@ pub const DEFAULT_INTERFACE: &str = "lo";
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(5);
 /// Default period of the full re-list.
 pub const DEFAULT_RESYNC: Duration = Duration::from_secs(30);
+/// Default wait before IPs move to a new or returning node.
+pub const DEFAULT_STABILIZATION: Duration = Duration::from_secs(10);
 /// Default directory for the lease file (systemd's `StateDirectory=extip`).
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/extip";
 
@@ -73,6 +75,8 @@ pub struct AgentSettings {
     pub on_etcd_loss: Option<String>,
     /// Mirror held addresses as export routes for a routing daemon.
     pub export_routes: Option<bool>,
+    /// How long a new or returning node must be up before IPs move to it.
+    pub stabilization: Option<String>,
 }
 
 impl AgentSettings {
@@ -101,6 +105,7 @@ impl AgentSettings {
             state_dir: self.state_dir.or(lower.state_dir),
             on_etcd_loss: self.on_etcd_loss.or(lower.on_etcd_loss),
             export_routes: self.export_routes.or(lower.export_routes),
+            stabilization: self.stabilization.or(lower.stabilization),
         }
     }
 }
@@ -128,6 +133,8 @@ pub struct AgentConfig {
     pub on_etcd_loss: EtcdLossPolicy,
     /// Mirror held addresses as export routes (main table, proto 88) for BGP.
     pub export_routes: bool,
+    /// How long a new or returning node must be up before IPs move to it.
+    pub stabilization: Duration,
 }
 
 /// `--on-etcd-loss`: what happens to shared IPs (replicas > 1) when etcd is lost.
@@ -194,6 +201,10 @@ impl AgentConfig {
             state_dir,
             on_etcd_loss,
             export_routes: s.export_routes.unwrap_or(false),
+            stabilization: match s.stabilization.as_deref() {
+                None => DEFAULT_STABILIZATION,
+                Some(text) => parse_duration("stabilization", text)?,
+            },
         })
     }
 }

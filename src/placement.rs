@@ -70,25 +70,8 @@ fn wanted_slots(replicas: Replicas, candidates: usize) -> usize {
     }
 }
 
-/// For every free slot, the node that should claim it.
-pub fn assign(
-    desired: &BTreeMap<IpAddr, DesiredIp>,
-    claims: &Claims,
-    nodes: &BTreeMap<String, NodeValue>,
-) -> BTreeMap<(IpAddr, u32), String> {
-    let rankings: BTreeMap<IpAddr, Vec<&str>> = desired
-        .iter()
-        .map(|(&ip, d)| (ip, ranking(ip, d, nodes)))
-        .collect();
-    let total: usize = desired
-        .iter()
-        .map(|(ip, d)| wanted_slots(d.replicas, rankings[ip].len()))
-        .sum();
-    let serving = nodes
-        .values()
-        .filter(|n| !n.draining && !n.interfaces.is_empty())
-        .count();
-    let cap = ((total as f64 / serving.max(1) as f64) * LOAD_FACTOR).ceil() as usize;
+/// Current loads: held slots per live node.
+fn loads<'a>(claims: &'a Claims, nodes: &BTreeMap<String, NodeValue>) -> BTreeMap<&'a str, usize> {
     let mut load: BTreeMap<&str, usize> = BTreeMap::new();
     for slots in claims.values() {
         for h in slots.values() {
@@ -97,26 +80,146 @@ pub fn assign(
             }
         }
     }
+    load
+}
+
+/// The load bound for `total` slots over the nodes that can serve.
+fn capacity(total: usize, nodes: &BTreeMap<String, NodeValue>) -> usize {
+    let serving = nodes
+        .values()
+        .filter(|n| !n.draining && !n.interfaces.is_empty())
+        .count();
+    ((total as f64 / serving.max(1) as f64) * LOAD_FACTOR).ceil() as usize
+}
+
+/// The balanced placement from scratch: for each IP its ideal holders, best first.
+/// It ignores current claims; rebalancing and free slots steer towards it.
+pub fn ideal(
+    desired: &BTreeMap<IpAddr, DesiredIp>,
+    nodes: &BTreeMap<String, NodeValue>,
+) -> BTreeMap<IpAddr, Vec<String>> {
+    let rankings: BTreeMap<IpAddr, Vec<&str>> = desired
+        .iter()
+        .map(|(&ip, d)| (ip, ranking(ip, d, nodes)))
+        .collect();
+    let total: usize = desired
+        .iter()
+        .map(|(ip, d)| wanted_slots(d.replicas, rankings[ip].len()))
+        .sum();
+    let cap = capacity(total, nodes);
+    let mut load: BTreeMap<&str, usize> = BTreeMap::new();
     let mut out = BTreeMap::new();
     for (&ip, d) in desired {
         let ranked = &rankings[&ip];
+        let wanted = wanted_slots(d.replicas, ranked.len());
+        let mut chosen: Vec<&str> = Vec::new();
+        for _ in 0..wanted {
+            let pick = ranked
+                .iter()
+                .filter(|n| !chosen.contains(n))
+                .find(|n| load.get(**n).copied().unwrap_or(0) < cap)
+                .or_else(|| ranked.iter().find(|n| !chosen.contains(n)));
+            let Some(&node) = pick else { break };
+            chosen.push(node);
+            *load.entry(node).or_default() += 1;
+        }
+        out.insert(ip, chosen.into_iter().map(str::to_string).collect());
+    }
+    out
+}
+
+/// For every free slot, the node that should claim it: an ideal holder of the IP
+/// that holds no slot of it yet, else the best-ranked node under the load bound.
+pub fn assign(
+    desired: &BTreeMap<IpAddr, DesiredIp>,
+    claims: &Claims,
+    nodes: &BTreeMap<String, NodeValue>,
+) -> BTreeMap<(IpAddr, u32), String> {
+    let ideal = ideal(desired, nodes);
+    let total: usize = ideal.values().map(Vec::len).sum();
+    let cap = capacity(total, nodes);
+    let mut load = loads(claims, nodes);
+    let mut out = BTreeMap::new();
+    for (&ip, d) in desired {
+        let ranked = ranking(ip, d, nodes);
         let held = claims.get(&ip);
         let mut holders: BTreeSet<&str> = held
             .map(|s| s.values().filter_map(|h| h.node.as_deref()).collect())
             .unwrap_or_default();
-        let wanted = wanted_slots(d.replicas, ranked.len());
+        let wanted = ideal[&ip].len();
         let free = (0u32..).filter(|s| held.is_none_or(|h| !h.contains_key(s)));
         let missing = wanted.saturating_sub(held.map_or(0, |h| h.len()));
         for slot in free.take(missing) {
-            let pick = ranked
+            let open: Vec<&str> = ranked
                 .iter()
-                .filter(|n| !holders.contains(**n))
-                .find(|n| load.get(**n).copied().unwrap_or(0) < cap)
-                .or_else(|| ranked.iter().find(|n| !holders.contains(**n)));
-            let Some(&node) = pick else { break };
+                .copied()
+                .filter(|n| !holders.contains(n))
+                .collect();
+            let preferred = ideal[&ip]
+                .iter()
+                .find_map(|n| open.iter().copied().find(|o| o == n));
+            let bounded = open
+                .iter()
+                .copied()
+                .find(|n| load.get(n).copied().unwrap_or(0) < cap);
+            let Some(node) = preferred.or(bounded).or(open.first().copied()) else {
+                break;
+            };
             holders.insert(node);
             *load.entry(node).or_default() += 1;
             out.insert((ip, slot), node.to_string());
+        }
+    }
+    out
+}
+
+/// A node below this share of the average load receives IPs when rebalancing. The
+/// spread goal is ±10 %: survivors of a lost node stay above it, a new, returning or
+/// undrained node starts far below it.
+const UNDERLOAD: f64 = 0.9;
+
+/// IPs `me` should hand over to rebalance: to their ideal holder, only when that node
+/// is `stable` (seen for the stabilization window), under-loaded (below [`UNDERLOAD`]
+/// of the average) and `me` above the average. A lost node therefore moves nothing
+/// among the survivors; a new, returning or undrained node gets its share back.
+pub fn handovers(
+    desired: &BTreeMap<IpAddr, DesiredIp>,
+    claims: &Claims,
+    nodes: &BTreeMap<String, NodeValue>,
+    me: &str,
+    stable: &BTreeSet<String>,
+) -> Vec<IpAddr> {
+    let ideal = ideal(desired, nodes);
+    let total: usize = ideal.values().map(Vec::len).sum();
+    let serving = nodes
+        .values()
+        .filter(|n| !n.draining && !n.interfaces.is_empty())
+        .count()
+        .max(1);
+    let average = total as f64 / serving as f64;
+    let mut load = loads(claims, nodes);
+    let mut mine = load.get(me).copied().unwrap_or(0);
+    let mut out = Vec::new();
+    for (&ip, holders) in &ideal {
+        if mine as f64 <= average {
+            break;
+        }
+        let slots = claims.get(&ip);
+        let held_by =
+            |n: &str| slots.is_some_and(|s| s.values().any(|h| h.node.as_deref() == Some(n)));
+        if !held_by(me) || holders.iter().any(|n| n == me) {
+            continue;
+        }
+        let receiver = holders.iter().find(|n| {
+            !held_by(n)
+                && stable.contains(*n)
+                && (load.get(n.as_str()).copied().unwrap_or(0) as f64)
+                    < (average * UNDERLOAD).floor()
+        });
+        if let Some(n) = receiver {
+            *load.entry(n.as_str()).or_default() += 1;
+            mine -= 1;
+            out.push(ip);
         }
     }
     out

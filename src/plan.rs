@@ -78,6 +78,8 @@ pub struct Me<'a> {
     pub keep_shared_when_fenced: bool,
     /// An operator drained this node: hand everything over, claim nothing.
     pub draining: bool,
+    /// IPs this agent hands over to rebalance: drop the address, then the claim.
+    pub give_away: &'a BTreeSet<IpAddr>,
 }
 
 /// The cluster as this agent sees it.
@@ -248,7 +250,7 @@ fn plan_ip(
         return;
     }
     let mine = my_slots(me, world.claims, ip);
-    let eligible = eligibility(me, ip, desired).is_ok();
+    let eligible = eligibility(me, ip, desired).is_ok() && !me.give_away.contains(&ip);
     let (valid, invalid): (Vec<u32>, Vec<u32>) = mine
         .iter()
         .partition(|&&s| slot_is_valid(desired.replicas, s));

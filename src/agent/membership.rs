@@ -12,6 +12,12 @@ use crate::store::{Store, StoreError};
 /// host takes it (that host may be unable to serve it, or its agent may be stuck).
 pub const PLACEMENT_GRACE: Duration = Duration::from_secs(1);
 
+/// Rebalancing pace per agent: at most this many hand-overs per [`HANDOVER_PERIOD`],
+/// so a cluster never moves everything at once.
+pub const HANDOVER_BATCH: usize = 5;
+/// See [`HANDOVER_BATCH`].
+pub const HANDOVER_PERIOD: Duration = Duration::from_millis(500);
+
 impl Agent {
     /// The record as it should be now.
     pub(super) fn node_record(&self) -> NodeValue {
@@ -79,5 +85,74 @@ impl Agent {
             .filter(|(slot, _)| !self.overdue.contains(slot))
             .map(|(_, since)| *since + PLACEMENT_GRACE)
             .min()
+    }
+}
+
+impl Agent {
+    /// Nodes seen for at least the stabilization window.
+    fn stable_nodes(&mut self, now: Instant) -> std::collections::BTreeSet<String> {
+        let live = &self.view.nodes;
+        self.first_seen.retain(|name, _| live.contains_key(name));
+        for name in live.keys() {
+            self.first_seen.entry(name.clone()).or_insert(now);
+        }
+        let window = self.cfg.stabilization;
+        self.first_seen
+            .iter()
+            .filter(|(_, since)| now.duration_since(**since) >= window)
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    /// Choose the next IPs to hand over, within the rate limit; forget finished ones.
+    pub(super) fn plan_handovers(&mut self) {
+        let now = Instant::now();
+        let stable = self.stable_nodes(now);
+        let me = self.cfg.node.clone();
+        let claims = &self.view.claims;
+        let still_mine = |ip: &std::net::IpAddr| {
+            claims
+                .get(ip)
+                .is_some_and(|s| s.values().any(|h| h.node.as_deref() == Some(me.as_str())))
+        };
+        self.giving_away.retain(|ip| still_mine(ip));
+        let paced = self
+            .last_handover
+            .is_some_and(|t| now.duration_since(t) < HANDOVER_PERIOD);
+        // Rebalance only in a steady state: not while free slots are still being filled.
+        let filling = !self.free_since.is_empty();
+        if !self.giving_away.is_empty() || paced || filling || self.lease.is_none() {
+            return;
+        }
+        let nodes = self.view.placement_nodes();
+        let moves = placement::handovers(&self.view.desired, claims, &nodes, &me, &stable);
+        if moves.is_empty() {
+            return;
+        }
+        let batch = moves.len().min(HANDOVER_BATCH);
+        tracing::info!(
+            batch,
+            pending = moves.len(),
+            "rebalancing: handing IPs over"
+        );
+        self.giving_away
+            .extend(moves.into_iter().take(HANDOVER_BATCH));
+        self.last_handover = Some(now);
+    }
+
+    /// When rebalancing may need another look: a node turning stable, or the pace.
+    pub(super) fn next_rebalance(&self) -> Option<Instant> {
+        let now = Instant::now();
+        let window = self.cfg.stabilization;
+        let stabilizing = self
+            .first_seen
+            .values()
+            .map(|since| *since + window)
+            .filter(|at| *at > now);
+        let paced = self
+            .last_handover
+            .map(|t| t + HANDOVER_PERIOD)
+            .filter(|at| *at > now);
+        stabilizing.chain(paced).min()
     }
 }

@@ -1,6 +1,7 @@
 //! The host agent: one event loop over the etcd watch, the lease keepalive, netlink
 //! address events, a periodic resync, the lease deadline and shutdown signals.
 
+mod keepalive;
 mod lease;
 mod membership;
 mod reconcile;
@@ -15,9 +16,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use tokio::sync::watch;
-use tokio::time::{
-    interval, interval_at, sleep, sleep_until, timeout, Instant, MissedTickBehavior,
-};
+use tokio::time::{interval_at, sleep, sleep_until, timeout, Instant};
 use tracing::{error, info, warn};
 
 use crate::config::AgentConfig;
@@ -32,10 +31,11 @@ pub use lease::{
 };
 pub use view::ClusterView;
 
-/// A working connection: the store, the lease keepalive stream and the prefix watch.
+/// A working connection: the store, the keepalive task and its reports, the watch.
 struct Connection {
     store: Store,
-    keepalive: LeaseKeepAlive,
+    _keepalive: keepalive::KeepaliveTask,
+    lease_events: tokio::sync::mpsc::UnboundedReceiver<keepalive::LeaseEvent>,
     watch: Watch,
 }
 
@@ -66,7 +66,7 @@ pub struct Agent {
     ifindex: u32,
     view: ClusterView,
     lease: Option<i64>,
-    clock: LeaseDeadline,
+    clock: keepalive::SharedDeadline,
     /// True once addresses were dropped for a passed deadline, until a renewal.
     fenced: bool,
     /// Whether the interface is up with carrier, as last read.
@@ -89,6 +89,12 @@ pub struct Agent {
     free_since: std::collections::BTreeMap<(IpAddr, u32), std::time::Instant>,
     /// Free slots past the grace: any eligible host may claim them.
     overdue: std::collections::BTreeSet<(IpAddr, u32)>,
+    /// When this agent first saw each live node, for the stabilization window.
+    first_seen: std::collections::BTreeMap<String, std::time::Instant>,
+    /// IPs being handed over to rebalance.
+    giving_away: std::collections::BTreeSet<IpAddr>,
+    /// When the last hand-over batch started, for the rate limit.
+    last_handover: Option<std::time::Instant>,
     /// The binary and arguments this process started with, for SIGHUP.
     exe: Option<PathBuf>,
     args: Vec<OsString>,
@@ -163,6 +169,11 @@ async fn sleep_until_some(at: Option<Instant>) {
 }
 
 impl Agent {
+    /// The lease deadline, locked briefly.
+    fn clock(&self) -> std::sync::MutexGuard<'_, LeaseDeadline> {
+        keepalive::lock(&self.clock)
+    }
+
     fn new(cfg: AgentConfig, net: Netlink, ifindex: u32) -> Self {
         if cfg.lease_ttl < MIN_TTL_FOR_LIFETIMES {
             warn!(
@@ -175,7 +186,7 @@ impl Agent {
         Agent {
             keys: Keys::new(&cfg.prefix),
             view: ClusterView::new(Keys::new(&cfg.prefix)),
-            clock: LeaseDeadline::new(cfg.lease_ttl),
+            clock: std::sync::Arc::new(std::sync::Mutex::new(LeaseDeadline::new(cfg.lease_ttl))),
             net,
             ifindex,
             lease: None,
@@ -192,6 +203,9 @@ impl Agent {
             published: None,
             free_since: Default::default(),
             overdue: Default::default(),
+            first_seen: Default::default(),
+            giving_away: Default::default(),
+            last_handover: None,
             exe: std::env::current_exe().ok(),
             args: std::env::args_os().skip(1).collect(),
             cfg,
@@ -247,7 +261,7 @@ impl Agent {
         if self.fenced {
             return None;
         }
-        self.clock.fence_at().map(Instant::from_std)
+        self.clock().fence_at().map(Instant::from_std)
     }
 
     async fn fence(&mut self) {
@@ -310,9 +324,16 @@ impl Agent {
             lease = format!("{lease:x}"),
             "connected to etcd"
         );
+        let (task, lease_events) = keepalive::spawn(
+            keepalive,
+            self.clock.clone(),
+            keepalive_interval(self.cfg.lease_ttl),
+            self.answer_timeout(),
+        );
         Ok(Connection {
             store,
-            keepalive,
+            _keepalive: task,
+            lease_events,
             watch,
         })
     }
@@ -329,7 +350,7 @@ impl Agent {
         }
         let sent = std::time::Instant::now();
         let lease = store.grant(ttl_secs).await?;
-        self.clock.granted(sent, ttl_secs);
+        self.clock().granted(sent, ttl_secs);
         self.lease = Some(lease);
         self.lease_file.save(&self.cfg.node, lease);
         self.fenced = false;
@@ -343,14 +364,14 @@ impl Agent {
         lease: i64,
     ) -> Result<Option<LeaseKeepAlive>, StoreError> {
         let mut keepalive = store.keep_alive(lease).await?;
-        self.clock.sent(std::time::Instant::now());
+        self.clock().sent(std::time::Instant::now());
         keepalive.send().await?;
         let answer = timeout(self.request_timeout(), keepalive.recv()).await;
         let ttl = answer.map_err(|_| StoreError::Timeout {
             op: "lease keepalive",
             timeout: self.request_timeout(),
         })??;
-        if self.clock.answered(ttl) == Renewal::Renewed {
+        if self.clock().answered(ttl) == Renewal::Renewed {
             self.fenced = false;
             return Ok(Some(keepalive));
         }
@@ -361,7 +382,7 @@ impl Agent {
     async fn lease_lost(&mut self) {
         warn!(lease = ?self.lease.map(|l| format!("{l:x}")), "lease expired in etcd");
         self.lease = None;
-        self.clock.forget();
+        self.clock().forget();
         self.drop_addresses("lease expired", false).await;
     }
 
@@ -372,23 +393,20 @@ impl Agent {
         events: &mut AddressEvents,
         signals: &mut watch::Receiver<Signal>,
     ) -> Stop {
-        let mut keepalive_tick = interval(keepalive_interval(self.cfg.lease_ttl));
-        keepalive_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut resync = interval_at(Instant::now() + self.cfg.resync, self.cfg.resync);
         if let Err(e) = self.reconcile(Some(&mut conn.store)).await {
             return Stop::Lost(e.to_string());
         }
         loop {
             let fence_at = self.fence_timer();
-            let answer_due = self
-                .clock
-                .oldest_unanswered()
-                .map(|t| Instant::from_std(t + self.answer_timeout()));
             let refresh_due = self.refresh_due;
-            let overdue_at = self.next_overdue().map(Instant::from_std);
+            let overdue_at = [self.next_overdue(), self.next_rebalance()]
+                .into_iter()
+                .flatten()
+                .min()
+                .map(Instant::from_std);
             let wake: Result<bool, String> = tokio::select! {
                 _ = sleep_until_some(overdue_at) => Ok(true),
-                _ = sleep_until_some(answer_due) => Err("keepalive unanswered".into()),
                 _ = sleep_until_some(refresh_due) => {
                     self.scheduled_refresh().await;
                     Ok(false)
@@ -402,11 +420,7 @@ impl Agent {
                     changes.iter().for_each(|c| self.view.apply(c));
                     true
                 }).map_err(|e| e.to_string()),
-                r = conn.keepalive.recv() => self.keepalive_answered(r).await,
-                _ = keepalive_tick.tick() => {
-                    self.clock.sent(std::time::Instant::now());
-                    conn.keepalive.send().await.map(|()| false).map_err(|e| e.to_string())
-                }
+                Some(event) = conn.lease_events.recv() => self.lease_event(event).await,
                 _ = resync.tick() => self.resync(&mut conn.store).await.map(|()| true).map_err(|e| e.to_string()),
                 Some(()) = events.changed() => Ok(true),
             };
@@ -417,29 +431,24 @@ impl Agent {
                     }
                 }
                 Ok(false) => {}
-                Err(reason) => {
-                    self.clock.stream_lost();
-                    return Stop::Lost(reason);
-                }
+                Err(reason) => return Stop::Lost(reason),
             }
         }
     }
 
-    /// A keepalive answer: a renewal schedules a lifetime refresh; an expiry ends the lease.
-    async fn keepalive_answered(
-        &mut self,
-        answer: Result<i64, StoreError>,
-    ) -> Result<bool, String> {
-        match answer.map(|ttl| self.clock.answered(ttl)) {
-            Ok(Renewal::Renewed) => {
+    /// A report of the keepalive task: a renewal schedules a lifetime refresh; an
+    /// expiry ends the lease; a failure means reconnecting.
+    async fn lease_event(&mut self, event: keepalive::LeaseEvent) -> Result<bool, String> {
+        match event {
+            keepalive::LeaseEvent::Renewed => {
                 self.refresh_due = self.next_refresh();
                 Ok(false)
             }
-            Ok(Renewal::Expired) => {
+            keepalive::LeaseEvent::Expired => {
                 self.lease_lost().await;
                 Err("lease expired".into())
             }
-            Err(e) => Err(e.to_string()),
+            keepalive::LeaseEvent::Failed(reason) => Err(reason),
         }
     }
 
@@ -448,7 +457,7 @@ impl Agent {
     /// unknown). Without a renewal since the last refresh there is nothing to gain.
     fn next_refresh(&self) -> Option<Instant> {
         let now = std::time::Instant::now();
-        let deadline = self.clock.deadline()?;
+        let deadline = self.clock().deadline()?;
         let latest = match self.lifetimes_end {
             Some(end) => end.checked_sub(Duration::from_millis(200)).unwrap_or(now),
             None => now,

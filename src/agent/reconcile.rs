@@ -35,6 +35,7 @@ impl Agent {
             interface_up: self.interface_up,
             keep_shared_when_fenced: self.cfg.on_etcd_loss == EtcdLossPolicy::Keep,
             draining: self.draining(),
+            give_away: &self.giving_away,
         }
     }
 
@@ -72,7 +73,7 @@ impl Agent {
     }
 
     fn current_mode(&self) -> Mode {
-        if self.lease.is_some() && self.clock.is_safe(Instant::now()) {
+        if self.lease.is_some() && self.clock().is_safe(Instant::now()) {
             Mode::Serve
         } else {
             Mode::Fenced
@@ -171,6 +172,7 @@ impl Agent {
         self.check_interface().await;
         self.report_ineligible();
         self.track_free_slots();
+        self.plan_handovers();
         for _ in 0..MAX_ROUNDS {
             let owned = match self.net.owned_set().await {
                 Ok(owned) => owned,
@@ -231,7 +233,7 @@ impl Agent {
         if !(exclusive || fenced_anyway) || !self.lifetimes {
             return Ok(None);
         }
-        address_lifetime(self.clock.deadline(), Instant::now())
+        address_lifetime(self.clock().deadline(), Instant::now())
             .map(Some)
             .ok_or(())
     }
@@ -268,7 +270,8 @@ impl Agent {
         let interval = keepalive_interval(self.cfg.lease_ttl);
         let many = owned.len() > MANY_ADDRESSES;
         self.lifetimes_end = None;
-        self.refreshed_for = self.clock.deadline();
+        let deadline = self.clock().deadline();
+        self.refreshed_for = deadline;
         for o in owned.iter().filter(|o| !leaving.contains(&o.address)) {
             let Ok(lifetime) = self.lifetime_for(o.address.ip) else {
                 continue; // too close to the deadline: let the kernel expire it

@@ -155,3 +155,91 @@ fn the_ranking_is_deterministic_and_differs_per_ip() {
     assert_eq!(weight(ip1, "h1"), weight(ip1, "h1"));
     assert_ne!(weight(ip1, "h1"), weight(ip2, "h1"));
 }
+
+fn stable(names: &[&str]) -> BTreeSet<String> {
+    names.iter().map(|n| n.to_string()).collect()
+}
+
+/// Place `desired` on `names` and return the claims, as if every agent had claimed.
+fn placed(desired: &BTreeMap<IpAddr, DesiredIp>, names: &[&str]) -> Claims {
+    as_claims(&assign(desired, &Claims::new(), &nodes(names)))
+}
+
+#[test]
+fn a_returning_node_gets_its_share_once_stable_and_only_then() {
+    let desired = ips(300);
+    let claims = placed(&desired, &["h1", "h3"]);
+    let all = nodes(&["h1", "h2", "h3"]);
+    // h2 is back but not stable yet: nothing moves.
+    for me in ["h1", "h3"] {
+        assert!(handovers(&desired, &claims, &all, me, &stable(&["h1", "h3"])).is_empty());
+    }
+    // Stable: h1 and h3 together hand about a third over, all of it to h2.
+    let ready = stable(&["h1", "h2", "h3"]);
+    let mut moved = 0;
+    let mut claims = claims;
+    for me in ["h1", "h3"] {
+        for ip in handovers(&desired, &claims, &all, me, &ready) {
+            let slot = claims.get_mut(&ip).unwrap();
+            assert_eq!(slot[&0].node.as_deref(), Some(me));
+            slot.remove(&0);
+            moved += 1;
+        }
+    }
+    let refill = assign(&desired, &claims, &all);
+    assert!(refill.values().all(|n| n == "h2"), "released IPs go to h2");
+    assert!((85..=110).contains(&moved), "moved {moved}");
+    let claims: Claims = {
+        let mut c = claims;
+        for (&(ip, slot), node) in &refill {
+            c.entry(ip).or_default().insert(
+                slot,
+                Holder {
+                    node: Some(node.clone()),
+                    lease: 1,
+                },
+            );
+        }
+        c
+    };
+    let mut count: BTreeMap<String, usize> = BTreeMap::new();
+    for slots in claims.values() {
+        for h in slots.values() {
+            *count.entry(h.node.clone().unwrap()).or_default() += 1;
+        }
+    }
+    for (node, n) in &count {
+        assert!((90..=110).contains(n), "{node} ends with {n}: {count:?}");
+    }
+    // Balanced now: nothing more moves (no IP moves twice).
+    for me in ["h1", "h2", "h3"] {
+        assert!(
+            handovers(&desired, &claims, &all, me, &ready).is_empty(),
+            "{me} moves more"
+        );
+    }
+}
+
+#[test]
+fn losing_a_node_triggers_no_handover_among_survivors() {
+    let desired = ips(300);
+    let mut claims = placed(&desired, &["h1", "h2", "h3"]);
+    for slots in claims.values_mut() {
+        slots.retain(|_, h| h.node.as_deref() != Some("h2"));
+    }
+    let survivors = nodes(&["h1", "h3"]);
+    let refill = assign(&desired, &claims, &survivors);
+    for (&(ip, slot), node) in &refill {
+        claims.entry(ip).or_default().insert(
+            slot,
+            Holder {
+                node: Some(node.clone()),
+                lease: 1,
+            },
+        );
+    }
+    for me in ["h1", "h3"] {
+        let moves = handovers(&desired, &claims, &survivors, me, &stable(&["h1", "h3"]));
+        assert!(moves.is_empty(), "{me} would move {} IPs", moves.len());
+    }
+}

@@ -1,6 +1,8 @@
 //! Unit tests of single plans, and a simulation of several agents sharing one etcd.
 
 use super::*;
+
+static NONE: BTreeSet<IpAddr> = BTreeSet::new();
 use crate::model::{DesiredIp, NodeValue, Replicas};
 
 mod simulation;
@@ -27,6 +29,7 @@ fn me(lease: LeaseId, allowed: &[IpNet]) -> Me<'_> {
         interface_up: true,
         keep_shared_when_fenced: false,
         draining: false,
+        give_away: &NONE,
     }
 }
 

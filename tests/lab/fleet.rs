@@ -17,9 +17,17 @@ pub fn lab_with_vips(hosts: usize, members: usize, ttl: &str) -> Lab {
     for i in 0..hosts {
         lab.start_agent(i, &["--lease-ttl", ttl]);
     }
-    for ip in vips() {
-        lab.put(&format!("/extip/ips/{ip}"), "{}");
-    }
+    let registered = wait_for(Duration::from_secs(10), || {
+        (1..=hosts).all(|h| lab.get(&format!("/extip/nodes/h{h}")).is_some())
+    });
+    assert!(registered.is_some(), "agents did not register");
+    // One transaction: every agent sees the whole set at once and places it balanced,
+    // so no rebalancing follows later in a test.
+    let pairs: Vec<(String, String)> = vips()
+        .iter()
+        .map(|ip| (format!("/extip/ips/{ip}"), "{}".into()))
+        .collect();
+    lab.put_many(&pairs);
     let all: Vec<usize> = (0..hosts).collect();
     assert!(
         wait_for(Duration::from_secs(10), || all_served(&lab, &all)).is_some(),

@@ -8,6 +8,8 @@ use proptest::prelude::*;
 
 use super::*;
 
+static NONE: BTreeSet<IpAddr> = BTreeSet::new();
+
 const IPS: [&str; 3] = ["198.51.100.1", "198.51.100.2", "2001:db8::3"];
 const AGENTS: usize = 3;
 
@@ -111,6 +113,7 @@ impl Sim {
             interface_up: true,
             keep_shared_when_fenced: false,
             draining: false,
+            give_away: &NONE,
         };
         plan(
             &me,
@@ -198,6 +201,7 @@ impl Sim {
                     interface_up: true,
                     keep_shared_when_fenced: false,
                     draining: false,
+                    give_away: &NONE,
                 };
                 let empty = Etcd::default();
                 let world = World {
