@@ -198,6 +198,19 @@ pub struct DesiredIp {
     pub source: Option<Source>,
 }
 
+impl DesiredIp {
+    /// `{}`: an exclusive IP with every default.
+    pub fn exclusive() -> Self {
+        DesiredIp {
+            prefix_len: None,
+            replicas: Replicas::EXCLUSIVE,
+            interface: None,
+            pool: None,
+            source: None,
+        }
+    }
+}
+
 /// The raw JSON shape of a desired value; unknown fields are collected, not fatal.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct DesiredValue {
@@ -339,6 +352,21 @@ pub struct NodeValue {
     /// When the agent started, RFC 3339.
     #[serde(default)]
     pub started: String,
+}
+
+impl NodeValue {
+    /// A live node serving `interfaces`, eligible for any IP (allowed CIDRs unknown).
+    pub fn new(node: &str, interfaces: &[&str]) -> Self {
+        NodeValue {
+            node: node.to_string(),
+            interfaces: interfaces.iter().map(|i| i.to_string()).collect(),
+            allowed_cidrs: Vec::new(),
+            labels: BTreeMap::new(),
+            draining: false,
+            version: String::new(),
+            started: String::new(),
+        }
+    }
 }
 
 /// Parse a claim value; claims are written by agents, but etcdctl can write anything.

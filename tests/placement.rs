@@ -29,6 +29,15 @@ fn ips(count: usize) -> Vec<String> {
         .collect()
 }
 
+/// Write the desired keys of `ips` in one transaction per hundred.
+fn desire(lab: &Lab, ips: &[String]) {
+    let pairs: Vec<(String, String)> = ips
+        .iter()
+        .map(|ip| (format!("/extip/ips/{ip}"), "{}".into()))
+        .collect();
+    lab.put_many(&pairs);
+}
+
 /// Agents on every host, all registered before any IP is desired.
 fn lab_with_agents(hosts: usize) -> Lab {
     let mut lab = Lab::new(hosts);
@@ -76,11 +85,7 @@ fn per_host(p: &BTreeMap<String, Vec<usize>>) -> BTreeMap<usize, usize> {
 fn three_hundred_ips_spread_evenly_and_a_lost_host_moves_only_its_own() {
     let mut lab = lab_with_agents(3);
     let all = ips(300);
-    let pairs: Vec<(String, String)> = all
-        .iter()
-        .map(|ip| (format!("/extip/ips/{ip}"), "{}".into()))
-        .collect();
-    lab.put_many(&pairs);
+    desire(&lab, &all);
     let placed = wait_for(Duration::from_secs(30), || {
         each_once(&placement(&lab, &all, &[0, 1, 2]))
     });
@@ -125,11 +130,7 @@ fn three_hundred_ips_spread_evenly_and_a_lost_host_moves_only_its_own() {
 fn a_drained_host_hands_everything_over_without_overlap() {
     let lab = lab_with_agents(3);
     let some = ips(30);
-    let pairs: Vec<(String, String)> = some
-        .iter()
-        .map(|ip| (format!("/extip/ips/{ip}"), "{}".into()))
-        .collect();
-    lab.put_many(&pairs);
+    desire(&lab, &some);
     assert!(wait_for(Duration::from_secs(10), || each_once(&placement(
         &lab,
         &some,
@@ -168,11 +169,7 @@ fn a_drained_host_hands_everything_over_without_overlap() {
     eprintln!("undrain: h1 got its share back in {share:?}");
     // And it takes new IPs.
     let fresh: Vec<String> = (200..230).map(|i| format!("198.51.100.{i}")).collect();
-    let pairs: Vec<(String, String)> = fresh
-        .iter()
-        .map(|ip| (format!("/extip/ips/{ip}"), "{}".into()))
-        .collect();
-    lab.put_many(&pairs);
+    desire(&lab, &fresh);
     let back = wait_for(Duration::from_secs(5), || {
         let mine = lab.addresses(0, "lo");
         fresh.iter().any(|ip| has_ip(&mine, ip))
@@ -184,11 +181,7 @@ fn a_drained_host_hands_everything_over_without_overlap() {
 fn a_returning_host_gets_its_share_back_without_overlap_and_nothing_moves_twice() {
     let mut lab = lab_with_agents(3);
     let all = ips(300);
-    let pairs: Vec<(String, String)> = all
-        .iter()
-        .map(|ip| (format!("/extip/ips/{ip}"), "{}".into()))
-        .collect();
-    lab.put_many(&pairs);
+    desire(&lab, &all);
     assert!(wait_for(Duration::from_secs(30), || each_once(&placement(
         &lab,
         &all,

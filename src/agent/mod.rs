@@ -212,35 +212,6 @@ impl Agent {
         }
     }
 
-    /// At start: keep the addresses of a previous run if its lease may still live
-    /// (checked with etcd before anything is added); else remove them, unbacked.
-    async fn adopt_or_clean(&mut self) {
-        match self.lease_file.load(&self.cfg.node) {
-            Some(lease) => {
-                info!(
-                    lease = format!("{lease:x}"),
-                    "found the previous run's lease; re-attaching"
-                );
-                self.lease = Some(lease);
-            }
-            None => self.drop_addresses("startup: no lease yet", true).await,
-        }
-    }
-
-    /// Replace this process with the binary at the path it started from (an upgrade).
-    /// Addresses stay, the lease file lets the new image re-attach. Returns on failure.
-    fn reexec(&mut self) {
-        use std::os::unix::process::CommandExt;
-        let Some(exe) = self.exe.clone() else {
-            return error!("cannot re-execute: own path unknown");
-        };
-        if let Some(lease) = self.lease {
-            self.lease_file.save(&self.cfg.node, lease);
-        }
-        let err = std::process::Command::new(&exe).args(&self.args).exec();
-        error!(exe = %exe.display(), error = %err, "re-execute failed; running on");
-    }
-
     /// Connecting to a member on the LAN takes milliseconds; a silent one is skipped fast.
     fn connect_timeout(&self) -> Duration {
         Duration::from_millis(500)

@@ -2,18 +2,12 @@ use super::*;
 use crate::plan::Holder;
 
 fn node(name: &str) -> NodeValue {
-    NodeValue {
-        node: name.into(),
-        interfaces: vec!["lo".into()],
-        allowed_cidrs: vec![
-            "198.51.100.0/24".parse().unwrap(),
-            "203.0.113.0/24".parse().unwrap(),
-        ],
-        labels: Default::default(),
-        draining: false,
-        version: String::new(),
-        started: String::new(),
-    }
+    let mut node = NodeValue::new(name, &["lo"]);
+    node.allowed_cidrs = vec![
+        "198.51.100.0/24".parse().unwrap(),
+        "203.0.113.0/24".parse().unwrap(),
+    ];
+    node
 }
 
 fn nodes(names: &[&str]) -> BTreeMap<String, NodeValue> {
@@ -21,13 +15,7 @@ fn nodes(names: &[&str]) -> BTreeMap<String, NodeValue> {
 }
 
 fn exclusive() -> DesiredIp {
-    DesiredIp {
-        prefix_len: None,
-        replicas: Replicas::Count(1),
-        interface: None,
-        pool: None,
-        source: None,
-    }
+    DesiredIp::exclusive()
 }
 
 /// `count` exclusive IPs from the two /24 documentation ranges for VIPs.

@@ -34,13 +34,7 @@ fn me(lease: LeaseId, allowed: &[IpNet]) -> Me<'_> {
 }
 
 fn exclusive() -> DesiredIp {
-    DesiredIp {
-        prefix_len: None,
-        replicas: Replicas::Count(1),
-        interface: None,
-        pool: None,
-        source: None,
-    }
+    DesiredIp::exclusive()
 }
 
 fn addr(s: &str, len: u8) -> LocalAddress {
@@ -68,15 +62,7 @@ struct Case {
 
 /// A live node that can serve anything on `lo`.
 fn node_record(name: &str) -> NodeValue {
-    NodeValue {
-        node: name.into(),
-        interfaces: vec!["lo".into()],
-        allowed_cidrs: Vec::new(),
-        labels: Default::default(),
-        draining: false,
-        version: String::new(),
-        started: String::new(),
-    }
+    NodeValue::new(name, &["lo"])
 }
 
 impl Case {

@@ -53,15 +53,7 @@ fn name(a: usize) -> String {
 }
 
 fn record(a: usize) -> crate::model::NodeValue {
-    crate::model::NodeValue {
-        node: name(a),
-        interfaces: vec!["lo".into()],
-        allowed_cidrs: Vec::new(),
-        labels: Default::default(),
-        draining: false,
-        version: String::new(),
-        started: String::new(),
-    }
+    crate::model::NodeValue::new(&name(a), &["lo"])
 }
 
 struct Agent {
