@@ -178,10 +178,15 @@ pub fn assign(
 /// undrained node starts far below it.
 const UNDERLOAD: f64 = 0.9;
 
+/// A holder above this share of the average passes IPs to ideal holders below the load
+/// bound. Above the bound yet within ±10 % is left alone: moving costs more.
+const OVERLOAD: f64 = 1.1;
+
 /// IPs `me` should hand over to rebalance: to their ideal holder, only when that node
-/// is `stable` (seen for the stabilization window), under-loaded (below [`UNDERLOAD`]
-/// of the average) and `me` above the average. A lost node therefore moves nothing
-/// among the survivors; a new, returning or undrained node gets its share back.
+/// is `stable` (seen for the stabilization window) and `me` is above the average, and
+/// either that node is under-loaded (below [`UNDERLOAD`] of the average) or `me` is
+/// overloaded (above [`OVERLOAD`]) and that node below the load bound. Survivors of a lost node stay within
+/// both, so nothing moves among them; a new, returning or undrained node gets its share.
 pub fn handovers(
     desired: &BTreeMap<IpAddr, DesiredIp>,
     claims: &Claims,
@@ -197,6 +202,7 @@ pub fn handovers(
         .count()
         .max(1);
     let average = total as f64 / serving as f64;
+    let cap = capacity(total, nodes);
     let mut load = loads(claims, nodes);
     let mut mine = load.get(me).copied().unwrap_or(0);
     let mut out = Vec::new();
@@ -210,11 +216,12 @@ pub fn handovers(
         if !held_by(me) || holders.iter().any(|n| n == me) {
             continue;
         }
+        let load_of = |n: &str, load: &BTreeMap<&str, usize>| load.get(n).copied().unwrap_or(0);
         let receiver = holders.iter().find(|n| {
-            !held_by(n)
-                && stable.contains(*n)
-                && (load.get(n.as_str()).copied().unwrap_or(0) as f64)
-                    < (average * UNDERLOAD).floor()
+            let theirs = load_of(n, &load);
+            let underloaded = (theirs as f64) < (average * UNDERLOAD).floor();
+            let overflow = mine as f64 > (average * OVERLOAD).ceil() && theirs < cap;
+            !held_by(n) && stable.contains(*n) && (underloaded || overflow)
         });
         if let Some(n) = receiver {
             *load.entry(n.as_str()).or_default() += 1;

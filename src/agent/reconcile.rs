@@ -209,10 +209,10 @@ impl Agent {
             }
             Action::Release { ip, slot } => {
                 if let (Some(store), Some(lease)) = (store, self.lease) {
-                    store
+                    let deleted = store
                         .delete_if_lease(&self.keys.claim(ip, slot), lease)
                         .await?;
-                    self.view.remove_claim(ip, slot);
+                    self.view.released(ip, slot, deleted);
                     info!(%ip, slot, "claim released");
                 }
             }
@@ -329,10 +329,10 @@ impl Agent {
                 node: Some(self.cfg.node.clone()),
                 lease,
             };
-            self.view.set_claim(ip, slot, holder);
+            self.view.claimed(ip, slot, holder, outcome.revision);
         } else if let Some(existing) = outcome.existing {
             let holder = self.view.holder_of(&existing);
-            self.view.set_claim(ip, slot, holder);
+            self.view.claimed(ip, slot, holder, existing.mod_revision);
         }
         Ok(())
     }

@@ -24,6 +24,9 @@ pub struct ClusterView {
     revision: i64,
     /// Bad keys already reported, with the revision reported, so each is logged once.
     reported: HashMap<String, i64>,
+    /// The revision this view last learned for a key from this agent's own
+    /// transactions: a watch event at or below it is older news and must not undo it.
+    known: HashMap<String, i64>,
 }
 
 impl ClusterView {
@@ -37,6 +40,7 @@ impl ClusterView {
             drains: BTreeSet::new(),
             revision: 0,
             reported: HashMap::new(),
+            known: HashMap::new(),
         }
     }
 
@@ -46,18 +50,27 @@ impl ClusterView {
         self.claims.clear();
         self.nodes.clear();
         self.drains.clear();
+        self.known.retain(|_, rev| *rev > snapshot.revision);
         for kv in &snapshot.kvs {
             self.put(kv);
         }
         self.revision = snapshot.revision;
     }
 
-    /// Apply one watched change; changes the view already has are skipped.
+    /// Apply one watched change; changes the view already has are skipped: those
+    /// below the last list, and those older than what our own transactions told us.
     pub fn apply(&mut self, change: &Change) {
+        let (key, revision) = match change {
+            Change::Put(kv) => (&kv.key, kv.mod_revision),
+            Change::Delete { key, revision } => (key, *revision),
+        };
+        let known = self.known.get(key).copied().unwrap_or(0);
+        if revision <= self.revision.max(known) {
+            return;
+        }
         match change {
-            Change::Put(kv) if kv.mod_revision > self.revision => self.put(kv),
-            Change::Delete { key, revision } if *revision > self.revision => self.delete(key),
-            _ => {}
+            Change::Put(kv) => self.put(kv),
+            Change::Delete { key, .. } => self.delete(key),
         }
     }
 
@@ -71,13 +84,25 @@ impl ClusterView {
         nodes
     }
 
-    /// Record the outcome of this agent's own claim transaction.
-    pub fn set_claim(&mut self, ip: IpAddr, slot: u32, holder: Holder) {
+    /// Record the outcome of this agent's own claim transaction at `revision`.
+    pub fn claimed(&mut self, ip: IpAddr, slot: u32, holder: Holder, revision: i64) {
+        self.known.insert(self.keys.claim(ip, slot), revision);
+        self.set_claim(ip, slot, holder);
+    }
+
+    /// Record this agent's own release of a claim, deleted at `revision` (if known).
+    pub fn released(&mut self, ip: IpAddr, slot: u32, revision: Option<i64>) {
+        if let Some(revision) = revision {
+            self.known.insert(self.keys.claim(ip, slot), revision);
+        }
+        self.remove_claim(ip, slot);
+    }
+
+    fn set_claim(&mut self, ip: IpAddr, slot: u32, holder: Holder) {
         self.claims.entry(ip).or_default().insert(slot, holder);
     }
 
-    /// Record that a claim key is gone.
-    pub fn remove_claim(&mut self, ip: IpAddr, slot: u32) {
+    fn remove_claim(&mut self, ip: IpAddr, slot: u32) {
         if let Some(slots) = self.claims.get_mut(&ip) {
             slots.remove(&slot);
             if slots.is_empty() {
@@ -220,5 +245,42 @@ mod tests {
         view.apply(&Change::Put(kv("/extip/ips/198.51.100.1", "{}", 1)));
         view.apply(&Change::Put(kv("/extip/ips/198.51.100.1", "{", 2)));
         assert_eq!(view.desired.len(), 1);
+    }
+
+    #[test]
+    fn a_late_watch_event_never_undoes_our_own_release_or_claim() {
+        let keys = Keys::new("/extip");
+        let mut view = ClusterView::new(keys.clone());
+        let ip: IpAddr = "198.51.100.246".parse().unwrap();
+        let mine = |rev| RawKv {
+            key: keys.claim(ip, 0),
+            value: br#"{"node":"h1","since":""}"#.to_vec(),
+            lease: 7,
+            mod_revision: rev,
+        };
+        let me = Holder {
+            node: Some("h1".into()),
+            lease: 7,
+        };
+        view.claimed(ip, 0, me, 5);
+        view.released(ip, 0, Some(8));
+        // The watch was slow: the put of our own claim (revision 5) arrives now.
+        view.apply(&Change::Put(mine(5)));
+        assert!(
+            view.claims.is_empty(),
+            "a stale event brought back a released claim"
+        );
+        // Newer news is applied: another host claimed at revision 9.
+        let mut theirs = mine(9);
+        theirs.value = br#"{"node":"h3","since":""}"#.to_vec();
+        theirs.lease = 9;
+        view.apply(&Change::Put(theirs));
+        assert_eq!(view.claims[&ip][&0].node.as_deref(), Some("h3"));
+        // And a stale delete never removes what we know to be newer.
+        view.apply(&Change::Delete {
+            key: keys.claim(ip, 0),
+            revision: 7,
+        });
+        assert_eq!(view.claims[&ip][&0].lease, 9);
     }
 }

@@ -175,8 +175,11 @@ fn a_returning_node_gets_its_share_once_stable_and_only_then() {
         }
     }
     let refill = assign(&desired, &claims, &all);
-    assert!(refill.values().all(|n| n == "h2"), "released IPs go to h2");
-    assert!((85..=110).contains(&moved), "moved {moved}");
+    assert_eq!(refill.len(), moved, "every released IP gets a new holder");
+    assert!(
+        refill.values().filter(|n| n.as_str() == "h2").count() >= 85,
+        "most released IPs go to h2"
+    );
     let claims: Claims = {
         let mut c = claims;
         for (&(ip, slot), node) in &refill {

@@ -282,13 +282,19 @@ impl Store {
         })
     }
 
-    /// Delete `key` only while it hangs on `lease`; true when deleted.
-    pub async fn delete_if_lease(&mut self, key: &str, lease: i64) -> Result<bool, StoreError> {
+    /// Delete `key` only while it hangs on `lease`; the revision of the deletion, or
+    /// `None` when the key was not on that lease.
+    pub async fn delete_if_lease(
+        &mut self,
+        key: &str,
+        lease: i64,
+    ) -> Result<Option<i64>, StoreError> {
         let txn = Txn::new()
             .when([Compare::lease(key, CompareOp::Equal, lease)])
             .and_then([TxnOp::delete(key, None)]);
         let resp = within(self.timeout, "release txn", self.client.txn(txn)).await?;
-        Ok(resp.succeeded())
+        let revision = resp.header().map_or(0, |h| h.revision());
+        Ok(resp.succeeded().then_some(revision))
     }
 
     /// Put `key`, on `lease` when given.
