@@ -237,3 +237,53 @@ fn a_returning_host_gets_its_share_back_without_overlap_and_nothing_moves_twice(
         per_host(&placement(&lab, &all, &[0, 1, 2]))
     );
 }
+
+#[test]
+fn replicas_two_replace_a_lost_holder_and_all_grows_with_a_joining_host() {
+    let mut lab = Lab::new(4);
+    for h in 0..3 {
+        lab.start_agent(h, &AGENT_ARGS);
+    }
+    let up = wait_for(Duration::from_secs(10), || {
+        (1..=3).all(|h| lab.get(&format!("/extip/nodes/h{h}")).is_some())
+    });
+    assert!(up.is_some());
+    let two = "198.51.100.40";
+    let every = "198.51.100.41";
+    lab.put(&format!("/extip/ips/{two}"), r#"{"replicas":2}"#);
+    lab.put(&format!("/extip/ips/{every}"), r#"{"replicas":"all"}"#);
+    assert!(wait_for(Duration::from_secs(5), || lab.holders(two).len() == 2).is_some());
+    assert!(wait_for(Duration::from_secs(5), || lab.holders(every).len() == 3).is_some());
+
+    let lost = lab.holders(two)[0];
+    let keeper = lab.holders(two)[1];
+    lab.kill(lost);
+    lab.cut(lost);
+    let live: Vec<usize> = (0..3).filter(|&h| h != lost).collect();
+    let replaced = wait_for(Duration::from_secs(6), || {
+        live.iter()
+            .filter(|&&h| has_ip(&lab.addresses(h, "lo"), two))
+            .count()
+            == 2
+    });
+    let replaced = replaced.expect("a third host took the lost holder's place");
+    eprintln!("replicas 2: lost holder replaced in {replaced:?}");
+    assert!(replaced <= Duration::from_secs(4), "took {replaced:?}");
+    assert!(
+        has_ip(&lab.addresses(keeper, "lo"), two),
+        "the surviving holder moved"
+    );
+
+    // A host that joins takes its place in "all".
+    lab.start_agent(3, &AGENT_ARGS);
+    let joined = wait_for(Duration::from_secs(5), || {
+        has_ip(&lab.addresses(3, "lo"), every)
+    });
+    assert!(joined.is_some(), "the new host did not join the \"all\" IP");
+    let on = live
+        .iter()
+        .chain([3].iter())
+        .filter(|&&h| has_ip(&lab.addresses(h, "lo"), every))
+        .count();
+    assert_eq!(on, 3, "\"all\" is on every live host");
+}
