@@ -28,6 +28,62 @@ pub enum Command {
     /// Drain a node (it hands every IP over and claims none) or undrain it.
     #[command(subcommand)]
     Node(NodeCommand),
+    /// Add, remove or list pools: IP ranges whose IPs share mask, interface and replicas.
+    #[command(subcommand)]
+    Pool(PoolCommand),
+}
+
+/// `extip pool …`.
+#[derive(Debug, Subcommand)]
+pub enum PoolCommand {
+    /// Write `<prefix>/pools/<name>`.
+    Add(PoolAddArgs),
+    /// Delete `<prefix>/pools/<name>`.
+    Rm(PoolRmArgs),
+    /// List pools.
+    Ls(PoolLsArgs),
+}
+
+/// `extip pool add`.
+#[derive(Debug, Args)]
+pub struct PoolAddArgs {
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
+    /// Pool name.
+    pub name: String,
+    /// Its addresses, e.g. 198.51.100.0/24
+    pub cidr: String,
+    /// Mask its IPs are configured with [default: /32 or /128]
+    #[arg(long)]
+    pub prefix_len: Option<u8>,
+    /// Interface its IPs go on [default: each agent's own]
+    #[arg(long)]
+    pub interface: Option<String>,
+    /// Replicas of its IPs: a number or `all` [default: 1]
+    #[arg(long)]
+    pub replicas: Option<String>,
+    /// extip-sync may allocate from it for LoadBalancer Services
+    #[arg(long)]
+    pub auto_assign: bool,
+}
+
+/// `extip pool rm`.
+#[derive(Debug, Args)]
+pub struct PoolRmArgs {
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
+    /// Pool name.
+    pub name: String,
+}
+
+/// `extip pool ls`.
+#[derive(Debug, Args)]
+pub struct PoolLsArgs {
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
 }
 
 /// `extip node …`.

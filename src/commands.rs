@@ -7,9 +7,13 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use serde::Serialize;
 
-use crate::cli::{EtcdArgs, IpAddArgs, IpLsArgs, IpRmArgs, NodeArgs, Output, StatusArgs};
+use crate::cli::{
+    EtcdArgs, IpAddArgs, IpLsArgs, IpRmArgs, NodeArgs, Output, PoolAddArgs, PoolLsArgs, PoolRmArgs,
+    StatusArgs,
+};
 use crate::config::{validate_prefix, DEFAULT_ETCD, DEFAULT_PREFIX};
 use crate::model::{self, DesiredValue, KeyKind, Keys};
+use crate::pools::{self, Pool};
 use crate::store::{Snapshot, Store};
 
 const CLI_TIMEOUT: Duration = Duration::from_secs(5);
@@ -121,6 +125,89 @@ pub async fn drain(args: NodeArgs, drain: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `extip pool add`: validated like the agents will, then written.
+pub async fn pool_add(args: PoolAddArgs) -> anyhow::Result<()> {
+    let mut value = serde_json::json!({ "cidr": args.cidr });
+    if let Some(len) = args.prefix_len {
+        value["prefix_len"] = len.into();
+    }
+    if let Some(interface) = args.interface {
+        value["interface"] = interface.into();
+    }
+    if let Some(r) = args.replicas {
+        value["replicas"] = r
+            .parse::<u64>()
+            .map(Into::into)
+            .unwrap_or_else(|_| r.into());
+    }
+    if args.auto_assign {
+        value["auto_assign"] = true.into();
+    }
+    let raw = value.to_string();
+    pools::parse_pool(raw.as_bytes())?;
+    let (mut store, keys) = connect(&args.etcd).await?;
+    store
+        .put(&keys.pool(&args.name), raw.as_bytes(), None)
+        .await?;
+    println!("pool {}: {raw}", args.name);
+    Ok(())
+}
+
+/// `extip pool rm`.
+pub async fn pool_rm(args: PoolRmArgs) -> anyhow::Result<()> {
+    let (mut store, keys) = connect(&args.etcd).await?;
+    if !store.delete(&keys.pool(&args.name)).await? {
+        bail!("no pool {}", args.name);
+    }
+    println!("pool {} removed", args.name);
+    Ok(())
+}
+
+/// `extip pool ls`.
+pub async fn pool_ls(args: PoolLsArgs) -> anyhow::Result<()> {
+    let (mut store, keys) = connect(&args.etcd).await?;
+    let snapshot = store.list(&keys.root()).await?;
+    let pools = read_pools(&keys, &snapshot);
+    if args.output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(&pools)?);
+        return Ok(());
+    }
+    let mut rows = vec![[
+        "POOL".to_string(),
+        "CIDR".into(),
+        "MASK".into(),
+        "INTERFACE".into(),
+        "REPLICAS".into(),
+        "AUTO-ASSIGN".into(),
+    ]];
+    for (name, p) in &pools {
+        rows.push([
+            name.clone(),
+            p.cidr.to_string(),
+            p.prefix_len.map_or("-".into(), |l| format!("/{l}")),
+            p.interface.clone().unwrap_or_else(|| "-".into()),
+            p.replicas.map_or("-".into(), |r| r.to_string()),
+            if p.auto_assign { "yes" } else { "no" }.into(),
+        ]);
+    }
+    print!("{}", render(&rows));
+    Ok(())
+}
+
+/// The valid pools in a listing (invalid ones are the agents' to report).
+fn read_pools(keys: &Keys, snapshot: &Snapshot) -> BTreeMap<String, Pool> {
+    snapshot
+        .kvs
+        .iter()
+        .filter_map(|kv| match keys.parse(&kv.key) {
+            Ok(Some(KeyKind::Pool(name))) => {
+                pools::parse_pool(&kv.value).ok().map(|(p, _)| (name, p))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
 /// `extip status`.
 pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
     let status = fetch_status(&args.etcd).await?;
@@ -151,6 +238,8 @@ pub struct IpStatus {
     pub replicas: String,
     /// Interface override, when set.
     pub interface: Option<String>,
+    /// The pool the IP belongs to, if any.
+    pub pool: Option<String>,
     /// Holders by slot.
     pub holders: Vec<HolderStatus>,
     /// Why the agents skip this key, when they do.
@@ -179,11 +268,12 @@ pub fn build_status(keys: &Keys, snapshot: &Snapshot) -> Status {
     let mut ips: BTreeMap<IpAddr, IpStatus> = BTreeMap::new();
     let mut claims: BTreeMap<IpAddr, Vec<HolderStatus>> = BTreeMap::new();
     let mut status = Status::default();
+    let pools = read_pools(keys, snapshot);
     let mut drains = std::collections::BTreeSet::new();
     for kv in &snapshot.kvs {
         match keys.parse(&kv.key) {
             Ok(Some(KeyKind::Desired(ip))) => {
-                ips.insert(ip, ip_status(ip, &kv.value));
+                ips.insert(ip, ip_status(ip, &kv.value, &pools));
             }
             Ok(Some(KeyKind::Claim(ip, slot))) => {
                 let claim = model::parse_claim(&kv.value).ok();
@@ -214,15 +304,19 @@ pub fn build_status(keys: &Keys, snapshot: &Snapshot) -> Status {
     status
 }
 
-fn ip_status(ip: IpAddr, raw: &[u8]) -> IpStatus {
+fn ip_status(ip: IpAddr, raw: &[u8], pools: &BTreeMap<String, Pool>) -> IpStatus {
     match model::parse_desired(ip, raw) {
-        Ok(parsed) => IpStatus {
-            ip: ip.to_string(),
-            prefix_len: parsed.desired.prefix_len,
-            replicas: parsed.desired.replicas.to_string(),
-            interface: parsed.desired.interface,
-            ..Default::default()
-        },
+        Ok(parsed) => {
+            let desired = pools::resolve(ip, &parsed, pools);
+            IpStatus {
+                ip: ip.to_string(),
+                prefix_len: desired.prefix_len,
+                replicas: desired.replicas.to_string(),
+                interface: desired.interface,
+                pool: desired.pool,
+                ..Default::default()
+            }
+        }
         Err(e) => IpStatus {
             ip: ip.to_string(),
             error: Some(e.to_string()),

@@ -8,4 +8,5 @@ pub mod model;
 pub mod net;
 pub mod placement;
 pub mod plan;
+pub mod pools;
 pub mod store;

@@ -4,7 +4,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
-use extip::cli::{Cli, Command, IpCommand, NodeCommand};
+use extip::cli::{Cli, Command, IpCommand, NodeCommand, PoolCommand};
 use extip::config::{hostname, AgentConfig, AgentSettings};
 use tracing_subscriber::EnvFilter;
 
@@ -52,5 +52,8 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Status(args) => extip::commands::status(args).await,
         Command::Node(NodeCommand::Drain(args)) => extip::commands::drain(args, true).await,
         Command::Node(NodeCommand::Undrain(args)) => extip::commands::drain(args, false).await,
+        Command::Pool(PoolCommand::Add(args)) => extip::commands::pool_add(args).await,
+        Command::Pool(PoolCommand::Rm(args)) => extip::commands::pool_rm(args).await,
+        Command::Pool(PoolCommand::Ls(args)) => extip::commands::pool_ls(args).await,
     }
 }

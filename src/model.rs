@@ -51,6 +51,8 @@ pub enum KeyKind {
     Node(String),
     /// `<prefix>/drains/<node>`: an operator asked this node to hand everything over.
     Drain(String),
+    /// `<prefix>/pools/<name>`: a pool of IPs with shared settings.
+    Pool(String),
     /// Any other key: pools, allocations and keys of later versions.
     Other,
 }
@@ -94,6 +96,11 @@ impl Keys {
         format!("{}/nodes/{node}", self.prefix)
     }
 
+    /// `<prefix>/pools/<name>`.
+    pub fn pool(&self, name: &str) -> String {
+        format!("{}/pools/{name}", self.prefix)
+    }
+
     /// `<prefix>/drains/<node>`.
     pub fn drain(&self, node: &str) -> String {
         format!("{}/drains/{node}", self.prefix)
@@ -121,6 +128,8 @@ impl Keys {
             KeyKind::Node(node.to_string())
         } else if let Some(node) = rest.strip_prefix("drains/") {
             KeyKind::Drain(node.to_string())
+        } else if let Some(name) = rest.strip_prefix("pools/") {
+            KeyKind::Pool(name.to_string())
         } else {
             KeyKind::Other
         };
@@ -239,6 +248,8 @@ pub struct DesiredValue {
 pub struct ParsedDesired {
     /// The validated value.
     pub desired: DesiredIp,
+    /// Whether the value set `replicas` itself (else its pool's applies).
+    pub explicit_replicas: bool,
     /// Unknown fields, so the caller can warn once.
     pub ignored_fields: Vec<String>,
 }
@@ -268,6 +279,7 @@ pub fn parse_desired(ip: IpAddr, raw: &[u8]) -> Result<ParsedDesired, ContractEr
     };
     Ok(ParsedDesired {
         desired,
+        explicit_replicas: value.replicas.is_some(),
         ignored_fields: value.unknown.into_keys().collect(),
     })
 }
@@ -410,7 +422,14 @@ mod tests {
             keys.parse("/extip/nodes/h1").unwrap(),
             Some(KeyKind::Node("h1".into()))
         );
-        assert_eq!(keys.parse("/extip/pools/a").unwrap(), Some(KeyKind::Other));
+        assert_eq!(
+            keys.parse("/extip/pools/a").unwrap(),
+            Some(KeyKind::Pool("a".into()))
+        );
+        assert_eq!(
+            keys.parse("/extip/allocations/a/b").unwrap(),
+            Some(KeyKind::Other)
+        );
         assert_eq!(keys.parse("/extipx/ips/1.2.3.4").unwrap(), None);
         assert_eq!(keys.parse("/other").unwrap(), None);
     }

@@ -287,3 +287,45 @@ fn replicas_two_replace_a_lost_holder_and_all_grows_with_a_joining_host() {
         .count();
     assert_eq!(on, 3, "\"all\" is on every live host");
 }
+
+#[test]
+fn a_pool_gives_its_mask_to_its_ips_unless_they_set_their_own() {
+    let lab = lab_with_agents(2);
+    lab.extip(&[
+        "pool",
+        "add",
+        "web",
+        "198.51.100.0/24",
+        "--prefix-len",
+        "24",
+    ]);
+    let listed = lab.extip(&["pool", "ls"]);
+    assert!(listed.contains("web") && listed.contains("/24"), "{listed}");
+    lab.put("/extip/ips/198.51.100.7", "{}");
+    lab.put("/extip/ips/198.51.100.8", r#"{"prefix_len":32}"#);
+    let with_mask = |ip: &str, mask: &str| {
+        (0..2).any(|h| lab.addresses(h, "lo").contains(&format!("{ip}/{mask}")))
+    };
+    let done = wait_for(Duration::from_secs(5), || {
+        with_mask("198.51.100.7", "24") && with_mask("198.51.100.8", "32")
+    });
+    assert!(
+        done.is_some(),
+        "pool mask not applied: {:?} {:?}",
+        lab.addresses(0, "lo"),
+        lab.addresses(1, "lo")
+    );
+    let status = lab.extip(&["status"]);
+    let row = status
+        .lines()
+        .find(|l| l.starts_with("198.51.100.7 "))
+        .unwrap_or("");
+    assert!(
+        row.contains(" /24 "),
+        "status does not show the pool mask: {status}"
+    );
+    // Removing the pool gives the IP its default mask back.
+    lab.extip(&["pool", "rm", "web"]);
+    let back = wait_for(Duration::from_secs(5), || with_mask("198.51.100.7", "32"));
+    assert!(back.is_some(), "pool removal not applied");
+}

@@ -5,15 +5,20 @@ use std::net::IpAddr;
 
 use tracing::{debug, warn};
 
-use crate::model::{self, DesiredIp, KeyKind, Keys, NodeValue};
+use crate::model::{self, DesiredIp, KeyKind, Keys, NodeValue, ParsedDesired};
 use crate::plan::{Claims, Holder};
+use crate::pools::{self, Pool};
 use crate::store::{Change, RawKv, Snapshot};
 
 /// Desired IPs, claims and nodes as last seen in etcd.
 pub struct ClusterView {
     keys: Keys,
-    /// Valid desired IPs.
+    /// Valid desired IPs, with their pool's settings applied.
     pub desired: BTreeMap<IpAddr, DesiredIp>,
+    /// Each desired IP's own value, before pools.
+    own: BTreeMap<IpAddr, ParsedDesired>,
+    /// Valid pools.
+    pub pools: BTreeMap<String, Pool>,
     /// Claims, valid or not: an existing claim key takes its slot whatever its value.
     pub claims: Claims,
     /// Live nodes.
@@ -35,6 +40,8 @@ impl ClusterView {
         ClusterView {
             keys,
             desired: BTreeMap::new(),
+            own: BTreeMap::new(),
+            pools: BTreeMap::new(),
             claims: Claims::new(),
             nodes: BTreeMap::new(),
             drains: BTreeSet::new(),
@@ -47,6 +54,8 @@ impl ClusterView {
     /// Replace everything with a fresh list.
     pub fn replace(&mut self, snapshot: &Snapshot) {
         self.desired.clear();
+        self.own.clear();
+        self.pools.clear();
         self.claims.clear();
         self.nodes.clear();
         self.drains.clear();
@@ -54,6 +63,7 @@ impl ClusterView {
         for kv in &snapshot.kvs {
             self.put(kv);
         }
+        self.resolve_all();
         self.revision = snapshot.revision;
     }
 
@@ -134,7 +144,9 @@ impl ClusterView {
                         let fields = parsed.ignored_fields.join(", ");
                         self.report(kv, &format!("ignoring unknown fields: {fields}"));
                     }
-                    self.desired.insert(ip, parsed.desired);
+                    self.desired
+                        .insert(ip, pools::resolve(ip, &parsed, &self.pools));
+                    self.own.insert(ip, parsed);
                 }
                 // Keep the last good value: a typo in a write must not withdraw the IP.
                 Err(e) => self.report(kv, &e.to_string()),
@@ -152,9 +164,29 @@ impl ClusterView {
             Ok(Some(KeyKind::Drain(name))) => {
                 self.drains.insert(name);
             }
+            Ok(Some(KeyKind::Pool(name))) => match pools::parse_pool(&kv.value) {
+                Ok((pool, ignored)) => {
+                    if !ignored.is_empty() {
+                        let fields = ignored.join(", ");
+                        self.report(kv, &format!("ignoring unknown fields: {fields}"));
+                    }
+                    self.pools.insert(name, pool);
+                    self.resolve_all();
+                }
+                Err(e) => self.report(kv, &e.to_string()),
+            },
             Ok(Some(KeyKind::Other)) | Ok(None) => {}
             Err(e) => self.report(kv, &e.to_string()),
         }
+    }
+
+    /// Apply the pools again to every desired IP (a pool changed).
+    fn resolve_all(&mut self) {
+        self.desired = self
+            .own
+            .iter()
+            .map(|(&ip, parsed)| (ip, pools::resolve(ip, parsed, &self.pools)))
+            .collect();
     }
 
     fn delete(&mut self, key: &str) {
@@ -162,6 +194,11 @@ impl ClusterView {
         match self.keys.parse(key) {
             Ok(Some(KeyKind::Desired(ip))) => {
                 self.desired.remove(&ip);
+                self.own.remove(&ip);
+            }
+            Ok(Some(KeyKind::Pool(name))) => {
+                self.pools.remove(&name);
+                self.resolve_all();
             }
             Ok(Some(KeyKind::Claim(ip, slot))) => self.remove_claim(ip, slot),
             Ok(Some(KeyKind::Node(name))) => {
