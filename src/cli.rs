@@ -154,6 +154,9 @@ pub struct AgentArgs {
     /// How long a new or returning node must be up before IPs move to it [default: 10s]
     #[arg(long, env = "EXTIP_STABILIZATION")]
     pub stabilization: Option<String>,
+    /// Node label `key=value` for `node_selector`; repeatable
+    #[arg(long, env = "EXTIP_LABEL", value_delimiter = ',')]
+    pub label: Option<Vec<String>>,
 }
 
 impl AgentArgs {
@@ -171,6 +174,7 @@ impl AgentArgs {
             on_etcd_loss: self.on_etcd_loss.clone(),
             export_routes: self.export_routes,
             stabilization: self.stabilization.clone(),
+            label: self.label.clone(),
         }
     }
 }

@@ -77,6 +77,8 @@ pub struct AgentSettings {
     pub export_routes: Option<bool>,
     /// How long a new or returning node must be up before IPs move to it.
     pub stabilization: Option<String>,
+    /// Node labels, `key=value`.
+    pub label: Option<Vec<String>>,
 }
 
 impl AgentSettings {
@@ -106,6 +108,7 @@ impl AgentSettings {
             on_etcd_loss: self.on_etcd_loss.or(lower.on_etcd_loss),
             export_routes: self.export_routes.or(lower.export_routes),
             stabilization: self.stabilization.or(lower.stabilization),
+            label: self.label.or(lower.label),
         }
     }
 }
@@ -135,6 +138,8 @@ pub struct AgentConfig {
     pub export_routes: bool,
     /// How long a new or returning node must be up before IPs move to it.
     pub stabilization: Duration,
+    /// Node labels for `node_selector`.
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// `--on-etcd-loss`: what happens to shared IPs (replicas > 1) when etcd is lost.
@@ -205,6 +210,7 @@ impl AgentConfig {
                 None => DEFAULT_STABILIZATION,
                 Some(text) => parse_duration("stabilization", text)?,
             },
+            labels: parse_labels(s.label.unwrap_or_default())?,
         })
     }
 }
@@ -245,6 +251,18 @@ fn parse_cidrs(given: Vec<String>) -> Result<Vec<IpNet>, ConfigError> {
                 .parse::<IpNet>()
                 .map(|n| n.trunc())
                 .map_err(|_| invalid("allowed-cidr", format!("`{c}` is not a CIDR")))
+        })
+        .collect()
+}
+
+fn parse_labels(
+    given: Vec<String>,
+) -> Result<std::collections::BTreeMap<String, String>, ConfigError> {
+    given
+        .iter()
+        .map(|pair| match pair.trim().split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+            _ => Err(invalid("label", format!("`{pair}` is not key=value"))),
         })
         .collect()
 }
@@ -362,6 +380,13 @@ mod tests {
                     ..base()
                 },
                 "etcd: `127.0.0.1:2379` must start with http://",
+            ),
+            (
+                AgentSettings {
+                    label: Some(vec!["zone".into()]),
+                    ..base()
+                },
+                "label: `zone` is not key=value",
             ),
             (
                 AgentSettings {

@@ -205,6 +205,8 @@ pub struct DesiredIp {
     pub pool: Option<String>,
     /// Who asked for it, for display.
     pub source: Option<Source>,
+    /// Labels a node must carry (all of them) to serve it; empty: any node.
+    pub node_selector: BTreeMap<String, String>,
 }
 
 impl DesiredIp {
@@ -216,6 +218,7 @@ impl DesiredIp {
             interface: None,
             pool: None,
             source: None,
+            node_selector: BTreeMap::new(),
         }
     }
 }
@@ -238,6 +241,9 @@ pub struct DesiredValue {
     /// See [`DesiredIp::source`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<Source>,
+    /// See [`DesiredIp::node_selector`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<BTreeMap<String, String>>,
     /// Fields this version does not know; reported, then ignored.
     #[serde(flatten, skip_serializing)]
     pub unknown: BTreeMap<String, serde_json::Value>,
@@ -276,6 +282,7 @@ pub fn parse_desired(ip: IpAddr, raw: &[u8]) -> Result<ParsedDesired, ContractEr
         interface: value.interface.map(validate_interface).transpose()?,
         pool: value.pool,
         source: value.source,
+        node_selector: value.node_selector.unwrap_or_default(),
     };
     Ok(ParsedDesired {
         desired,

@@ -44,7 +44,12 @@ pub fn node_can_serve(node: &NodeValue, ip: IpAddr, desired: &DesiredIp) -> bool
         Some(i) => node.interfaces.iter().any(|n| n == i),
         None => true,
     };
-    allowed && interface
+    allowed && interface && selects(&desired.node_selector, &node.labels)
+}
+
+/// Whether `labels` carry every pair of `selector`.
+pub fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
 /// Nodes that can serve `ip`, best-ranked first.

@@ -80,6 +80,8 @@ pub struct Me<'a> {
     pub draining: bool,
     /// IPs this agent hands over to rebalance: drop the address, then the claim.
     pub give_away: &'a BTreeSet<IpAddr>,
+    /// This node's labels, for `node_selector`.
+    pub labels: &'a BTreeMap<String, String>,
 }
 
 /// The cluster as this agent sees it.
@@ -121,6 +123,8 @@ pub enum Ineligible {
     InterfaceDown,
     /// An operator drained this node.
     Draining,
+    /// The node lacks a label the IP's `node_selector` asks for.
+    NotSelected,
 }
 
 impl fmt::Display for Ineligible {
@@ -130,6 +134,9 @@ impl fmt::Display for Ineligible {
             Ineligible::OtherInterface(i) => write!(f, "wants interface {i}, not served here"),
             Ineligible::InterfaceDown => f.write_str("the interface is down"),
             Ineligible::Draining => f.write_str("this node is drained"),
+            Ineligible::NotSelected => {
+                f.write_str("node_selector does not match this node's labels")
+            }
         }
     }
 }
@@ -138,6 +145,9 @@ impl fmt::Display for Ineligible {
 pub fn eligibility(me: &Me, ip: IpAddr, desired: &DesiredIp) -> Result<(), Ineligible> {
     if !me.allowed.iter().any(|net| net.contains(&ip)) {
         return Err(Ineligible::OutsideAllowedCidrs);
+    }
+    if !placement::selects(&desired.node_selector, me.labels) {
+        return Err(Ineligible::NotSelected);
     }
     match &desired.interface {
         Some(i) if i != me.interface => Err(Ineligible::OtherInterface(i.clone())),

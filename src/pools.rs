@@ -29,6 +29,9 @@ pub struct Pool {
     /// Whether extip-sync may allocate from it for LoadBalancer Services.
     #[serde(default)]
     pub auto_assign: bool,
+    /// Labels a node must carry to serve its IPs, unless they set their own.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
 }
 
 #[derive(Deserialize)]
@@ -42,6 +45,8 @@ struct PoolValue {
     replicas: Option<serde_json::Value>,
     #[serde(default)]
     auto_assign: bool,
+    #[serde(default)]
+    node_selector: BTreeMap<String, String>,
     #[serde(flatten)]
     unknown: BTreeMap<String, serde_json::Value>,
 }
@@ -76,6 +81,7 @@ pub fn parse_pool(raw: &[u8]) -> Result<(Pool, Vec<String>), ContractError> {
         interface: value.interface.map(validate_interface).transpose()?,
         replicas: value.replicas.as_ref().map(parse_replicas).transpose()?,
         auto_assign: value.auto_assign,
+        node_selector: value.node_selector,
     };
     Ok((pool, value.unknown.into_keys().collect()))
 }
@@ -106,6 +112,9 @@ pub fn resolve(ip: IpAddr, parsed: &ParsedDesired, pools: &BTreeMap<String, Pool
     }
     if desired.interface.is_none() {
         desired.interface = pool.interface.clone();
+    }
+    if desired.node_selector.is_empty() {
+        desired.node_selector = pool.node_selector.clone();
     }
     if !parsed.explicit_replicas {
         desired.replicas = pool.replicas.unwrap_or(model::Replicas::EXCLUSIVE);

@@ -329,3 +329,45 @@ fn a_pool_gives_its_mask_to_its_ips_unless_they_set_their_own() {
     let back = wait_for(Duration::from_secs(5), || with_mask("198.51.100.7", "32"));
     assert!(back.is_some(), "pool removal not applied");
 }
+
+#[test]
+fn a_node_selector_keeps_an_ip_on_matching_hosts_only() {
+    let mut lab = Lab::new(3);
+    let labelled = [AGENT_ARGS.as_slice(), &["--label", "zone=a"]].concat();
+    lab.start_agent(0, &AGENT_ARGS);
+    lab.start_agent(1, &labelled);
+    lab.start_agent(2, &labelled);
+    let up = wait_for(Duration::from_secs(10), || {
+        (1..=3).all(|h| lab.get(&format!("/extip/nodes/h{h}")).is_some())
+    });
+    assert!(up.is_some());
+    let ip = "198.51.100.50";
+    lab.put(
+        &format!("/extip/ips/{ip}"),
+        r#"{"node_selector":{"zone":"a"}}"#,
+    );
+    assert!(wait_for(Duration::from_secs(5), || lab.holders(ip).len() == 1).is_some());
+    let first = lab.holders(ip)[0];
+    assert_ne!(first, 0, "placed on a host without the label");
+    lab.signal(first, "TERM");
+    let moved = wait_for(Duration::from_secs(5), || {
+        lab.holders(ip) == vec![3 - first]
+    });
+    assert!(
+        moved.is_some(),
+        "not moved to the other labelled host: {:?}",
+        lab.holders(ip)
+    );
+    lab.wait_exit(first, Duration::from_secs(5))
+        .expect("stopped");
+    let other = 3 - first;
+    lab.signal(other, "TERM");
+    lab.wait_exit(other, Duration::from_secs(5))
+        .expect("stopped");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        lab.holders(ip).is_empty(),
+        "an unlabelled host took it: {:?}",
+        lab.holders(ip)
+    );
+}

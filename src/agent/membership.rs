@@ -30,7 +30,7 @@ impl Agent {
             node: self.cfg.node.clone(),
             interfaces,
             allowed_cidrs: self.cfg.allowed.clone(),
-            labels: Default::default(),
+            labels: self.cfg.labels.clone(),
             draining: self.draining(),
             version: env!("CARGO_PKG_VERSION").into(),
             started: self.started.clone(),

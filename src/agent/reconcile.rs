@@ -36,6 +36,7 @@ impl Agent {
             keep_shared_when_fenced: self.cfg.on_etcd_loss == EtcdLossPolicy::Keep,
             draining: self.draining(),
             give_away: &self.giving_away,
+            labels: &self.cfg.labels,
         }
     }
 

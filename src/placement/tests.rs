@@ -234,3 +234,20 @@ fn losing_a_node_triggers_no_handover_among_survivors() {
         assert!(moves.is_empty(), "{me} would move {} IPs", moves.len());
     }
 }
+
+#[test]
+fn a_node_selector_limits_placement_to_matching_nodes() {
+    let mut all = nodes(&["h1", "h2", "h3"]);
+    all.get_mut("h2")
+        .unwrap()
+        .labels
+        .insert("zone".into(), "a".into());
+    let mut d = exclusive();
+    d.node_selector.insert("zone".into(), "a".into());
+    let desired: BTreeMap<IpAddr, DesiredIp> = (1..=10)
+        .map(|i| (format!("198.51.100.{i}").parse().unwrap(), d.clone()))
+        .collect();
+    let a = assign(&desired, &Claims::new(), &all);
+    assert_eq!(a.len(), 10);
+    assert!(a.values().all(|n| n == "h2"), "{a:?}");
+}

@@ -3,6 +3,7 @@
 use super::*;
 
 static NONE: BTreeSet<IpAddr> = BTreeSet::new();
+static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
 use crate::model::{DesiredIp, NodeValue, Replicas};
 
 mod simulation;
@@ -30,6 +31,7 @@ fn me(lease: LeaseId, allowed: &[IpNet]) -> Me<'_> {
         keep_shared_when_fenced: false,
         draining: false,
         give_away: &NONE,
+        labels: &NO_LABELS,
     }
 }
 
@@ -414,5 +416,31 @@ fn a_drained_host_gives_everything_away_and_claims_nothing() {
     assert_eq!(
         case.plan(&m),
         vec![Action::RemoveAddress(addr("198.51.100.10", 32))]
+    );
+}
+
+#[test]
+fn an_ip_whose_selector_this_node_lacks_is_not_served() {
+    let a = allowed();
+    let mut d = exclusive();
+    d.node_selector.insert("zone".into(), "a".into());
+    let case = Case::new().want("198.51.100.10", d.clone());
+    let m = me(7, &a);
+    assert_eq!(
+        eligibility(&m, ip("198.51.100.10"), &d),
+        Err(Ineligible::NotSelected)
+    );
+    assert!(case.plan(&m).is_empty());
+    let labels: BTreeMap<String, String> = [("zone".to_string(), "a".to_string())].into();
+    let mut m = me(7, &a);
+    m.labels = &labels;
+    let mut case = case;
+    case.nodes.get_mut("h1").unwrap().labels = labels.clone();
+    assert_eq!(
+        case.plan(&m),
+        vec![Action::Claim {
+            ip: ip("198.51.100.10"),
+            slot: 0
+        }]
     );
 }

@@ -9,6 +9,7 @@ use proptest::prelude::*;
 use super::*;
 
 static NONE: BTreeSet<IpAddr> = BTreeSet::new();
+static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
 
 const IPS: [&str; 3] = ["198.51.100.1", "198.51.100.2", "2001:db8::3"];
 const AGENTS: usize = 3;
@@ -106,6 +107,7 @@ impl Sim {
             keep_shared_when_fenced: false,
             draining: false,
             give_away: &NONE,
+            labels: &NO_LABELS,
         };
         plan(
             &me,
@@ -194,6 +196,7 @@ impl Sim {
                     keep_shared_when_fenced: false,
                     draining: false,
                     give_away: &NONE,
+                    labels: &NO_LABELS,
                 };
                 let empty = Etcd::default();
                 let world = World {
