@@ -320,30 +320,44 @@ fn all_replicas_take_the_lowest_free_slot() {
     );
 }
 
-#[test]
-fn a_down_interface_gives_its_ips_away() {
-    let a = allowed();
-    let mut m = me(7, &a);
-    m.interface_up = false;
+/// An agent that may not serve (link down, drained) drops its address, then its claim,
+/// and claims nothing new.
+fn assert_gives_everything_away(m: &Me) {
     let case = Case::new()
         .want("198.51.100.10", exclusive())
         .want("198.51.100.11", exclusive())
         .claim("198.51.100.10", 0, 7)
         .owns(addr("198.51.100.10", 32));
     assert_eq!(
-        case.plan(&m),
+        case.plan(m),
         vec![Action::RemoveAddress(addr("198.51.100.10", 32))]
     );
     let case = Case::new()
         .want("198.51.100.10", exclusive())
         .claim("198.51.100.10", 0, 7);
     assert_eq!(
-        case.plan(&m),
+        case.plan(m),
         vec![Action::Release {
             ip: ip("198.51.100.10"),
             slot: 0
         }]
     );
+}
+
+#[test]
+fn a_down_interface_gives_its_ips_away() {
+    let a = allowed();
+    let mut m = me(7, &a);
+    m.interface_up = false;
+    assert_gives_everything_away(&m);
+}
+
+#[test]
+fn a_drained_host_gives_everything_away_and_claims_nothing() {
+    let a = allowed();
+    let mut m = me(7, &a);
+    m.draining = true;
+    assert_gives_everything_away(&m);
 }
 
 #[test]
@@ -401,22 +415,6 @@ fn a_host_claims_only_what_placement_gives_it_until_the_grace_runs_out() {
         ip: skipped,
         slot: 0
     }));
-}
-
-#[test]
-fn a_drained_host_gives_everything_away_and_claims_nothing() {
-    let a = allowed();
-    let mut m = me(7, &a);
-    m.draining = true;
-    let case = Case::new()
-        .want("198.51.100.10", exclusive())
-        .want("198.51.100.11", exclusive())
-        .claim("198.51.100.10", 0, 7)
-        .owns(addr("198.51.100.10", 32));
-    assert_eq!(
-        case.plan(&m),
-        vec![Action::RemoveAddress(addr("198.51.100.10", 32))]
-    );
 }
 
 #[test]
