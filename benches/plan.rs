@@ -15,7 +15,7 @@ fn main() {
     let none = BTreeSet::new();
     let labels = BTreeMap::new();
     let allowed = vec!["2001:db8::/32".parse().unwrap()];
-    println!("| IPs | nodes | placement::assign, nothing claimed | plan, nothing claimed | plan, all claimed |");
+    println!("| IPs | nodes | Ideal::new + assign, nothing claimed | plan (ideal cached), nothing claimed | plan, all claimed |");
     println!("|---|---|---|---|---|");
     for (ips, nodes) in [(1_000, 3), (10_000, 10)] {
         let desired: BTreeMap<IpAddr, DesiredIp> = (0..ips)
@@ -30,7 +30,8 @@ fn main() {
             .map(|n| (n.clone(), NodeValue::new(n, &["lo"])))
             .collect();
         let t = Instant::now();
-        let assignment = placement::assign(&desired, &Claims::new(), &node_map);
+        let ideal = placement::Ideal::new(&desired, &node_map);
+        let assignment = placement::assign(&ideal, &Claims::new(), &node_map);
         let assign_ms = t.elapsed().as_secs_f64() * 1e3;
         let mut full = Claims::new();
         for (&(ip, slot), node) in &assignment {
@@ -65,6 +66,7 @@ fn main() {
                 owned: &owned,
                 nodes: &node_map,
                 overdue: &overdue,
+                ideal: &ideal,
             };
             let t = Instant::now();
             let actions = plan(&me, &world);

@@ -97,61 +97,94 @@ fn capacity(total: usize, nodes: &BTreeMap<String, NodeValue>) -> usize {
     ((total as f64 / serving.max(1) as f64) * LOAD_FACTOR).ceil() as usize
 }
 
-/// The balanced placement from scratch: for each IP its ideal holders, best first.
-/// It ignores current claims; rebalancing and free slots steer towards it.
-pub fn ideal(
-    desired: &BTreeMap<IpAddr, DesiredIp>,
-    nodes: &BTreeMap<String, NodeValue>,
-) -> BTreeMap<IpAddr, Vec<String>> {
-    let rankings: BTreeMap<IpAddr, Vec<&str>> = desired
-        .iter()
-        .map(|(&ip, d)| (ip, ranking(ip, d, nodes)))
-        .collect();
-    let total: usize = desired
-        .iter()
-        .map(|(ip, d)| wanted_slots(d.replicas, rankings[ip].len()))
-        .sum();
-    let cap = capacity(total, nodes);
-    let mut load: BTreeMap<&str, usize> = BTreeMap::new();
-    let mut out = BTreeMap::new();
-    for (&ip, d) in desired {
-        let ranked = &rankings[&ip];
-        let wanted = wanted_slots(d.replicas, ranked.len());
-        let mut chosen: Vec<&str> = Vec::new();
-        for _ in 0..wanted {
-            let pick = ranked
-                .iter()
-                .filter(|n| !chosen.contains(n))
-                .find(|n| load.get(**n).copied().unwrap_or(0) < cap)
-                .or_else(|| ranked.iter().find(|n| !chosen.contains(n)));
-            let Some(&node) = pick else { break };
-            chosen.push(node);
-            *load.entry(node).or_default() += 1;
+/// The balanced placement from scratch, and what it was computed from. It depends only
+/// on the desired IPs and the nodes, so an agent computes it once per change of either,
+/// not on every planning pass; it ignores claims: free slots and rebalancing steer to it.
+#[derive(Debug, Clone, Default)]
+pub struct Ideal {
+    /// For each IP its ideal holders, best first.
+    pub holders: BTreeMap<IpAddr, Vec<String>>,
+    /// For each IP every node that can serve it, best-ranked first.
+    rankings: BTreeMap<IpAddr, Vec<String>>,
+    /// The load bound.
+    cap: usize,
+    /// Slots per serving node.
+    average: f64,
+}
+
+impl Ideal {
+    /// Rank every IP and place it under the load bound.
+    pub fn new(desired: &BTreeMap<IpAddr, DesiredIp>, nodes: &BTreeMap<String, NodeValue>) -> Self {
+        let rankings: BTreeMap<IpAddr, Vec<String>> = desired
+            .iter()
+            .map(|(&ip, d)| {
+                (
+                    ip,
+                    ranking(ip, d, nodes)
+                        .into_iter()
+                        .map(str::to_string)
+                        .collect(),
+                )
+            })
+            .collect();
+        let total: usize = desired
+            .iter()
+            .map(|(ip, d)| wanted_slots(d.replicas, rankings[ip].len()))
+            .sum();
+        let cap = capacity(total, nodes);
+        let serving = nodes
+            .values()
+            .filter(|n| !n.draining && !n.interfaces.is_empty())
+            .count()
+            .max(1);
+        let mut load: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut holders = BTreeMap::new();
+        for (&ip, d) in desired {
+            let ranked = &rankings[&ip];
+            let wanted = wanted_slots(d.replicas, ranked.len());
+            let mut chosen: Vec<&str> = Vec::new();
+            for _ in 0..wanted {
+                let open = || {
+                    ranked
+                        .iter()
+                        .map(String::as_str)
+                        .filter(|n| !chosen.contains(n))
+                };
+                let pick = open()
+                    .find(|n| load.get(n).copied().unwrap_or(0) < cap)
+                    .or_else(|| open().next());
+                let Some(node) = pick else { break };
+                chosen.push(node);
+                *load.entry(node).or_default() += 1;
+            }
+            holders.insert(ip, chosen.into_iter().map(str::to_string).collect());
         }
-        out.insert(ip, chosen.into_iter().map(str::to_string).collect());
+        Ideal {
+            holders,
+            rankings,
+            cap,
+            average: total as f64 / serving as f64,
+        }
     }
-    out
 }
 
 /// For every free slot, the node that should claim it: an ideal holder of the IP
 /// that holds no slot of it yet, else the best-ranked node under the load bound.
 pub fn assign(
-    desired: &BTreeMap<IpAddr, DesiredIp>,
+    ideal: &Ideal,
     claims: &Claims,
     nodes: &BTreeMap<String, NodeValue>,
 ) -> BTreeMap<(IpAddr, u32), String> {
-    let ideal = ideal(desired, nodes);
-    let total: usize = ideal.values().map(Vec::len).sum();
-    let cap = capacity(total, nodes);
+    let cap = ideal.cap;
     let mut load = loads(claims, nodes);
     let mut out = BTreeMap::new();
-    for (&ip, d) in desired {
-        let ranked = ranking(ip, d, nodes);
+    for (&ip, ranked) in &ideal.rankings {
+        let ranked: Vec<&str> = ranked.iter().map(String::as_str).collect();
         let held = claims.get(&ip);
         let mut holders: BTreeSet<&str> = held
             .map(|s| s.values().filter_map(|h| h.node.as_deref()).collect())
             .unwrap_or_default();
-        let wanted = ideal[&ip].len();
+        let wanted = ideal.holders[&ip].len();
         let free = (0u32..).filter(|s| held.is_none_or(|h| !h.contains_key(s)));
         let missing = wanted.saturating_sub(held.map_or(0, |h| h.len()));
         for slot in free.take(missing) {
@@ -160,7 +193,7 @@ pub fn assign(
                 .copied()
                 .filter(|n| !holders.contains(n))
                 .collect();
-            let preferred = ideal[&ip]
+            let preferred = ideal.holders[&ip]
                 .iter()
                 .find_map(|n| open.iter().copied().find(|o| o == n));
             let bounded = open
@@ -193,25 +226,17 @@ const OVERLOAD: f64 = 1.1;
 /// overloaded (above [`OVERLOAD`]) and that node below the load bound. Survivors of a lost node stay within
 /// both, so nothing moves among them; a new, returning or undrained node gets its share.
 pub fn handovers(
-    desired: &BTreeMap<IpAddr, DesiredIp>,
+    ideal: &Ideal,
     claims: &Claims,
     nodes: &BTreeMap<String, NodeValue>,
     me: &str,
     stable: &BTreeSet<String>,
 ) -> Vec<IpAddr> {
-    let ideal = ideal(desired, nodes);
-    let total: usize = ideal.values().map(Vec::len).sum();
-    let serving = nodes
-        .values()
-        .filter(|n| !n.draining && !n.interfaces.is_empty())
-        .count()
-        .max(1);
-    let average = total as f64 / serving as f64;
-    let cap = capacity(total, nodes);
+    let (average, cap) = (ideal.average, ideal.cap);
     let mut load = loads(claims, nodes);
     let mut mine = load.get(me).copied().unwrap_or(0);
     let mut out = Vec::new();
-    for (&ip, holders) in &ideal {
+    for (&ip, holders) in &ideal.holders {
         if mine as f64 <= average {
             break;
         }

@@ -97,6 +97,8 @@ pub struct World<'a> {
     pub nodes: &'a BTreeMap<String, NodeValue>,
     /// Free slots left unclaimed past the grace period: anyone eligible may take them.
     pub overdue: &'a BTreeSet<(IpAddr, u32)>,
+    /// The balanced placement of `desired` over `nodes` (see [`placement::Ideal`]).
+    pub ideal: &'a placement::Ideal,
 }
 
 /// One step for the agent to execute. Variants are ordered as they must run.
@@ -202,7 +204,7 @@ type Assignment = BTreeMap<(IpAddr, u32), String>;
 /// Decide the next actions. Run them in order, then plan again until nothing is left.
 pub fn plan(me: &Me, world: &World) -> Vec<Action> {
     let mut actions = Vec::new();
-    let assignment = placement::assign(world.desired, world.claims, world.nodes);
+    let assignment = placement::assign(world.ideal, world.claims, world.nodes);
     for (&ip, desired) in world.desired {
         plan_ip(me, world, &assignment, ip, desired, &mut actions);
     }

@@ -64,8 +64,9 @@ impl Agent {
     /// Note since when each slot has been free; those free past the grace are overdue.
     pub(super) fn track_free_slots(&mut self) {
         let now = Instant::now();
+        self.refresh_ideal();
         let nodes = self.view.placement_nodes();
-        let free = placement::assign(&self.view.desired, &self.view.claims, &nodes);
+        let free = placement::assign(&self.ideal.1, &self.view.claims, &nodes);
         self.free_since.retain(|slot, _| free.contains_key(slot));
         for slot in free.keys() {
             self.free_since.entry(*slot).or_insert(now);
@@ -76,6 +77,15 @@ impl Agent {
             .filter(|(_, since)| now.duration_since(**since) >= PLACEMENT_GRACE)
             .map(|(slot, _)| *slot)
             .collect();
+    }
+
+    /// Recompute the ideal placement if desired IPs, nodes, drains or pools changed.
+    pub(super) fn refresh_ideal(&mut self) {
+        if self.ideal.0 != self.view.generation {
+            let nodes = self.view.placement_nodes();
+            let ideal = placement::Ideal::new(&self.view.desired, &nodes);
+            self.ideal = (self.view.generation, ideal);
+        }
     }
 
     /// When the next free slot becomes overdue, to plan again then.
@@ -125,7 +135,7 @@ impl Agent {
             return;
         }
         let nodes = self.view.placement_nodes();
-        let moves = placement::handovers(&self.view.desired, claims, &nodes, &me, &stable);
+        let moves = placement::handovers(&self.ideal.1, claims, &nodes, &me, &stable);
         if moves.is_empty() {
             return;
         }

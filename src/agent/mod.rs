@@ -95,6 +95,8 @@ pub struct Agent {
     giving_away: std::collections::BTreeSet<IpAddr>,
     /// When the last hand-over batch started, for the rate limit.
     last_handover: Option<std::time::Instant>,
+    /// The ideal placement and the view generation it was computed for.
+    ideal: (u64, crate::placement::Ideal),
     /// The binary and arguments this process started with, for SIGHUP.
     exe: Option<PathBuf>,
     args: Vec<OsString>,
@@ -206,6 +208,7 @@ impl Agent {
             first_seen: Default::default(),
             giving_away: Default::default(),
             last_handover: None,
+            ideal: (u64::MAX, Default::default()),
             exe: std::env::current_exe().ok(),
             args: std::env::args_os().skip(1).collect(),
             cfg,

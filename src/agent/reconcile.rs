@@ -52,6 +52,7 @@ impl Agent {
             owned,
             nodes,
             overdue: &self.overdue,
+            ideal: &self.ideal.1,
         }
     }
 

@@ -29,6 +29,9 @@ pub struct ClusterView {
     revision: i64,
     /// Bad keys already reported, with the revision reported, so each is logged once.
     reported: HashMap<String, i64>,
+    /// Bumped whenever desired IPs, nodes, drains or pools change (not claims): what
+    /// the ideal placement depends on.
+    pub generation: u64,
     /// The revision this view last learned for a key from this agent's own
     /// transactions: a watch event at or below it is older news and must not undo it.
     known: HashMap<String, i64>,
@@ -48,6 +51,7 @@ impl ClusterView {
             revision: 0,
             reported: HashMap::new(),
             known: HashMap::new(),
+            generation: 0,
         }
     }
 
@@ -137,6 +141,7 @@ impl ClusterView {
     }
 
     fn put(&mut self, kv: &RawKv) {
+        self.bump(&kv.key);
         match self.keys.parse(&kv.key) {
             Ok(Some(KeyKind::Desired(ip))) => match model::parse_desired(ip, &kv.value) {
                 Ok(parsed) => {
@@ -180,6 +185,13 @@ impl ClusterView {
         }
     }
 
+    /// Note a change that the ideal placement depends on.
+    fn bump(&mut self, key: &str) {
+        if !matches!(self.keys.parse(key), Ok(Some(KeyKind::Claim(..)))) {
+            self.generation += 1;
+        }
+    }
+
     /// Apply the pools again to every desired IP (a pool changed).
     fn resolve_all(&mut self) {
         self.desired = self
@@ -190,6 +202,7 @@ impl ClusterView {
     }
 
     fn delete(&mut self, key: &str) {
+        self.bump(key);
         self.reported.remove(key);
         match self.keys.parse(key) {
             Ok(Some(KeyKind::Desired(ip))) => {

@@ -1,6 +1,26 @@
 use super::*;
 use crate::plan::Holder;
 
+/// `assign` with the ideal computed from the same inputs.
+fn assign_fresh(
+    desired: &BTreeMap<IpAddr, DesiredIp>,
+    claims: &Claims,
+    nodes: &BTreeMap<String, NodeValue>,
+) -> BTreeMap<(IpAddr, u32), String> {
+    assign(&Ideal::new(desired, nodes), claims, nodes)
+}
+
+/// `handovers` with the ideal computed from the same inputs.
+fn handovers_fresh(
+    desired: &BTreeMap<IpAddr, DesiredIp>,
+    claims: &Claims,
+    nodes: &BTreeMap<String, NodeValue>,
+    me: &str,
+    stable: &BTreeSet<String>,
+) -> Vec<IpAddr> {
+    handovers(&Ideal::new(desired, nodes), claims, nodes, me, stable)
+}
+
 fn node(name: &str) -> NodeValue {
     let mut node = NodeValue::new(name, &["lo"]);
     node.allowed_cidrs = vec![
@@ -57,7 +77,7 @@ fn per_node(assignment: &BTreeMap<(IpAddr, u32), String>) -> BTreeMap<String, us
 #[test]
 fn three_hundred_ips_spread_within_ninety_to_one_hundred_ten() {
     let desired = ips(300);
-    let a = assign(&desired, &Claims::new(), &nodes(&["h1", "h2", "h3"]));
+    let a = assign_fresh(&desired, &Claims::new(), &nodes(&["h1", "h2", "h3"]));
     assert_eq!(a.len(), 300);
     for (node, n) in per_node(&a) {
         assert!((90..=110).contains(&n), "{node} got {n}");
@@ -68,13 +88,13 @@ fn three_hundred_ips_spread_within_ninety_to_one_hundred_ten() {
 fn losing_a_node_moves_only_its_ips_and_stays_bounded() {
     let desired = ips(300);
     let all = nodes(&["h1", "h2", "h3"]);
-    let first = assign(&desired, &Claims::new(), &all);
+    let first = assign_fresh(&desired, &Claims::new(), &all);
     let mut claims = as_claims(&first);
     for slots in claims.values_mut() {
         slots.retain(|_, h| h.node.as_deref() != Some("h2"));
     }
     let survivors = nodes(&["h1", "h3"]);
-    let second = assign(&desired, &claims, &survivors);
+    let second = assign_fresh(&desired, &claims, &survivors);
     let lost: BTreeSet<IpAddr> = first
         .iter()
         .filter(|(_, n)| n.as_str() == "h2")
@@ -102,7 +122,7 @@ fn replicas_pick_distinct_nodes_and_all_means_every_node() {
     desired.insert(two, d.clone());
     d.replicas = Replicas::All;
     desired.insert(every, d);
-    let a = assign(&desired, &Claims::new(), &nodes(&["h1", "h2", "h3"]));
+    let a = assign_fresh(&desired, &Claims::new(), &nodes(&["h1", "h2", "h3"]));
     let on = |ip: IpAddr| -> BTreeSet<String> {
         a.iter()
             .filter(|((i, _), _)| *i == ip)
@@ -119,7 +139,7 @@ fn draining_ineligible_and_down_nodes_get_nothing() {
     all.get_mut("h1").unwrap().draining = true;
     all.get_mut("h2").unwrap().allowed_cidrs = vec!["192.0.2.0/24".parse().unwrap()];
     all.get_mut("h3").unwrap().interfaces.clear();
-    let a = assign(&ips(20), &Claims::new(), &all);
+    let a = assign_fresh(&ips(20), &Claims::new(), &all);
     assert_eq!(a.len(), 20);
     assert!(a.values().all(|n| n == "h4"), "{a:?}");
 }
@@ -150,7 +170,7 @@ fn stable(names: &[&str]) -> BTreeSet<String> {
 
 /// Place `desired` on `names` and return the claims, as if every agent had claimed.
 fn placed(desired: &BTreeMap<IpAddr, DesiredIp>, names: &[&str]) -> Claims {
-    as_claims(&assign(desired, &Claims::new(), &nodes(names)))
+    as_claims(&assign_fresh(desired, &Claims::new(), &nodes(names)))
 }
 
 #[test]
@@ -160,21 +180,21 @@ fn a_returning_node_gets_its_share_once_stable_and_only_then() {
     let all = nodes(&["h1", "h2", "h3"]);
     // h2 is back but not stable yet: nothing moves.
     for me in ["h1", "h3"] {
-        assert!(handovers(&desired, &claims, &all, me, &stable(&["h1", "h3"])).is_empty());
+        assert!(handovers_fresh(&desired, &claims, &all, me, &stable(&["h1", "h3"])).is_empty());
     }
     // Stable: h1 and h3 together hand about a third over, all of it to h2.
     let ready = stable(&["h1", "h2", "h3"]);
     let mut moved = 0;
     let mut claims = claims;
     for me in ["h1", "h3"] {
-        for ip in handovers(&desired, &claims, &all, me, &ready) {
+        for ip in handovers_fresh(&desired, &claims, &all, me, &ready) {
             let slot = claims.get_mut(&ip).unwrap();
             assert_eq!(slot[&0].node.as_deref(), Some(me));
             slot.remove(&0);
             moved += 1;
         }
     }
-    let refill = assign(&desired, &claims, &all);
+    let refill = assign_fresh(&desired, &claims, &all);
     assert_eq!(refill.len(), moved, "every released IP gets a new holder");
     assert!(
         refill.values().filter(|n| n.as_str() == "h2").count() >= 85,
@@ -205,7 +225,7 @@ fn a_returning_node_gets_its_share_once_stable_and_only_then() {
     // Balanced now: nothing more moves (no IP moves twice).
     for me in ["h1", "h2", "h3"] {
         assert!(
-            handovers(&desired, &claims, &all, me, &ready).is_empty(),
+            handovers_fresh(&desired, &claims, &all, me, &ready).is_empty(),
             "{me} moves more"
         );
     }
@@ -219,7 +239,7 @@ fn losing_a_node_triggers_no_handover_among_survivors() {
         slots.retain(|_, h| h.node.as_deref() != Some("h2"));
     }
     let survivors = nodes(&["h1", "h3"]);
-    let refill = assign(&desired, &claims, &survivors);
+    let refill = assign_fresh(&desired, &claims, &survivors);
     for (&(ip, slot), node) in &refill {
         claims.entry(ip).or_default().insert(
             slot,
@@ -230,7 +250,7 @@ fn losing_a_node_triggers_no_handover_among_survivors() {
         );
     }
     for me in ["h1", "h3"] {
-        let moves = handovers(&desired, &claims, &survivors, me, &stable(&["h1", "h3"]));
+        let moves = handovers_fresh(&desired, &claims, &survivors, me, &stable(&["h1", "h3"]));
         assert!(moves.is_empty(), "{me} would move {} IPs", moves.len());
     }
 }
@@ -247,7 +267,7 @@ fn a_node_selector_limits_placement_to_matching_nodes() {
     let desired: BTreeMap<IpAddr, DesiredIp> = (1..=10)
         .map(|i| (format!("198.51.100.{i}").parse().unwrap(), d.clone()))
         .collect();
-    let a = assign(&desired, &Claims::new(), &all);
+    let a = assign_fresh(&desired, &Claims::new(), &all);
     assert_eq!(a.len(), 10);
     assert!(a.values().all(|n| n == "h2"), "{a:?}");
 }

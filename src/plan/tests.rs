@@ -105,6 +105,7 @@ impl Case {
                 owned: &self.owned,
                 nodes: &self.nodes,
                 overdue: &self.overdue,
+                ideal: &crate::placement::Ideal::new(&self.desired, &self.nodes),
             },
         )
     }

@@ -117,6 +117,7 @@ impl Sim {
                 owned: &agent.owned,
                 nodes: &agent.view.nodes,
                 overdue: &BTreeSet::new(),
+                ideal: &crate::placement::Ideal::new(&agent.view.desired, &agent.view.nodes),
             },
         )
     }
@@ -205,6 +206,7 @@ impl Sim {
                     owned: &agent.owned,
                     nodes: &empty.nodes,
                     overdue: &BTreeSet::new(),
+                    ideal: &crate::placement::Ideal::default(),
                 };
                 for action in plan(&me, &world) {
                     let Action::RemoveAddress(x) = action else {
