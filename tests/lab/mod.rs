@@ -276,6 +276,11 @@ impl Lab {
         }
     }
 
+    /// The process ID of host `i`'s agent, if it runs.
+    pub fn agent_pid(&self, i: usize) -> Option<u32> {
+        self.hosts[i].agent.as_ref().map(Child::id)
+    }
+
     /// Send `signal` (e.g. "KILL", "TERM") to host `i`'s agent.
     pub fn signal(&self, i: usize, signal: &str) {
         let child = self.hosts[i].agent.as_ref().expect("agent running");

@@ -1,0 +1,197 @@
+//! Scale: `scripts/bench-scale [HOSTS] [IPS]` (as root; default 10 hosts, 10,000 IPs).
+//! Time to place every IP, spread, a lost host and its return, idle CPU and memory of
+//! the agents, and `ip -batch` adding the same addresses on one host for comparison.
+//! IPv6 /128s on `lo` (10,000 IPv4 addresses do not fit the documentation ranges).
+
+#[path = "../tests/lab/mod.rs"]
+mod lab;
+
+use std::collections::BTreeMap;
+use std::net::Ipv6Addr;
+use std::time::{Duration, Instant};
+
+use lab::{wait_for, Lab};
+
+const ARGS: [&str; 6] = [
+    "--allowed-cidr",
+    "2001:db8::/32",
+    "--stabilization",
+    "10s",
+    "--lease-ttl",
+    "5s",
+];
+
+fn ips(count: usize) -> Vec<String> {
+    (0..count)
+        .map(|i| {
+            Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, (i >> 16) as u16, i as u16).to_string()
+        })
+        .collect()
+}
+
+/// Holder of every IP among `hosts`, from one `ip -j addr` per host.
+fn placement(lab: &Lab, hosts: &[usize]) -> BTreeMap<String, Vec<usize>> {
+    let mut on: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for &h in hosts {
+        for a in lab.addresses(h, "lo") {
+            if let Some(ip) = a
+                .strip_suffix("/128")
+                .filter(|ip| ip.starts_with("2001:db8:100:"))
+            {
+                on.entry(ip.to_string()).or_default().push(h);
+            }
+        }
+    }
+    on
+}
+
+fn spread(p: &BTreeMap<String, Vec<usize>>, hosts: &[usize]) -> (usize, usize) {
+    let mut count: BTreeMap<usize, usize> = hosts.iter().map(|&h| (h, 0)).collect();
+    for on in p.values() {
+        for h in on {
+            *count.entry(*h).or_default() += 1;
+        }
+    }
+    (
+        *count.values().min().unwrap_or(&0),
+        *count.values().max().unwrap_or(&0),
+    )
+}
+
+fn served_once(p: &BTreeMap<String, Vec<usize>>, total: usize) -> bool {
+    p.len() == total && p.values().all(|on| on.len() == 1)
+}
+
+/// CPU seconds (user + system) and peak RSS in KiB of a process.
+fn usage(pid: u32) -> (f64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = fields.get(11..13).map_or(0.0, |f| {
+        f.iter().filter_map(|v| v.parse::<f64>().ok()).sum()
+    });
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let hwm = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    (ticks / 100.0, hwm)
+}
+
+fn main() {
+    let n: usize = std::env::var("EXTIP_SCALE_HOSTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    let m: usize = std::env::var("EXTIP_SCALE_IPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let mut lab = Lab::new(n + 1); // the last host runs no agent: the ip -batch reference
+    let hosts: Vec<usize> = (0..n).collect();
+    for &h in &hosts {
+        lab.start_agent(h, &ARGS);
+    }
+    let up = wait_for(Duration::from_secs(30), || {
+        (1..=n).all(|h| lab.get(&format!("/extip/nodes/h{h}")).is_some())
+    });
+    up.expect("agents registered");
+    let all = ips(m);
+    let pairs: Vec<(String, String)> = all
+        .iter()
+        .map(|ip| (format!("/extip/ips/{ip}"), "{}".into()))
+        .collect();
+    let start = Instant::now();
+    lab.put_many(&pairs);
+    let written = start.elapsed();
+    let placed = wait_for(Duration::from_secs(600), || {
+        served_once(&placement(&lab, &hosts), m)
+    })
+    .expect("all placed");
+    let (lo, hi) = spread(&placement(&lab, &hosts), &hosts);
+    println!("| {m} IPs on {n} hosts placed | {:.1} s (writing the keys: {:.1} s) | per host {lo}–{hi} |", placed.as_secs_f64(), written.as_secs_f64());
+
+    // The kernel's own pace: ip -batch adding the same addresses on one host.
+    let batch: String = all
+        .iter()
+        .map(|ip| format!("address add {ip}/128 dev lo\n"))
+        .collect();
+    let file = std::env::temp_dir().join(format!("extip-scale-{}", std::process::id()));
+    std::fs::write(&file, batch).expect("batch file");
+    let t = Instant::now();
+    lab::run(
+        "ip",
+        &["-n", &lab.hosts[n].ns, "-batch", &file.to_string_lossy()],
+    );
+    println!(
+        "| `ip -batch` adding the same {m} addresses on one host | {:.1} s | |",
+        t.elapsed().as_secs_f64()
+    );
+    let _ = std::fs::remove_file(&file);
+
+    // Idle: CPU and memory of every agent over 20 s.
+    let pids: Vec<u32> = hosts.iter().filter_map(|&h| lab.agent_pid(h)).collect();
+    let before: Vec<f64> = pids.iter().map(|&p| usage(p).0).collect();
+    std::thread::sleep(Duration::from_secs(20));
+    let after: Vec<(f64, u64)> = pids.iter().map(|&p| usage(p)).collect();
+    let idle_cpu = after
+        .iter()
+        .zip(&before)
+        .map(|(a, b)| (a.0 - b) / 20.0 * 100.0)
+        .fold(0.0, f64::max);
+    let rss = after.iter().map(|a| a.1).max().unwrap_or(0);
+    println!(
+        "| idle agent CPU (worst of {n}) | {idle_cpu:.2} % | peak RSS {} MiB |",
+        rss / 1024
+    );
+
+    // A host is lost.
+    let before = placement(&lab, &hosts);
+    let victim = 1;
+    let survivors: Vec<usize> = hosts.iter().copied().filter(|&h| h != victim).collect();
+    let lost = before.values().filter(|on| on[0] == victim).count();
+    let t = Instant::now();
+    lab.kill(victim);
+    lab.cut(victim);
+    let took = wait_for(Duration::from_secs(120), || {
+        served_once(&placement(&lab, &survivors), m)
+    })
+    .expect("re-placed");
+    let after = placement(&lab, &survivors);
+    let moved = before
+        .iter()
+        .filter(|(ip, on)| on[0] != victim && after[*ip] != **on)
+        .count();
+    let _ = t;
+    println!(
+        "| host lost ({lost} IPs) | served again after {:.1} s | survivor IPs moved: {moved} |",
+        took.as_secs_f64()
+    );
+
+    // It returns: rebalancing after the stabilization window.
+    lab.reconnect(victim);
+    lab.start_agent(victim, &ARGS);
+    let t = Instant::now();
+    let avg = m as f64 / n as f64;
+    let balanced = wait_for(Duration::from_secs(300), || {
+        let p = placement(&lab, &hosts);
+        let (lo, hi) = spread(&p, &hosts);
+        served_once(&p, m) && lo as f64 >= avg * 0.9 && hi as f64 <= avg * 1.1
+    });
+    let end = placement(&lab, &hosts);
+    let moved = end
+        .iter()
+        .filter(|(ip, on)| after.get(*ip).is_some_and(|a| a != *on))
+        .count();
+    let (lo, hi) = spread(&end, &hosts);
+    match balanced {
+        Some(d) => println!("| host returns | balanced after {:.1} s (window 10 s) | {moved} IPs moved; per host {lo}–{hi} |", d.as_secs_f64()),
+        None => println!("| host returns | not balanced after {:.0} s | {moved} IPs moved; per host {lo}–{hi} |", t.elapsed().as_secs_f64()),
+    }
+}
