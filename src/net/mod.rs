@@ -72,12 +72,36 @@ pub struct AddressEvents {
 }
 
 impl AddressEvents {
-    /// Wait for the next change; `None` when the socket closed. A burst (our own
-    /// 10,000 adds, say) is drained at once so that it costs one reconcile, not one each.
+    /// Wait for a change that needs a reconcile; `None` when the socket closed. Our own
+    /// adds and lifetime refreshes (new addresses with our mark) need none: on a host
+    /// refreshing a thousand lifetimes every half second they would wake one constantly.
+    /// A burst is drained at once so that it costs one reconcile, not one per message.
     pub async fn changed(&mut self) -> Option<()> {
-        self.messages.next().await?;
-        while self.messages.try_recv().is_ok() {}
-        Some(())
+        loop {
+            let (message, _) = self.messages.next().await?;
+            let mut relevant = needs_reconcile(&message.payload);
+            while let Ok((message, _)) = self.messages.try_recv() {
+                relevant |= needs_reconcile(&message.payload);
+            }
+            if relevant {
+                return Some(());
+            }
+        }
+    }
+}
+
+/// Everything but a new address carrying our own mark: deletions (maybe by hand),
+/// foreign addresses, link changes, and anything we cannot read.
+fn needs_reconcile(
+    payload: &rtnetlink::packet_core::NetlinkPayload<rtnetlink::packet_route::RouteNetlinkMessage>,
+) -> bool {
+    use rtnetlink::packet_core::NetlinkPayload;
+    use rtnetlink::packet_route::RouteNetlinkMessage;
+    match payload {
+        NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewAddress(message)) => {
+            owned_address(message).is_none()
+        }
+        _ => true,
     }
 }
 
