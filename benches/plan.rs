@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use extip::model::{DesiredIp, NodeValue};
 use extip::placement;
-use extip::plan::{plan, Claims, Holder, Me, Mode, World};
+use extip::plan::{plan, Claims, Holder, Link, Me, Mode, World};
 
 fn main() {
     let none = BTreeSet::new();
@@ -43,14 +43,17 @@ fn main() {
             };
             full.entry(ip).or_default().insert(slot, holder);
         }
+        let lo = [Link {
+            name: "lo".into(),
+            ifindex: 1,
+            up: true,
+        }];
         let me = Me {
             node: "h1",
             lease: Some(1),
-            ifindex: 1,
-            interface: "lo",
+            links: &lo,
             allowed: &allowed,
             mode: Mode::Serve,
-            interface_up: true,
             keep_shared_when_fenced: true,
             draining: false,
             give_away: &none,

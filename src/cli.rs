@@ -126,9 +126,9 @@ pub struct AgentArgs {
     /// Node name published in etcd [default: the host name]
     #[arg(long, env = "EXTIP_NODE")]
     pub node: Option<String>,
-    /// Interface the addresses go on [default: lo]
-    #[arg(long, env = "EXTIP_INTERFACE")]
-    pub interface: Option<String>,
+    /// Interface the addresses go on; repeatable: the first takes IPs that name none [default: lo]
+    #[arg(long, env = "EXTIP_INTERFACE", value_delimiter = ',')]
+    pub interface: Option<Vec<String>>,
     /// Lease TTL: how long a dead host keeps its claims; whole seconds, at least 2s [default: 5s]
     #[arg(long, env = "EXTIP_LEASE_TTL")]
     pub lease_ttl: Option<String>,

@@ -61,8 +61,9 @@ pub struct AgentSettings {
     pub prefix: Option<String>,
     /// Node name.
     pub node: Option<String>,
-    /// Interface addresses go on.
-    pub interface: Option<String>,
+    /// Interfaces addresses go on: one name or a list (TOML), the first is the default.
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub interface: Option<Vec<String>>,
     /// Lease TTL, humantime text.
     pub lease_ttl: Option<String>,
     /// CIDRs the agent may configure.
@@ -122,8 +123,8 @@ pub struct AgentConfig {
     pub prefix: String,
     /// Node name.
     pub node: String,
-    /// Interface addresses go on.
-    pub interface: String,
+    /// Interfaces addresses go on, without duplicates; the first takes IPs naming none.
+    pub interfaces: Vec<String>,
     /// Lease TTL, whole seconds.
     pub lease_ttl: Duration,
     /// CIDRs the agent may configure.
@@ -175,9 +176,7 @@ impl AgentConfig {
         let etcd = validate_endpoints(etcd)?;
         let prefix = validate_prefix(s.prefix.as_deref().unwrap_or(DEFAULT_PREFIX))?;
         let node = validate_node(s.node.as_deref().unwrap_or(hostname))?;
-        let interface = s.interface.unwrap_or_else(|| DEFAULT_INTERFACE.into());
-        let interface = crate::model::validate_interface(interface)
-            .map_err(|e| invalid("interface", e.to_string()))?;
+        let interfaces = validate_interfaces(s.interface)?;
         let lease_ttl = parse_lease_ttl(s.lease_ttl.as_deref())?;
         let resync = match s.resync.as_deref() {
             None => DEFAULT_RESYNC,
@@ -199,7 +198,7 @@ impl AgentConfig {
             etcd,
             prefix,
             node,
-            interface,
+            interfaces,
             lease_ttl,
             allowed,
             resync,
@@ -213,6 +212,37 @@ impl AgentConfig {
             labels: parse_labels(s.label.unwrap_or_default())?,
         })
     }
+}
+
+/// `interface = "eth0"` and `interface = ["lo", "eth0"]` both read as a list.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(Some(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(name) => vec![name],
+        OneOrMany::Many(names) => names,
+    }))
+}
+
+fn validate_interfaces(names: Option<Vec<String>>) -> Result<Vec<String>, ConfigError> {
+    let names = names.unwrap_or_else(|| vec![DEFAULT_INTERFACE.into()]);
+    if names.is_empty() {
+        return Err(invalid("interface", "at least one interface is needed"));
+    }
+    let mut valid: Vec<String> = Vec::with_capacity(names.len());
+    for name in names {
+        let name = crate::model::validate_interface(name)
+            .map_err(|e| invalid("interface", e.to_string()))?;
+        if valid.contains(&name) {
+            return Err(invalid("interface", format!("`{name}` is given twice")));
+        }
+        valid.push(name);
+    }
+    Ok(valid)
 }
 
 fn parse_duration(field: &'static str, text: &str) -> Result<Duration, ConfigError> {
@@ -338,7 +368,7 @@ mod tests {
         assert_eq!(c.etcd, vec![DEFAULT_ETCD.to_string()]);
         assert_eq!(c.prefix, "/extip");
         assert_eq!(c.node, "host-a");
-        assert_eq!(c.interface, "lo");
+        assert_eq!(c.interfaces, ["lo"]);
         assert_eq!(c.lease_ttl, Duration::from_secs(5));
         assert_eq!(c.resync, Duration::from_secs(30));
     }
@@ -404,10 +434,17 @@ mod tests {
             ),
             (
                 AgentSettings {
-                    interface: Some("a very long interface".into()),
+                    interface: Some(vec!["a very long interface".into()]),
                     ..base()
                 },
                 "interface:",
+            ),
+            (
+                AgentSettings {
+                    interface: Some(vec!["lo".into(), "lo".into()]),
+                    ..base()
+                },
+                "interface: `lo` is given twice",
             ),
         ];
         for (settings, want) in cases {
@@ -433,7 +470,7 @@ mod tests {
         let good = dir.join("good.toml");
         std::fs::write(
             &good,
-            "etcd = [\"http://192.0.2.1:2379\"]\nlease-ttl = \"3s\"\nallowed-cidr = [\"198.51.100.0/24\"]\n",
+            "etcd = [\"http://192.0.2.1:2379\"]\nlease-ttl = \"3s\"\nallowed-cidr = [\"198.51.100.0/24\"]\ninterface = \"eth0\"\n",
         )
         .unwrap();
         let file = AgentSettings::from_file(&good).unwrap();
@@ -444,6 +481,10 @@ mod tests {
         let c = AgentConfig::from_settings(flags.over(file), "h").unwrap();
         assert_eq!(c.lease_ttl, Duration::from_secs(4));
         assert_eq!(c.etcd, vec!["http://192.0.2.1:2379".to_string()]);
+        assert_eq!(c.interfaces, ["eth0"]);
+        std::fs::write(&good, "interface = [\"lo\", \"eth0\"]\n").unwrap();
+        let file = AgentSettings::from_file(&good).unwrap();
+        assert_eq!(file.interface, Some(vec!["lo".into(), "eth0".into()]));
 
         let bad = dir.join("bad.toml");
         std::fs::write(&bad, "lease_tll = \"3s\"\n").unwrap();

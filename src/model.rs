@@ -356,6 +356,9 @@ pub struct NodeValue {
     pub node: String,
     /// Interfaces this agent serves and that are up: empty while it can serve nothing.
     pub interfaces: Vec<String>,
+    /// The interface for IPs that name none; absent from older agents (any interface).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_interface: Option<String>,
     /// CIDRs this agent may configure; empty means unknown (an older agent).
     #[serde(default)]
     pub allowed_cidrs: Vec<ipnet::IpNet>,
@@ -379,6 +382,7 @@ impl NodeValue {
         NodeValue {
             node: node.to_string(),
             interfaces: interfaces.iter().map(|i| i.to_string()).collect(),
+            default_interface: None,
             allowed_cidrs: Vec::new(),
             labels: BTreeMap::new(),
             draining: false,

@@ -40,7 +40,11 @@ pub fn node_can_serve(node: &NodeValue, ip: IpAddr, desired: &DesiredIp) -> bool
     }
     let allowed =
         node.allowed_cidrs.is_empty() || node.allowed_cidrs.iter().any(|c: &IpNet| c.contains(&ip));
-    let interface = match &desired.interface {
+    let interface = match desired
+        .interface
+        .as_ref()
+        .or(node.default_interface.as_ref())
+    {
         Some(i) => node.interfaces.iter().any(|n| n == i),
         None => true,
     };

@@ -57,6 +57,17 @@ pub enum Mode {
     Fenced,
 }
 
+/// An interface this agent serves, as last read from the kernel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    /// Interface name, as configured.
+    pub name: String,
+    /// Kernel interface index.
+    pub ifindex: u32,
+    /// Up with carrier: when not, its IPs go elsewhere.
+    pub up: bool,
+}
+
 /// This agent's identity and settings.
 #[derive(Debug, Clone)]
 pub struct Me<'a> {
@@ -64,16 +75,12 @@ pub struct Me<'a> {
     pub node: &'a str,
     /// The agent's lease; `None` before one is granted.
     pub lease: Option<LeaseId>,
-    /// Index of the interface addresses go on.
-    pub ifindex: u32,
-    /// Name of that interface.
-    pub interface: &'a str,
+    /// Interfaces this agent serves; the first takes IPs that name no interface.
+    pub links: &'a [Link],
     /// CIDRs this agent may configure.
     pub allowed: &'a [IpNet],
     /// Serve or fenced.
     pub mode: Mode,
-    /// Whether the interface is up with carrier; when not, its IPs go elsewhere.
-    pub interface_up: bool,
     /// When fenced, keep addresses of shared IPs (replicas > 1): `--on-etcd-loss keep`.
     pub keep_shared_when_fenced: bool,
     /// An operator drained this node: hand everything over, claim nothing.
@@ -151,21 +158,35 @@ pub fn eligibility(me: &Me, ip: IpAddr, desired: &DesiredIp) -> Result<(), Ineli
     if !placement::selects(&desired.node_selector, me.labels) {
         return Err(Ineligible::NotSelected);
     }
-    match &desired.interface {
-        Some(i) if i != me.interface => Err(Ineligible::OtherInterface(i.clone())),
-        _ if !me.interface_up => Err(Ineligible::InterfaceDown),
-        _ if me.draining => Err(Ineligible::Draining),
-        _ => Ok(()),
+    let link = serving_link(me, desired)?;
+    if !link.up {
+        return Err(Ineligible::InterfaceDown);
     }
+    if me.draining {
+        return Err(Ineligible::Draining);
+    }
+    Ok(())
 }
 
-/// The address this agent configures for a desired IP.
-pub fn wanted_address(me: &Me, ip: IpAddr, desired: &DesiredIp) -> LocalAddress {
-    LocalAddress {
-        ifindex: me.ifindex,
+/// The interface a desired IP goes on here: its own, else this agent's first.
+fn serving_link<'a>(me: &Me<'a>, desired: &DesiredIp) -> Result<&'a Link, Ineligible> {
+    let Some(name) = desired.interface.as_deref() else {
+        return me.links.first().ok_or(Ineligible::InterfaceDown);
+    };
+    me.links
+        .iter()
+        .find(|l| l.name == name)
+        .ok_or_else(|| Ineligible::OtherInterface(name.to_string()))
+}
+
+/// The address this agent configures for a desired IP; `None` when no served interface fits.
+pub fn wanted_address(me: &Me, ip: IpAddr, desired: &DesiredIp) -> Option<LocalAddress> {
+    let link = serving_link(me, desired).ok()?;
+    Some(LocalAddress {
+        ifindex: link.ifindex,
         ip,
         prefix_len: desired.prefix_len.unwrap_or_else(|| max_prefix_len(ip)),
-    }
+    })
 }
 
 /// Whether holding `slot` counts towards serving an IP with `replicas`.
@@ -263,12 +284,12 @@ fn plan_ip(
     }
     let mine = my_slots(me, world.claims, ip);
     let eligible = eligibility(me, ip, desired).is_ok() && !me.give_away.contains(&ip);
+    let wanted = wanted_address(me, ip, desired).filter(|_| eligible);
     let (valid, invalid): (Vec<u32>, Vec<u32>) = mine
         .iter()
         .partition(|&&s| slot_is_valid(desired.replicas, s));
 
-    if eligible && !valid.is_empty() {
-        let wanted = wanted_address(me, ip, desired);
+    if let Some(wanted) = wanted.filter(|_| !valid.is_empty()) {
         out.extend(
             owned
                 .iter()

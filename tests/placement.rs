@@ -371,3 +371,84 @@ fn a_node_selector_keeps_an_ip_on_matching_hosts_only() {
         lab.holders(ip)
     );
 }
+
+/// Hosts with `ip` on `dev`, and whether any of those copies is still tentative (DAD).
+fn holders_on(lab: &Lab, ip: &str, dev: &str, hosts: &[usize]) -> (Vec<usize>, bool) {
+    let on: Vec<usize> = hosts
+        .iter()
+        .copied()
+        .filter(|&h| has_ip(&lab.addresses(h, dev), ip))
+        .collect();
+    let tentative = on.iter().any(|&h| {
+        let out = lab.exec(h, &["ip", "-6", "addr", "show", "dev", dev, "tentative"]);
+        out.contains(ip)
+    });
+    (on, tentative)
+}
+
+#[test]
+fn ipv6_on_lo_and_on_eth0_fail_over_like_ipv4_on_one_agent_serving_both() {
+    let mut lab = Lab::new(3);
+    let args = [
+        "--lease-ttl",
+        "3s",
+        "--allowed-cidr",
+        "198.51.100.0/24,2001:db8::/32",
+        "--interface",
+        "lo,eth0",
+    ];
+    for h in 0..3 {
+        lab.start_agent(h, &args);
+    }
+    let v6_lo = "2001:db8:5::10";
+    let v6_eth0 = "2001:db8:6::10";
+    let v4_eth0 = "198.51.100.60";
+    lab.put(&format!("/extip/ips/{v6_lo}"), "{}");
+    lab.put(&format!("/extip/ips/{v6_eth0}"), r#"{"interface":"eth0"}"#);
+    lab.put(&format!("/extip/ips/{v4_eth0}"), r#"{"interface":"eth0"}"#);
+    let wanted = [(v6_lo, "lo"), (v6_eth0, "eth0"), (v4_eth0, "eth0")];
+    let all = [0, 1, 2];
+    // A takeover must not wait for DAD: no sample may catch a copy still tentative.
+    let saw_tentative = std::cell::Cell::new(false);
+    let served_once = |lab: &Lab, hosts: &[usize]| {
+        wanted.iter().all(|(ip, dev)| {
+            let (on, tentative) = holders_on(lab, ip, dev, hosts);
+            saw_tentative.set(saw_tentative.get() || tentative);
+            on.len() == 1
+        })
+    };
+    let placed = wait_for(Duration::from_secs(10), || served_once(&lab, &all));
+    assert!(
+        placed.is_some(),
+        "not each IP once on its interface: {:?}",
+        (0..3).map(|h| lab.addresses(h, "")).collect::<Vec<_>>()
+    );
+    // An IP never lands on the other interface.
+    for (ip, dev) in wanted {
+        let other = if dev == "lo" { "eth0" } else { "lo" };
+        assert!(
+            holders_on(&lab, ip, other, &all).0.is_empty(),
+            "{ip} on {other}"
+        );
+    }
+
+    let victim = holders_on(&lab, v6_eth0, "eth0", &all).0[0];
+    let survivors: Vec<usize> = all.into_iter().filter(|&h| h != victim).collect();
+    let monitor = OverlapMonitor::start(
+        lab.namespaces(&survivors),
+        wanted.iter().map(|(ip, _)| ip.to_string()).collect(),
+    );
+    lab.kill(victim);
+    lab.cut(victim);
+    let moved = wait_for(Duration::from_secs(10), || served_once(&lab, &survivors));
+    let report = monitor.stop();
+    assert!(
+        report.overlaps.is_empty(),
+        "overlaps: {:?}",
+        report.overlaps
+    );
+    let moved = moved.expect("every IP served again on a survivor, none tentative");
+    eprintln!("IPv6 on lo and eth0: served again {moved:?} after the host loss");
+    assert!(!saw_tentative.get(), "an address was tentative (DAD) after a takeover");
+    assert!(moved <= Duration::from_secs(5), "took {moved:?} (TTL 3s)");
+}

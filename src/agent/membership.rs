@@ -21,14 +21,11 @@ pub const HANDOVER_PERIOD: Duration = Duration::from_millis(500);
 impl Agent {
     /// The record as it should be now.
     pub(super) fn node_record(&self) -> NodeValue {
-        let interfaces = if self.interface_up {
-            vec![self.cfg.interface.clone()]
-        } else {
-            Vec::new()
-        };
+        let interfaces = self.links.iter().filter(|l| l.up);
         NodeValue {
             node: self.cfg.node.clone(),
-            interfaces,
+            interfaces: interfaces.map(|l| l.name.clone()).collect(),
+            default_interface: self.links.first().map(|l| l.name.clone()),
             allowed_cidrs: self.cfg.allowed.clone(),
             labels: self.cfg.labels.clone(),
             draining: self.draining(),

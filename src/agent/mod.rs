@@ -63,14 +63,13 @@ pub struct Agent {
     cfg: AgentConfig,
     keys: Keys,
     net: Netlink,
-    ifindex: u32,
+    /// The served interfaces, in `--interface` order, as last read.
+    links: Vec<crate::plan::Link>,
     view: ClusterView,
     lease: Option<i64>,
     clock: keepalive::SharedDeadline,
     /// True once addresses were dropped for a passed deadline, until a renewal.
     fenced: bool,
-    /// Whether the interface is up with carrier, as last read.
-    interface_up: bool,
     /// Whether exclusive addresses carry kernel lifetimes (TTL large enough).
     lifetimes: bool,
     /// When the earliest lifetime this agent set runs out; `None`: unknown.
@@ -105,14 +104,22 @@ pub struct Agent {
 /// Run the agent until SIGTERM or SIGINT.
 pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let net = Netlink::open()?;
-    let ifindex = net
-        .interface_index(&cfg.interface)
-        .await
-        .with_context(|| format!("--interface {}", cfg.interface))?;
+    let mut links = Vec::with_capacity(cfg.interfaces.len());
+    for name in &cfg.interfaces {
+        let ifindex = net
+            .interface_index(name)
+            .await
+            .with_context(|| format!("--interface {name}"))?;
+        links.push(crate::plan::Link {
+            name: name.clone(),
+            ifindex,
+            up: true,
+        });
+    }
     let mut events = Netlink::address_events()?;
     let mut signals = signal_channel()?;
-    let mut agent = Agent::new(cfg, net, ifindex);
-    info!(node = %agent.cfg.node, interface = %agent.cfg.interface, "extip agent starting");
+    let mut agent = Agent::new(cfg, net, links);
+    info!(node = %agent.cfg.node, interfaces = ?agent.cfg.interfaces, "extip agent starting");
     agent.adopt_or_clean().await;
     loop {
         let conn = tokio::select! {
@@ -176,7 +183,7 @@ impl Agent {
         keepalive::lock(&self.clock)
     }
 
-    fn new(cfg: AgentConfig, net: Netlink, ifindex: u32) -> Self {
+    fn new(cfg: AgentConfig, net: Netlink, links: Vec<crate::plan::Link>) -> Self {
         if cfg.lease_ttl < MIN_TTL_FOR_LIFETIMES {
             warn!(
                 lease_ttl = ?cfg.lease_ttl,
@@ -190,10 +197,9 @@ impl Agent {
             view: ClusterView::new(Keys::new(&cfg.prefix)),
             clock: std::sync::Arc::new(std::sync::Mutex::new(LeaseDeadline::new(cfg.lease_ttl))),
             net,
-            ifindex,
+            links,
             lease: None,
             fenced: false,
-            interface_up: true,
             lifetimes,
             lifetimes_end: None,
             refreshed_for: None,

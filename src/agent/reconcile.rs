@@ -28,11 +28,9 @@ impl Agent {
         Me {
             node: &self.cfg.node,
             lease: self.lease,
-            ifindex: self.ifindex,
-            interface: &self.cfg.interface,
+            links: &self.links,
             allowed: &self.cfg.allowed,
             mode,
-            interface_up: self.interface_up,
             keep_shared_when_fenced: self.cfg.on_etcd_loss == EtcdLossPolicy::Keep,
             draining: self.draining(),
             give_away: &self.giving_away,
@@ -56,22 +54,33 @@ impl Agent {
         }
     }
 
-    /// Re-read the interface: its index (it may have been re-created) and link state.
-    async fn check_interface(&mut self) {
-        let (ifindex, up) = match self.net.link_state(&self.cfg.interface).await {
-            Ok(state) => state,
-            Err(e) => {
-                if self.interface_up {
-                    error!(error = %e, "interface gone: giving its IPs away");
+    /// Re-read the interfaces: index (one may have been re-created) and link state.
+    async fn check_interfaces(&mut self) {
+        for i in 0..self.links.len() {
+            let link = &self.links[i];
+            let (ifindex, up) = match self.net.link_state(&link.name).await {
+                Ok(state) => state,
+                Err(e) => {
+                    if link.up {
+                        error!(interface = %link.name, error = %e, "interface gone: giving its IPs away");
+                    }
+                    (link.ifindex, false)
                 }
-                (self.ifindex, false)
+            };
+            if up != link.up {
+                warn!(interface = %link.name, up, "interface state changed");
             }
-        };
-        if up != self.interface_up {
-            warn!(interface = %self.cfg.interface, up, "interface state changed");
+            self.links[i].ifindex = ifindex;
+            self.links[i].up = up;
         }
-        self.ifindex = ifindex;
-        self.interface_up = up;
+    }
+
+    /// The name of the served interface with this index, for logs.
+    fn link_name(&self, ifindex: u32) -> &str {
+        self.links
+            .iter()
+            .find(|l| l.ifindex == ifindex)
+            .map_or("?", |l| l.name.as_str())
     }
 
     fn current_mode(&self) -> Mode {
@@ -171,7 +180,7 @@ impl Agent {
 
     /// Plan and execute until converged (or [`MAX_ROUNDS`]).
     async fn converge(&mut self, mut store: Option<&mut Store>) -> Result<(), StoreError> {
-        self.check_interface().await;
+        self.check_interfaces().await;
         self.report_ineligible();
         self.track_free_slots();
         self.plan_handovers();
@@ -246,7 +255,7 @@ impl Agent {
         };
         match self.net.add(a, lifetime).await {
             Ok(()) => {
-                info!(address = %a, interface = %self.cfg.interface, lifetime, "address added")
+                info!(address = %a, interface = self.link_name(a.ifindex), lifetime, "address added")
             }
             Err(e) => error!(error = %e, "cannot add address"),
         }
@@ -341,8 +350,17 @@ impl Agent {
 
     /// Log once why a desired IP is not served here.
     fn report_ineligible(&mut self) {
+        // A down link is logged once, in check_interfaces, not per IP.
+        let all_up: Vec<_> = self
+            .links
+            .iter()
+            .map(|l| crate::plan::Link {
+                up: true,
+                ..l.clone()
+            })
+            .collect();
         let mut me = self.me(Mode::Serve);
-        me.interface_up = true; // a down link is logged once, above, not per IP
+        me.links = &all_up;
         let mut now_ineligible = std::collections::HashMap::new();
         for (&ip, desired) in &self.view.desired {
             if let Err(reason) = eligibility(&me, ip, desired) {

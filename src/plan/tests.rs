@@ -4,6 +4,14 @@ use super::*;
 
 static NONE: BTreeSet<IpAddr> = BTreeSet::new();
 static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
+/// The one interface of most tests: `lo`, index 1, up.
+static LO: std::sync::LazyLock<[Link; 1]> = std::sync::LazyLock::new(|| {
+    [Link {
+        name: "lo".into(),
+        ifindex: 1,
+        up: true,
+    }]
+});
 use crate::model::{DesiredIp, NodeValue, Replicas};
 
 mod simulation;
@@ -23,11 +31,9 @@ fn me(lease: LeaseId, allowed: &[IpNet]) -> Me<'_> {
     Me {
         node: "h1",
         lease: Some(lease),
-        ifindex: 1,
-        interface: "lo",
+        links: &LO[..],
         allowed,
         mode: Mode::Serve,
-        interface_up: true,
         keep_shared_when_fenced: false,
         draining: false,
         give_away: &NONE,
@@ -216,6 +222,51 @@ fn ip_for_another_interface_is_not_served() {
 }
 
 #[test]
+fn each_ip_goes_on_its_own_interface_and_a_down_one_gives_only_its_ips_away() {
+    let a = allowed();
+    let mut links = vec![
+        LO[0].clone(),
+        Link {
+            name: "eth0".into(),
+            ifindex: 2,
+            up: true,
+        },
+    ];
+    let mut on_eth0 = exclusive();
+    on_eth0.interface = Some("eth0".into());
+    let case = Case::new()
+        .want("198.51.100.10", exclusive())
+        .want("198.51.100.11", on_eth0)
+        .claim("198.51.100.10", 0, 7)
+        .claim("198.51.100.11", 0, 7);
+    let on = |ifindex, s| LocalAddress {
+        ifindex,
+        ip: ip(s),
+        prefix_len: 32,
+    };
+    let mut m = me(7, &a);
+    m.links = &links;
+    assert_eq!(
+        case.plan(&m),
+        vec![
+            Action::AddAddress(on(1, "198.51.100.10")),
+            Action::AddAddress(on(2, "198.51.100.11")),
+        ]
+    );
+    links[1].up = false;
+    let mut m = me(7, &a);
+    m.links = &links;
+    let case = case.owns(on(1, "198.51.100.10"));
+    assert_eq!(
+        case.plan(&m),
+        vec![Action::Release {
+            ip: ip("198.51.100.11"),
+            slot: 0
+        }]
+    );
+}
+
+#[test]
 fn prefix_change_replaces_the_address() {
     let a = allowed();
     let mut d = exclusive();
@@ -349,7 +400,11 @@ fn assert_gives_everything_away(m: &Me) {
 fn a_down_interface_gives_its_ips_away() {
     let a = allowed();
     let mut m = me(7, &a);
-    m.interface_up = false;
+    let down = [Link {
+        up: false,
+        ..LO[0].clone()
+    }];
+    m.links = &down;
     assert_gives_everything_away(&m);
 }
 
