@@ -449,6 +449,9 @@ fn ipv6_on_lo_and_on_eth0_fail_over_like_ipv4_on_one_agent_serving_both() {
     );
     let moved = moved.expect("every IP served again on a survivor, none tentative");
     eprintln!("IPv6 on lo and eth0: served again {moved:?} after the host loss");
-    assert!(!saw_tentative.get(), "an address was tentative (DAD) after a takeover");
+    assert!(
+        !saw_tentative.get(),
+        "an address was tentative (DAD) after a takeover"
+    );
     assert!(moved <= Duration::from_secs(5), "took {moved:?} (TTL 3s)");
 }

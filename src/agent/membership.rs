@@ -18,6 +18,11 @@ pub const HANDOVER_BATCH: usize = 5;
 /// See [`HANDOVER_BATCH`].
 pub const HANDOVER_PERIOD: Duration = Duration::from_millis(500);
 
+/// How long an agent leaves an IP it handed over to its receiver, even when the slot
+/// is overdue: a busy receiver must not make the IP bounce back (and then move again).
+/// Other hosts still take it after [`PLACEMENT_GRACE`] if the receiver never does.
+pub const HANDBACK_HOLDOFF: Duration = Duration::from_secs(10);
+
 impl Agent {
     /// The record as it should be now.
     pub(super) fn node_record(&self) -> NodeValue {
@@ -68,11 +73,15 @@ impl Agent {
         for slot in free.keys() {
             self.free_since.entry(*slot).or_insert(now);
         }
+        self.handed_over
+            .retain(|_, at| now.duration_since(*at) < HANDBACK_HOLDOFF);
+        let handed_over = &self.handed_over;
         self.overdue = self
             .free_since
             .iter()
             .filter(|(_, since)| now.duration_since(**since) >= PLACEMENT_GRACE)
             .map(|(slot, _)| *slot)
+            .filter(|(ip, _)| !handed_over.contains_key(ip))
             .collect();
     }
 
@@ -90,7 +99,10 @@ impl Agent {
         self.free_since
             .iter()
             .filter(|(slot, _)| !self.overdue.contains(slot))
-            .map(|(_, since)| *since + PLACEMENT_GRACE)
+            .map(|((ip, _), since)| {
+                let held_off = self.handed_over.get(ip).map(|at| *at + HANDBACK_HOLDOFF);
+                (*since + PLACEMENT_GRACE).max(held_off.unwrap_or(*since))
+            })
             .min()
     }
 }

@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
+use futures::FutureExt;
 use tokio::sync::watch;
 use tokio::time::{interval_at, sleep, sleep_until, timeout, Instant};
 use tracing::{error, info, warn};
@@ -23,7 +24,7 @@ use crate::config::AgentConfig;
 use crate::model::{Keys, NodeValue};
 use crate::net::{AddressEvents, Netlink};
 use crate::plan::Ineligible;
-use crate::store::{LeaseKeepAlive, Store, StoreError, Watch};
+use crate::store::{Change, LeaseKeepAlive, Store, StoreError, Watch};
 
 pub use lease::{
     address_lifetime, fence_margin, keepalive_interval, needs_refresh, refresh_time, LeaseDeadline,
@@ -92,6 +93,8 @@ pub struct Agent {
     first_seen: std::collections::BTreeMap<String, std::time::Instant>,
     /// IPs being handed over to rebalance.
     giving_away: std::collections::BTreeSet<IpAddr>,
+    /// IPs this agent handed over, and when: it does not take them back as overdue.
+    handed_over: std::collections::BTreeMap<IpAddr, std::time::Instant>,
     /// When the last hand-over batch started, for the rate limit.
     last_handover: Option<std::time::Instant>,
     /// The ideal placement and the view generation it was computed for.
@@ -213,6 +216,7 @@ impl Agent {
             overdue: Default::default(),
             first_seen: Default::default(),
             giving_away: Default::default(),
+            handed_over: Default::default(),
             last_handover: None,
             ideal: (u64::MAX, Default::default()),
             exe: std::env::current_exe().ok(),
@@ -396,10 +400,7 @@ impl Agent {
                     self.fence().await;
                     return Stop::Lost("lease not renewed before its deadline".into());
                 }
-                r = conn.watch.next() => r.map(|(_, changes)| {
-                    changes.iter().for_each(|c| self.view.apply(c));
-                    true
-                }).map_err(|e| e.to_string()),
+                r = conn.watch.next() => self.apply_watch(r, &mut conn.watch),
                 Some(event) = conn.lease_events.recv() => self.lease_event(event).await,
                 _ = resync.tick() => self.resync(&mut conn.store).await.map(|()| true).map_err(|e| e.to_string()),
                 Some(()) = events.changed() => Ok(true),
@@ -414,6 +415,22 @@ impl Agent {
                 Err(reason) => return Stop::Lost(reason),
             }
         }
+    }
+
+    /// Apply a watch batch and every batch already waiting behind it, so a burst of
+    /// changes (other agents claiming hundreds of IPs) costs one reconcile, not hundreds.
+    fn apply_watch(
+        &mut self,
+        first: Result<(i64, Vec<Change>), StoreError>,
+        watch: &mut Watch,
+    ) -> Result<bool, String> {
+        let mut next = Some(first);
+        while let Some(batch) = next {
+            let (_, changes) = batch.map_err(|e| e.to_string())?;
+            changes.iter().for_each(|c| self.view.apply(c));
+            next = watch.next().now_or_never();
+        }
+        Ok(true)
     }
 
     /// A report of the keepalive task: a renewal schedules a lifetime refresh; an

@@ -224,6 +224,9 @@ impl Agent {
                         .delete_if_lease(&self.keys.claim(ip, slot), lease)
                         .await?;
                     self.view.released(ip, slot, deleted);
+                    if self.giving_away.contains(&ip) {
+                        self.handed_over.insert(ip, Instant::now());
+                    }
                     info!(%ip, slot, "claim released");
                 }
             }
