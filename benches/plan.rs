@@ -57,6 +57,7 @@ fn main() {
             keep_shared_when_fenced: true,
             draining: false,
             give_away: &none,
+            conflicts: &none,
             labels: &labels,
         };
         let mut timings = Vec::new();

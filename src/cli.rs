@@ -19,7 +19,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the host agent: claim desired IPs and configure them on an interface.
-    Agent(AgentArgs),
+    Agent(Box<AgentArgs>),
     /// Add, remove or list desired IPs.
     #[command(subcommand)]
     Ip(IpCommand),
@@ -157,6 +157,21 @@ pub struct AgentArgs {
     /// Node label `key=value` for `node_selector`; repeatable
     #[arg(long, env = "EXTIP_LABEL", value_delimiter = ',')]
     pub label: Option<Vec<String>>,
+    /// Gratuitous ARP / unsolicited NA rounds per takeover; 0 turns announcements off [default: 3]
+    #[arg(long, env = "EXTIP_ANNOUNCE_COUNT")]
+    pub announce_count: Option<u32>,
+    /// Time between the rounds of a burst [default: 100ms]
+    #[arg(long, env = "EXTIP_ANNOUNCE_INTERVAL")]
+    pub announce_interval: Option<String>,
+    /// Re-announce every held IP this often; 0s: never [default: 0s]
+    #[arg(long, env = "EXTIP_ANNOUNCE_REFRESH")]
+    pub announce_refresh: Option<String>,
+    /// Ethernet interface that announces IPs held on lo; repeatable
+    #[arg(long, env = "EXTIP_ANNOUNCE_INTERFACE", value_delimiter = ',')]
+    pub announce_interface: Option<Vec<String>>,
+    /// Listen this long for another owner before adding an exclusive IP; 0s: no probe [default: 50ms]
+    #[arg(long, env = "EXTIP_CONFLICT_PROBE")]
+    pub conflict_probe: Option<String>,
 }
 
 impl AgentArgs {
@@ -175,6 +190,11 @@ impl AgentArgs {
             export_routes: self.export_routes,
             stabilization: self.stabilization.clone(),
             label: self.label.clone(),
+            announce_count: self.announce_count,
+            announce_interval: self.announce_interval.clone(),
+            announce_refresh: self.announce_refresh.clone(),
+            announce_interface: self.announce_interface.clone(),
+            conflict_probe: self.conflict_probe.clone(),
         }
     }
 }

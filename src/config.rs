@@ -10,6 +10,9 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use thiserror::Error;
 
+mod announce;
+pub use announce::AnnounceConfig;
+
 /// etcd refuses (silently raises) lease TTLs below about 1.5 s with default timings.
 pub const MIN_LEASE_TTL: Duration = Duration::from_secs(2);
 /// Default etcd endpoint.
@@ -80,6 +83,16 @@ pub struct AgentSettings {
     pub stabilization: Option<String>,
     /// Node labels, `key=value`.
     pub label: Option<Vec<String>>,
+    /// Announcements per takeover (0: none).
+    pub announce_count: Option<u32>,
+    /// Time between the announcements of a burst, humantime text.
+    pub announce_interval: Option<String>,
+    /// Re-announce every held IP this often (humantime; `0s`: never).
+    pub announce_refresh: Option<String>,
+    /// Ethernet interfaces that announce IPs held on `lo` or other non-ARP interfaces.
+    pub announce_interface: Option<Vec<String>>,
+    /// How long to listen for another owner before adding an exclusive IP (`0s`: no probe).
+    pub conflict_probe: Option<String>,
 }
 
 impl AgentSettings {
@@ -110,6 +123,11 @@ impl AgentSettings {
             export_routes: self.export_routes.or(lower.export_routes),
             stabilization: self.stabilization.or(lower.stabilization),
             label: self.label.or(lower.label),
+            announce_count: self.announce_count.or(lower.announce_count),
+            announce_interval: self.announce_interval.or(lower.announce_interval),
+            announce_refresh: self.announce_refresh.or(lower.announce_refresh),
+            announce_interface: self.announce_interface.or(lower.announce_interface),
+            conflict_probe: self.conflict_probe.or(lower.conflict_probe),
         }
     }
 }
@@ -141,6 +159,8 @@ pub struct AgentConfig {
     pub stabilization: Duration,
     /// Node labels for `node_selector`.
     pub labels: std::collections::BTreeMap<String, String>,
+    /// Gratuitous ARP / unsolicited NA and the conflict probe.
+    pub announce: AnnounceConfig,
 }
 
 /// `--on-etcd-loss`: what happens to shared IPs (replicas > 1) when etcd is lost.
@@ -172,6 +192,7 @@ const ALLOW_ALL_HINT: &str = "no CIDR given, so the agent would serve no IP; \
 impl AgentConfig {
     /// Validate merged settings; `hostname` is the default node name.
     pub fn from_settings(s: AgentSettings, hostname: &str) -> Result<Self, ConfigError> {
+        let announce = AnnounceConfig::from_settings(&s)?;
         let etcd = s.etcd.unwrap_or_else(|| vec![DEFAULT_ETCD.to_string()]);
         let etcd = validate_endpoints(etcd)?;
         let prefix = validate_prefix(s.prefix.as_deref().unwrap_or(DEFAULT_PREFIX))?;
@@ -210,6 +231,7 @@ impl AgentConfig {
                 Some(text) => parse_duration("stabilization", text)?,
             },
             labels: parse_labels(s.label.unwrap_or_default())?,
+            announce,
         })
     }
 }

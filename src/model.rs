@@ -106,6 +106,16 @@ impl Keys {
         format!("{}/drains/{node}", self.prefix)
     }
 
+    /// `<prefix>/conflicts/<ip>`: another host on the segment answers for this IP.
+    pub fn conflict(&self, ip: IpAddr) -> String {
+        format!("{}/conflicts/{ip}", self.prefix)
+    }
+
+    /// `<prefix>/conflicts/`.
+    pub fn conflicts(&self) -> String {
+        format!("{}/conflicts/", self.prefix)
+    }
+
     /// Classify a key; `Ok(None)` when the key is outside the prefix.
     pub fn parse(&self, key: &str) -> Result<Option<KeyKind>, ContractError> {
         let Some(rest) = key
@@ -346,6 +356,17 @@ pub struct ClaimValue {
     /// Node name of the holder.
     pub node: String,
     /// When the holder claimed it, RFC 3339.
+    pub since: String,
+}
+
+/// The value of `<prefix>/conflicts/<ip>`, on the lease of the agent that saw it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConflictValue {
+    /// The agent whose probe got the answer.
+    pub node: String,
+    /// The link-layer address that answered.
+    pub mac: String,
+    /// When, RFC 3339.
     pub since: String,
 }
 

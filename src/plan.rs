@@ -87,6 +87,8 @@ pub struct Me<'a> {
     pub draining: bool,
     /// IPs this agent hands over to rebalance: drop the address, then the claim.
     pub give_away: &'a BTreeSet<IpAddr>,
+    /// IPs another host on the segment answers for: release, do not claim.
+    pub conflicts: &'a BTreeSet<IpAddr>,
     /// This node's labels, for `node_selector`.
     pub labels: &'a BTreeMap<String, String>,
 }
@@ -119,6 +121,9 @@ pub enum Action {
     Claim { ip: IpAddr, slot: u32 },
     /// Add an address (with the ownership mark).
     AddAddress(LocalAddress),
+    /// Tell the segment the address just added is here now (gratuitous ARP / NA);
+    /// skipped when the add before it did not happen.
+    Announce(LocalAddress),
 }
 
 /// Why this agent will not serve a desired IP.
@@ -134,6 +139,8 @@ pub enum Ineligible {
     Draining,
     /// The node lacks a label the IP's `node_selector` asks for.
     NotSelected,
+    /// Another host on the segment answers for the IP (conflict probe).
+    Conflict,
 }
 
 impl fmt::Display for Ineligible {
@@ -143,6 +150,7 @@ impl fmt::Display for Ineligible {
             Ineligible::OtherInterface(i) => write!(f, "wants interface {i}, not served here"),
             Ineligible::InterfaceDown => f.write_str("the interface is down"),
             Ineligible::Draining => f.write_str("this node is drained"),
+            Ineligible::Conflict => f.write_str("another host on the segment answers for it"),
             Ineligible::NotSelected => {
                 f.write_str("node_selector does not match this node's labels")
             }
@@ -164,6 +172,9 @@ pub fn eligibility(me: &Me, ip: IpAddr, desired: &DesiredIp) -> Result<(), Ineli
     }
     if me.draining {
         return Err(Ineligible::Draining);
+    }
+    if me.conflicts.contains(&ip) {
+        return Err(Ineligible::Conflict);
     }
     Ok(())
 }
@@ -298,6 +309,7 @@ fn plan_ip(
         );
         if !owned.contains(&wanted) {
             out.push(Action::AddAddress(wanted));
+            out.push(Action::Announce(wanted));
         }
         // Still holding valid[0], so dropping duplicates and invalid slots is safe.
         let surplus = valid[1..].iter().chain(invalid.iter());

@@ -1,6 +1,7 @@
 //! The host agent: one event loop over the etcd watch, the lease keepalive, netlink
 //! address events, a periodic resync, the lease deadline and shutdown signals.
 
+mod announce;
 mod keepalive;
 mod lease;
 mod membership;
@@ -93,6 +94,18 @@ pub struct Agent {
     first_seen: std::collections::BTreeMap<String, std::time::Instant>,
     /// IPs being handed over to rebalance.
     giving_away: std::collections::BTreeSet<IpAddr>,
+    /// Ethernet interfaces among the served ones, by index: they announce their own IPs.
+    ports: std::collections::BTreeMap<u32, crate::net::announce::Port>,
+    /// `--announce-interface`s: they announce IPs held on `lo`.
+    announce_ports: Vec<crate::net::announce::Port>,
+    /// Foreign owners seen by the conflict probe.
+    conflicts: announce::Conflicts,
+    /// Announcement packets sent and failed.
+    announce_counters: std::sync::Arc<crate::net::announce::AnnounceCounters>,
+    /// When `--announce-refresh` announces everything again.
+    announce_refresh_at: Option<Instant>,
+    /// Addresses added in the current planning round, so only they are announced.
+    added_now: std::collections::BTreeSet<crate::plan::LocalAddress>,
     /// IPs this agent handed over, and when: it does not take them back as overdue.
     handed_over: std::collections::BTreeMap<IpAddr, std::time::Instant>,
     /// When the last hand-over batch started, for the rate limit.
@@ -217,6 +230,12 @@ impl Agent {
             first_seen: Default::default(),
             giving_away: Default::default(),
             handed_over: Default::default(),
+            ports: Default::default(),
+            announce_ports: Vec::new(),
+            conflicts: Default::default(),
+            announce_counters: Default::default(),
+            announce_refresh_at: cfg.announce.refresh.map(|r| Instant::now() + r),
+            added_now: Default::default(),
             last_handover: None,
             ideal: (u64::MAX, Default::default()),
             exe: std::env::current_exe().ok(),
@@ -366,6 +385,7 @@ impl Agent {
     async fn lease_lost(&mut self) {
         warn!(lease = ?self.lease.map(|l| format!("{l:x}")), "lease expired in etcd");
         self.lease = None;
+        self.conflicts.lease_lost();
         self.clock().forget();
         self.drop_addresses("lease expired", false).await;
     }
@@ -387,10 +407,16 @@ impl Agent {
             let overdue_at = [self.next_overdue(), self.next_rebalance()]
                 .into_iter()
                 .flatten()
-                .min()
-                .map(Instant::from_std);
+                .map(Instant::from_std)
+                .chain(self.conflicts.next_expiry())
+                .min();
+            let announce_at = self.announce_refresh_at;
             let wake: Result<bool, String> = tokio::select! {
                 _ = sleep_until_some(overdue_at) => Ok(true),
+                _ = sleep_until_some(announce_at) => {
+                    self.announce_all().await;
+                    Ok(false)
+                }
                 _ = sleep_until_some(refresh_due) => {
                     self.scheduled_refresh().await;
                     Ok(false)

@@ -34,6 +34,7 @@ impl Agent {
             keep_shared_when_fenced: self.cfg.on_etcd_loss == EtcdLossPolicy::Keep,
             draining: self.draining(),
             give_away: &self.giving_away,
+            conflicts: &self.conflicts.ips,
             labels: &self.cfg.labels,
         }
     }
@@ -57,9 +58,12 @@ impl Agent {
     /// Re-read the interfaces: index (one may have been re-created) and link state.
     async fn check_interfaces(&mut self) {
         for i in 0..self.links.len() {
-            let link = &self.links[i];
+            let link = self.links[i].clone();
             let (ifindex, up) = match self.net.link_state(&link.name).await {
-                Ok(state) => state,
+                Ok(state) => {
+                    self.note_port(&link.name, state);
+                    (state.ifindex, state.up)
+                }
                 Err(e) => {
                     if link.up {
                         error!(interface = %link.name, error = %e, "interface gone: giving its IPs away");
@@ -123,6 +127,7 @@ impl Agent {
         self.sync_export_routes().await;
         if let Some(store) = store {
             self.publish_node(store).await?;
+            self.publish_conflicts(store).await?;
         }
         converged
     }
@@ -181,6 +186,8 @@ impl Agent {
     /// Plan and execute until converged (or [`MAX_ROUNDS`]).
     async fn converge(&mut self, mut store: Option<&mut Store>) -> Result<(), StoreError> {
         self.check_interfaces().await;
+        self.check_announce_ports().await;
+        self.conflicts.expire(tokio::time::Instant::now());
         self.report_ineligible();
         self.track_free_slots();
         self.plan_handovers();
@@ -198,6 +205,7 @@ impl Agent {
             if actions.is_empty() {
                 return Ok(());
             }
+            self.added_now.clear();
             for action in actions {
                 self.execute(action, store.as_deref_mut()).await?;
             }
@@ -212,7 +220,16 @@ impl Agent {
     ) -> Result<(), StoreError> {
         match action {
             Action::RemoveAddress(a) => self.remove_address(a, "not held").await,
-            Action::AddAddress(a) => self.add_address(a).await,
+            Action::AddAddress(a) => {
+                if self.probe_before_add(a).await && self.add_address(a).await {
+                    self.added_now.insert(a);
+                }
+            }
+            Action::Announce(a) => {
+                if self.added_now.remove(&a) {
+                    self.announce(a);
+                }
+            }
             Action::Claim { ip, slot } => {
                 if let (Some(store), Some(lease)) = (store, self.lease) {
                     self.claim(store, ip, slot, lease).await?;
@@ -252,15 +269,21 @@ impl Agent {
             .ok_or(())
     }
 
-    async fn add_address(&mut self, a: LocalAddress) {
+    /// Add an address; whether it is there now.
+    async fn add_address(&mut self, a: LocalAddress) -> bool {
         let Ok(lifetime) = self.lifetime_for(a.ip) else {
-            return warn!(address = %a, "lease deadline too close to add an address safely");
+            warn!(address = %a, "lease deadline too close to add an address safely");
+            return false;
         };
         match self.net.add(a, lifetime).await {
             Ok(()) => {
-                info!(address = %a, interface = self.link_name(a.ifindex), lifetime, "address added")
+                info!(address = %a, interface = self.link_name(a.ifindex), lifetime, "address added");
+                true
             }
-            Err(e) => error!(error = %e, "cannot add address"),
+            Err(e) => {
+                error!(error = %e, "cannot add address");
+                false
+            }
         }
     }
 

@@ -19,6 +19,8 @@ use thiserror::Error;
 
 use crate::plan::LocalAddress;
 
+pub mod announce;
+pub mod packets;
 mod routes;
 pub use routes::ExportRoute;
 
@@ -55,6 +57,18 @@ pub struct OwnedAddress {
     pub address: LocalAddress,
     /// Whole seconds of valid lifetime left; `None` when it never expires.
     pub valid_left: Option<u32>,
+}
+
+/// An interface as last read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkState {
+    /// Kernel interface index.
+    pub ifindex: u32,
+    /// Up with carrier: it can carry traffic.
+    pub up: bool,
+    /// The Ethernet address of a broadcast interface that does ARP; `None` for `lo` and
+    /// point-to-point links, where there is nothing to announce.
+    pub mac: Option<packets::Mac>,
 }
 
 /// A handle on the kernel's address tables.
@@ -140,8 +154,8 @@ impl Netlink {
         Ok(AddressEvents { messages })
     }
 
-    /// The index of interface `name` and whether it can carry traffic (up, with carrier).
-    pub async fn link_state(&self, name: &str) -> Result<(u32, bool), NetError> {
+    /// Interface `name` as the kernel has it now.
+    pub async fn link_state(&self, name: &str) -> Result<LinkState, NetError> {
         let mut links = self
             .handle
             .link()
@@ -152,7 +166,18 @@ impl Netlink {
             Ok(Some(link)) if has_name(&link.attributes, name) => {
                 let flags = link.header.flags;
                 let up = flags.contains(LinkFlags::Up) && flags.contains(LinkFlags::LowerUp);
-                Ok((link.header.index, up))
+                let ethernet = !flags.contains(LinkFlags::Loopback)
+                    && !flags.contains(LinkFlags::Noarp)
+                    && flags.contains(LinkFlags::Broadcast);
+                let mac = link.attributes.iter().find_map(|a| match a {
+                    LinkAttribute::Address(bytes) => <[u8; 6]>::try_from(bytes.as_slice()).ok(),
+                    _ => None,
+                });
+                Ok(LinkState {
+                    ifindex: link.header.index,
+                    up,
+                    mac: mac.filter(|_| ethernet).map(packets::Mac),
+                })
             }
             Ok(_) => Err(NetError::NoInterface(name.to_string())),
             Err(e) if errno_kind(&e) == Some(io::ErrorKind::NotFound) => {
@@ -168,7 +193,7 @@ impl Netlink {
 
     /// The kernel index of the interface called `name`.
     pub async fn interface_index(&self, name: &str) -> Result<u32, NetError> {
-        self.link_state(name).await.map(|(index, _)| index)
+        self.link_state(name).await.map(|l| l.ifindex)
     }
 
     /// Every address on this host that carries extip's mark, on any interface.

@@ -37,6 +37,7 @@ fn me(lease: LeaseId, allowed: &[IpNet]) -> Me<'_> {
         keep_shared_when_fenced: false,
         draining: false,
         give_away: &NONE,
+        conflicts: &NONE,
         labels: &NO_LABELS,
     }
 }
@@ -143,6 +144,8 @@ fn holder_adds_full_length_mask_by_default() {
         vec![
             Action::AddAddress(addr("198.51.100.10", 32)),
             Action::AddAddress(addr("2001:db8::10", 128)),
+            Action::Announce(addr("198.51.100.10", 32)),
+            Action::Announce(addr("2001:db8::10", 128)),
         ]
     );
 }
@@ -251,6 +254,8 @@ fn each_ip_goes_on_its_own_interface_and_a_down_one_gives_only_its_ips_away() {
         vec![
             Action::AddAddress(on(1, "198.51.100.10")),
             Action::AddAddress(on(2, "198.51.100.11")),
+            Action::Announce(on(1, "198.51.100.10")),
+            Action::Announce(on(2, "198.51.100.11")),
         ]
     );
     links[1].up = false;
@@ -280,6 +285,7 @@ fn prefix_change_replaces_the_address() {
         vec![
             Action::RemoveAddress(addr("198.51.100.10", 32)),
             Action::AddAddress(addr("198.51.100.10", 24)),
+            Action::Announce(addr("198.51.100.10", 24)),
         ]
     );
 }

@@ -105,6 +105,7 @@ impl Sim {
             keep_shared_when_fenced: false,
             draining: false,
             give_away: &NONE,
+            conflicts: &NONE,
             labels: &NO_LABELS,
         };
         plan(
@@ -133,6 +134,7 @@ impl Sim {
             Action::AddAddress(x) => {
                 agent.owned.insert(x);
             }
+            Action::Announce(_) => {}
             Action::RemoveAddress(x) => {
                 agent.owned.remove(&x);
             }
@@ -193,6 +195,7 @@ impl Sim {
                     keep_shared_when_fenced: false,
                     draining: false,
                     give_away: &NONE,
+                    conflicts: &NONE,
                     labels: &NO_LABELS,
                 };
                 let empty = Etcd::default();

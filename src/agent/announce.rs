@@ -1,0 +1,224 @@
+//! Takeovers on the wire: the probe for another owner before an exclusive IP is added,
+//! the announcement after, and the conflict records in etcd that `extip status` shows.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
+use tracing::{error, info, warn};
+
+use super::Agent;
+use crate::model::{ConflictValue, Replicas};
+use crate::net::announce::{self, Port};
+use crate::net::packets::Mac;
+use crate::plan::LocalAddress;
+use crate::store::{Store, StoreError};
+
+/// How long an agent stays away from an IP another host answered for; then it may
+/// probe again (the foreign host may have been fixed).
+pub const CONFLICT_BACKOFF: Duration = Duration::from_secs(30);
+
+/// A foreign owner seen by this agent's probe.
+#[derive(Debug, Clone)]
+pub struct Conflict {
+    /// Who answered.
+    pub mac: Mac,
+    /// When, for the record in etcd.
+    pub since: SystemTime,
+    /// When this agent may try the IP again.
+    pub until: Instant,
+}
+
+/// Conflicts this agent saw, and which of them are recorded in etcd.
+#[derive(Debug, Default)]
+pub struct Conflicts {
+    /// Current conflicts by IP.
+    pub seen: BTreeMap<IpAddr, Conflict>,
+    /// The IPs of `seen`, for the planner.
+    pub ips: BTreeSet<IpAddr>,
+    /// IPs whose record this agent put in etcd.
+    published: BTreeSet<IpAddr>,
+    /// `--announce-interface`s that could not be used at the last look (logged once).
+    unusable_ports: BTreeSet<String>,
+}
+
+impl Conflicts {
+    /// Forget conflicts whose back-off is over.
+    pub fn expire(&mut self, now: Instant) {
+        self.seen.retain(|_, c| c.until > now);
+        self.ips = self.seen.keys().copied().collect();
+    }
+
+    /// The lease is gone, and with it every record this agent put.
+    pub fn lease_lost(&mut self) {
+        self.published.clear();
+    }
+
+    /// When the next back-off ends.
+    pub fn next_expiry(&self) -> Option<Instant> {
+        self.seen.values().map(|c| c.until).min()
+    }
+}
+
+impl Agent {
+    /// Where an address is announced and probed: its own interface when that speaks
+    /// ARP, else (`lo`) the `--announce-interface`s.
+    fn ports_for(&self, ifindex: u32) -> Vec<Port> {
+        match self.ports.get(&ifindex) {
+            Some(port) => vec![port.clone()],
+            None => self.announce_ports.clone(),
+        }
+    }
+
+    /// Remember a served interface's MAC, if it speaks ARP (called per link check).
+    pub(super) fn note_port(&mut self, name: &str, state: crate::net::LinkState) {
+        match state.mac {
+            Some(mac) => {
+                let port = Port {
+                    name: name.to_string(),
+                    ifindex: state.ifindex,
+                    mac,
+                };
+                self.ports.insert(state.ifindex, port);
+            }
+            None => {
+                self.ports.remove(&state.ifindex);
+            }
+        }
+    }
+
+    /// Re-read the `--announce-interface`s; a problem is logged when it first shows.
+    pub(super) async fn check_announce_ports(&mut self) {
+        let mut ports = Vec::new();
+        let mut unusable = BTreeSet::new();
+        for name in &self.cfg.announce.interfaces {
+            let problem = match self.net.link_state(name).await {
+                Ok(state) => match state.mac {
+                    Some(mac) => {
+                        ports.push(Port {
+                            name: name.clone(),
+                            ifindex: state.ifindex,
+                            mac,
+                        });
+                        continue;
+                    }
+                    None => "it has no Ethernet address".to_string(),
+                },
+                Err(e) => e.to_string(),
+            };
+            if !self.conflicts.unusable_ports.contains(name) {
+                warn!(interface = %name, problem, "--announce-interface unusable");
+            }
+            unusable.insert(name.clone());
+        }
+        self.announce_ports = ports;
+        self.conflicts.unusable_ports = unusable;
+    }
+
+    /// Probe before adding an exclusive IP; `false` when another host answers for it.
+    pub(super) async fn probe_before_add(&mut self, a: LocalAddress) -> bool {
+        let Some(wait) = self.cfg.announce.probe else {
+            return true;
+        };
+        let exclusive = self
+            .view
+            .desired
+            .get(&a.ip)
+            .is_some_and(|d| d.replicas == Replicas::EXCLUSIVE);
+        if !exclusive {
+            return true;
+        }
+        for port in self.ports_for(a.ifindex) {
+            match announce::probe(&port, a.ip, wait).await {
+                Ok(None) => {}
+                Ok(Some(mac)) => {
+                    error!(ip = %a.ip, interface = %port.name, %mac, backoff = ?CONFLICT_BACKOFF,
+                        "another host answers for this IP: not adding it, releasing the claim");
+                    let conflict = Conflict {
+                        mac,
+                        since: SystemTime::now(),
+                        until: Instant::now() + CONFLICT_BACKOFF,
+                    };
+                    self.conflicts.seen.insert(a.ip, conflict);
+                    self.conflicts.ips.insert(a.ip);
+                    return false;
+                }
+                Err(e) => {
+                    error!(ip = %a.ip, interface = %port.name, error = %e, "conflict probe failed; adding anyway")
+                }
+            }
+        }
+        true
+    }
+
+    /// Announce an address this agent just added.
+    pub(super) fn announce(&self, a: LocalAddress) {
+        let cfg = &self.cfg.announce;
+        announce::announce_burst(
+            self.ports_for(a.ifindex),
+            a.ip,
+            cfg.count,
+            cfg.interval,
+            self.announce_counters.clone(),
+        );
+    }
+
+    /// `--announce-refresh`: one more announcement of every address held.
+    pub(super) async fn announce_all(&mut self) {
+        let owned = match self.net.owned_set().await {
+            Ok(owned) => owned,
+            Err(e) => return error!(error = %e, "cannot list addresses to announce them"),
+        };
+        for a in owned {
+            announce::announce_burst(
+                self.ports_for(a.ifindex),
+                a.ip,
+                1,
+                Duration::ZERO,
+                self.announce_counters.clone(),
+            );
+        }
+        self.announce_refresh_at = self.cfg.announce.refresh.map(|r| Instant::now() + r);
+    }
+
+    /// Mirror this agent's conflicts into `<prefix>/conflicts/<ip>` on its lease.
+    pub(super) async fn publish_conflicts(&mut self, store: &mut Store) -> Result<(), StoreError> {
+        let Some(lease) = self.lease else {
+            return Ok(());
+        };
+        let new: Vec<IpAddr> = self
+            .conflicts
+            .ips
+            .difference(&self.conflicts.published)
+            .copied()
+            .collect();
+        for ip in new {
+            let c = &self.conflicts.seen[&ip];
+            let value = ConflictValue {
+                node: self.cfg.node.clone(),
+                mac: c.mac.to_string(),
+                since: humantime::format_rfc3339_seconds(c.since).to_string(),
+            };
+            let value = serde_json::to_vec(&value).expect("conflict value serializes");
+            store
+                .put(&self.keys.conflict(ip), &value, Some(lease))
+                .await?;
+            self.conflicts.published.insert(ip);
+        }
+        let gone: Vec<IpAddr> = self
+            .conflicts
+            .published
+            .difference(&self.conflicts.ips)
+            .copied()
+            .collect();
+        for ip in gone {
+            store
+                .delete_if_lease(&self.keys.conflict(ip), lease)
+                .await?;
+            self.conflicts.published.remove(&ip);
+            info!(%ip, "conflict back-off over: the IP may be tried again");
+        }
+        Ok(())
+    }
+}
