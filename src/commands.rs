@@ -244,6 +244,8 @@ pub struct IpStatus {
     pub holders: Vec<HolderStatus>,
     /// Why the agents skip this key, when they do.
     pub error: Option<String>,
+    /// A foreign host on the segment answers for this IP: agents stay away from it.
+    pub conflict: Option<model::ConflictValue>,
 }
 
 /// One claim slot.
@@ -270,6 +272,7 @@ pub fn build_status(keys: &Keys, snapshot: &Snapshot) -> Status {
     let mut status = Status::default();
     let pools = read_pools(keys, snapshot);
     let mut drains = std::collections::BTreeSet::new();
+    let mut conflicts = BTreeMap::new();
     for kv in &snapshot.kvs {
         match keys.parse(&kv.key) {
             Ok(Some(KeyKind::Desired(ip))) => {
@@ -291,11 +294,17 @@ pub fn build_status(keys: &Keys, snapshot: &Snapshot) -> Status {
             Ok(Some(KeyKind::Drain(name))) => {
                 drains.insert(name);
             }
+            Ok(Some(KeyKind::Conflict(ip))) => {
+                if let Ok(conflict) = serde_json::from_slice(&kv.value) {
+                    conflicts.insert(ip, conflict);
+                }
+            }
             _ => {}
         }
     }
     for (ip, mut entry) in ips {
         entry.holders = claims.remove(&ip).unwrap_or_default();
+        entry.conflict = conflicts.remove(&ip);
         status.ips.push(entry);
     }
     for node in &mut status.nodes {
@@ -335,10 +344,14 @@ fn ips_table(status: &Status) -> String {
     ]];
     for ip in &status.ips {
         let mask = ip.prefix_len.map_or("-".into(), |l| format!("/{l}"));
-        let holder = match (&ip.error, ip.holders.is_empty()) {
-            (Some(e), _) => format!("(skipped: {e})"),
-            (None, true) => "(none)".into(),
-            (None, false) => ip
+        let holder = match (&ip.error, ip.holders.is_empty(), &ip.conflict) {
+            (Some(e), _, _) => format!("(skipped: {e})"),
+            (None, true, Some(c)) => format!(
+                "(none: conflict, {} answers for it, seen by {} at {})",
+                c.mac, c.node, c.since
+            ),
+            (None, true, None) => "(none)".into(),
+            (None, false, _) => ip
                 .holders
                 .iter()
                 .map(|h| h.node.clone())

@@ -53,6 +53,8 @@ pub enum KeyKind {
     Drain(String),
     /// `<prefix>/pools/<name>`: a pool of IPs with shared settings.
     Pool(String),
+    /// `<prefix>/conflicts/<ip>`: a foreign host answers for this IP.
+    Conflict(IpAddr),
     /// Any other key: pools, allocations and keys of later versions.
     Other,
 }
@@ -140,6 +142,8 @@ impl Keys {
             KeyKind::Drain(node.to_string())
         } else if let Some(name) = rest.strip_prefix("pools/") {
             KeyKind::Pool(name.to_string())
+        } else if let Some(ip) = rest.strip_prefix("conflicts/") {
+            KeyKind::Conflict(parse_canonical_ip(ip)?)
         } else {
             KeyKind::Other
         };

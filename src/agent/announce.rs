@@ -12,7 +12,7 @@ use super::Agent;
 use crate::model::{ConflictValue, Replicas};
 use crate::net::announce::{self, Port};
 use crate::net::packets::Mac;
-use crate::plan::LocalAddress;
+use crate::plan::{Action, LocalAddress};
 use crate::store::{Store, StoreError};
 
 /// How long an agent stays away from an IP another host answered for; then it may
@@ -116,21 +116,36 @@ impl Agent {
         self.conflicts.unusable_ports = unusable;
     }
 
-    /// Probe before adding an exclusive IP; `false` when another host answers for it.
-    pub(super) async fn probe_before_add(&mut self, a: LocalAddress) -> bool {
-        let Some(wait) = self.cfg.announce.probe else {
-            return true;
-        };
+    /// Whether adding `a` needs a probe first: exclusive IPs, when probing is on.
+    fn needs_probe(&self, a: &LocalAddress) -> bool {
         let exclusive = self
             .view
             .desired
             .get(&a.ip)
             .is_some_and(|d| d.replicas == Replicas::EXCLUSIVE);
-        if !exclusive {
-            return true;
-        }
-        for port in self.ports_for(a.ifindex) {
-            match announce::probe(&port, a.ip, wait).await {
+        exclusive && self.cfg.announce.probe.is_some()
+    }
+
+    /// Probe for every exclusive address about to be added, all at once (a failover of
+    /// a hundred IPs waits one probe time, not a hundred). A foreign answer becomes a
+    /// conflict: the add is skipped and the planner releases the claim.
+    pub(super) async fn probe_before_adding(&mut self, actions: &[Action]) {
+        let Some(wait) = self.cfg.announce.probe else {
+            return;
+        };
+        let probes = actions.iter().filter_map(|action| match action {
+            Action::AddAddress(a) if self.needs_probe(a) => Some(*a),
+            _ => None,
+        });
+        let probes =
+            probes.flat_map(|a| self.ports_for(a.ifindex).into_iter().map(move |p| (a, p)));
+        let answers = futures::future::join_all(probes.map(|(a, port)| async move {
+            let answer = announce::probe(&port, a.ip, wait).await;
+            (a, port, answer)
+        }))
+        .await;
+        for (a, port, answer) in answers {
+            match answer {
                 Ok(None) => {}
                 Ok(Some(mac)) => {
                     error!(ip = %a.ip, interface = %port.name, %mac, backoff = ?CONFLICT_BACKOFF,
@@ -142,14 +157,12 @@ impl Agent {
                     };
                     self.conflicts.seen.insert(a.ip, conflict);
                     self.conflicts.ips.insert(a.ip);
-                    return false;
                 }
                 Err(e) => {
                     error!(ip = %a.ip, interface = %port.name, error = %e, "conflict probe failed; adding anyway")
                 }
             }
         }
-        true
     }
 
     /// Announce an address this agent just added.

@@ -206,6 +206,7 @@ impl Agent {
                 return Ok(());
             }
             self.added_now.clear();
+            self.probe_before_adding(&actions).await;
             for action in actions {
                 self.execute(action, store.as_deref_mut()).await?;
             }
@@ -221,7 +222,7 @@ impl Agent {
         match action {
             Action::RemoveAddress(a) => self.remove_address(a, "not held").await,
             Action::AddAddress(a) => {
-                if self.probe_before_add(a).await && self.add_address(a).await {
+                if !self.conflicts.ips.contains(&a.ip) && self.add_address(a).await {
                     self.added_now.insert(a);
                 }
             }

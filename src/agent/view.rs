@@ -180,7 +180,7 @@ impl ClusterView {
                 }
                 Err(e) => self.report(kv, &e.to_string()),
             },
-            Ok(Some(KeyKind::Other)) | Ok(None) => {}
+            Ok(Some(KeyKind::Other | KeyKind::Conflict(_))) | Ok(None) => {}
             Err(e) => self.report(kv, &e.to_string()),
         }
     }

@@ -403,6 +403,17 @@ fn assert_gives_everything_away(m: &Me) {
 }
 
 #[test]
+fn an_ip_in_conflict_is_released_and_not_claimed() {
+    let a = allowed();
+    let conflicts: BTreeSet<IpAddr> = [ip("198.51.100.10"), ip("198.51.100.11")].into();
+    let mut m = me(7, &a);
+    m.conflicts = &conflicts;
+    assert_gives_everything_away(&m);
+    let unclaimed = Case::new().want("198.51.100.11", exclusive());
+    assert!(unclaimed.plan(&m).is_empty());
+}
+
+#[test]
 fn a_down_interface_gives_its_ips_away() {
     let a = allowed();
     let mut m = me(7, &a);

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 mod etcd;
 pub mod fleet;
+pub mod l2;
 pub mod monitor;
 pub mod routing;
 
@@ -333,8 +334,13 @@ impl Lab {
 
     /// Add a client namespace on the bridge at 192.0.2.200; returns its namespace name.
     pub fn add_client(&mut self) -> String {
-        let ns = format!("{}-client", self.name);
-        self.attach("pc", &ns, "192.0.2.200");
+        self.add_station("client", "192.0.2.200")
+    }
+
+    /// Add a namespace `tag` (a few letters) on the bridge at `addr`/24 on its `eth0`.
+    pub fn add_station(&mut self, tag: &str, addr: &str) -> String {
+        let ns = format!("{}-{tag}", self.name);
+        self.attach(&format!("p{tag}"), &ns, addr);
         self.clients.push(ns.clone());
         ns
     }

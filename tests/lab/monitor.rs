@@ -112,12 +112,21 @@ impl AddressEvents {
     }
 
     /// Stop and return the lines that report a deleted address matching `needle`.
-    pub fn deletions(mut self, needle: &str) -> Vec<String> {
+    pub fn deletions(self, needle: &str) -> Vec<String> {
+        self.lines(needle, true)
+    }
+
+    /// Stop and return the lines that report an added address matching `needle`.
+    pub fn additions(self, needle: &str) -> Vec<String> {
+        self.lines(needle, false)
+    }
+
+    fn lines(mut self, needle: &str, deleted: bool) -> Vec<String> {
         let _ = self.child.kill();
         let out = self.child.wait_with_output().expect("ip monitor output");
         String::from_utf8_lossy(&out.stdout)
             .lines()
-            .filter(|l| l.starts_with("Deleted") && l.contains(needle))
+            .filter(|l| l.starts_with("Deleted") == deleted && l.contains(needle))
             .map(str::to_string)
             .collect()
     }
