@@ -227,3 +227,112 @@ pub fn unsolicited_nas(lines: &[String], mac: &str, ip: &str) -> usize {
         .filter(|l| l.contains(&format!("neighbor advertisement, tgt is {ip}")))
         .count()
 }
+
+/// Move the calling thread into network namespace `ns` (namespaces are per thread).
+fn enter_namespace(ns: &str) {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::File::open(format!("/var/run/netns/{ns}")).expect("netns file");
+    // SAFETY: setns(2) on a valid namespace descriptor; affects only this thread.
+    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns {ns}: {}", std::io::Error::last_os_error());
+}
+
+/// A TCP server on port 8080 in a namespace that accepts and closes, until dropped.
+pub struct TcpServer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl TcpServer {
+    /// Listen on every address of namespace `ns`, port 8080.
+    pub fn start(ns: &str) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let ns = ns.to_string();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            enter_namespace(&ns);
+            let listener = std::net::TcpListener::bind("0.0.0.0:8080").expect("bind 8080");
+            listener.set_nonblocking(true).expect("nonblocking");
+            ready_tx.send(()).expect("ready");
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((conn, _)) => drop(conn),
+                    Err(_) => std::thread::sleep(Duration::from_millis(1)),
+                }
+            }
+        });
+        ready_rx.recv().expect("server started");
+        TcpServer {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for TcpServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A TCP connect to `ip`:8080 every 10 ms from a namespace, until stopped.
+pub struct TcpProbe {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: JoinHandle<(Vec<std::time::Instant>, u64)>,
+    started: std::time::Instant,
+}
+
+impl TcpProbe {
+    /// Start connecting from namespace `ns`.
+    pub fn start(ns: &str, ip: &str) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let ns = ns.to_string();
+        let target: std::net::SocketAddr = format!("{ip}:8080")
+            .parse()
+            .unwrap_or_else(|_| format!("[{ip}]:8080").parse().expect("address"));
+        let thread = std::thread::spawn(move || {
+            enter_namespace(&ns);
+            let (mut ok, mut tries) = (Vec::new(), 0);
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let at = std::time::Instant::now();
+                tries += 1;
+                let timeout = Duration::from_millis(100);
+                if std::net::TcpStream::connect_timeout(&target, timeout).is_ok() {
+                    ok.push(std::time::Instant::now());
+                }
+                std::thread::sleep(Duration::from_millis(10).saturating_sub(at.elapsed()));
+            }
+            (ok, tries)
+        });
+        TcpProbe {
+            stop,
+            thread,
+            started: std::time::Instant::now(),
+        }
+    }
+
+    /// Stop; what the client saw (a gap runs up to the stop when connects fail).
+    pub fn stop(self) -> PingReport {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let end = std::time::Instant::now();
+        let (ok, tries) = self.thread.join().expect("tcp probe");
+        let mut stamps = vec![self.started];
+        stamps.extend(ok.iter().copied());
+        stamps.push(end);
+        let longest = stamps
+            .windows(2)
+            .map(|w| w[1].duration_since(w[0]))
+            .max()
+            .unwrap_or_default();
+        PingReport {
+            sent: tries,
+            received: ok.len() as u64,
+            longest_gap: longest,
+        }
+    }
+}

@@ -20,6 +20,7 @@ pub mod fleet;
 pub mod l2;
 pub mod monitor;
 pub mod routing;
+pub mod vrrp;
 
 const NAME_PREFIX: &str = "extip-lab-";
 /// The extip binary under test.
