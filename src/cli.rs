@@ -31,6 +31,24 @@ pub enum Command {
     /// Add, remove or list pools: IP ranges whose IPs share mask, interface and replicas.
     #[command(subcommand)]
     Pool(PoolCommand),
+    /// Check an agent configuration file.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+/// `extip config …`.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate a TOML file as the agent would; print every problem with its key.
+    Check(ConfigCheckArgs),
+}
+
+/// `extip config check`.
+#[derive(Debug, Args)]
+pub struct ConfigCheckArgs {
+    /// The file to check (e.g. /etc/extip/agent.toml)
+    #[arg(long, env = "EXTIP_CONFIG")]
+    pub config: PathBuf,
 }
 
 /// `extip pool …`.

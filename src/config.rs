@@ -39,9 +39,12 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    /// The TOML file is malformed or has an unknown key.
+    /// The TOML file is malformed or a value has the wrong type.
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
+    /// The TOML file has a key no setting has (a typo, or a newer version's key).
+    #[error("{key}: unknown key in {path}")]
+    UnknownKey { path: PathBuf, key: String },
     /// One setting has a bad value.
     #[error("{field}: {reason}")]
     Invalid { field: &'static str, reason: String },
@@ -106,6 +109,41 @@ impl AgentSettings {
             path: path.to_path_buf(),
             message: e.to_string(),
         })
+    }
+
+    /// Read a TOML file and report every unknown key, not just the first: the settings
+    /// of the known keys and the unknown ones, or what made the file unreadable.
+    pub fn check_file(path: &Path) -> Result<(Self, Vec<ConfigError>), Vec<ConfigError>> {
+        let text = std::fs::read_to_string(path).map_err(|source| {
+            vec![ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            }]
+        })?;
+        let parse_error = |message: String| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message,
+        };
+        let mut table: toml::Table =
+            toml::from_str(&text).map_err(|e| vec![parse_error(e.to_string())])?;
+        let mut problems = Vec::new();
+        loop {
+            match AgentSettings::deserialize(table.clone()) {
+                Ok(settings) => return Ok((settings, problems)),
+                Err(e) => match unknown_field(&e.to_string()) {
+                    Some(key) if table.remove(&key).is_some() => {
+                        problems.push(ConfigError::UnknownKey {
+                            path: path.to_path_buf(),
+                            key,
+                        });
+                    }
+                    _ => {
+                        problems.push(parse_error(e.to_string()));
+                        return Err(problems);
+                    }
+                },
+            }
+        }
     }
 
     /// Settings given here win; the rest come from `lower`.
@@ -190,50 +228,117 @@ const ALLOW_ALL_HINT: &str = "no CIDR given, so the agent would serve no IP; \
     or pass --allowed-cidr 0.0.0.0/0 --allowed-cidr ::/0 to allow every address";
 
 impl AgentConfig {
-    /// Validate merged settings; `hostname` is the default node name.
+    /// Validate merged settings; `hostname` is the default node name. The first problem.
     pub fn from_settings(s: AgentSettings, hostname: &str) -> Result<Self, ConfigError> {
-        let announce = AnnounceConfig::from_settings(&s)?;
-        let etcd = s.etcd.unwrap_or_else(|| vec![DEFAULT_ETCD.to_string()]);
-        let etcd = validate_endpoints(etcd)?;
-        let prefix = validate_prefix(s.prefix.as_deref().unwrap_or(DEFAULT_PREFIX))?;
-        let node = validate_node(s.node.as_deref().unwrap_or(hostname))?;
-        let interfaces = validate_interfaces(s.interface)?;
-        let lease_ttl = parse_lease_ttl(s.lease_ttl.as_deref())?;
-        let resync = match s.resync.as_deref() {
-            None => DEFAULT_RESYNC,
-            Some(text) => parse_duration("resync", text)?,
+        Self::check(s, hostname).map_err(|mut problems| problems.remove(0))
+    }
+
+    /// Validate merged settings; on failure every problem, each naming its setting.
+    pub fn check(s: AgentSettings, hostname: &str) -> Result<Self, Vec<ConfigError>> {
+        let announce = AnnounceConfig::from_settings(&s);
+        let etcd = validate_endpoints(s.etcd.unwrap_or_else(|| vec![DEFAULT_ETCD.to_string()]));
+        let prefix = validate_prefix(s.prefix.as_deref().unwrap_or(DEFAULT_PREFIX));
+        let node = validate_node(s.node.as_deref().unwrap_or(hostname));
+        let interfaces = validate_interfaces(s.interface);
+        let lease_ttl = parse_lease_ttl(s.lease_ttl.as_deref());
+        let resync = parse_resync(s.resync.as_deref());
+        let allowed = parse_cidrs(s.allowed_cidr.unwrap_or_default());
+        let state_dir = validate_state_dir(s.state_dir.unwrap_or_else(|| DEFAULT_STATE_DIR.into()));
+        let on_etcd_loss = parse_etcd_loss(s.on_etcd_loss.as_deref());
+        let stabilization = match s.stabilization.as_deref() {
+            None => Ok(DEFAULT_STABILIZATION),
+            Some(text) => parse_duration("stabilization", text),
         };
-        if resync < Duration::from_secs(1) {
-            return Err(invalid("resync", "must be at least 1s"));
-        }
-        let allowed = parse_cidrs(s.allowed_cidr.unwrap_or_default())?;
-        let state_dir = s.state_dir.unwrap_or_else(|| DEFAULT_STATE_DIR.into());
-        if !state_dir.is_absolute() {
-            return Err(invalid(
-                "state-dir",
-                format!("`{}` must be an absolute path", state_dir.display()),
-            ));
-        }
-        let on_etcd_loss = parse_etcd_loss(s.on_etcd_loss.as_deref())?;
-        Ok(AgentConfig {
+        let labels = parse_labels(s.label.unwrap_or_default());
+        let export_routes = s.export_routes.unwrap_or(false);
+        match (
             etcd,
             prefix,
             node,
             interfaces,
             lease_ttl,
-            allowed,
             resync,
+            allowed,
             state_dir,
             on_etcd_loss,
-            export_routes: s.export_routes.unwrap_or(false),
-            stabilization: match s.stabilization.as_deref() {
-                None => DEFAULT_STABILIZATION,
-                Some(text) => parse_duration("stabilization", text)?,
-            },
-            labels: parse_labels(s.label.unwrap_or_default())?,
+            stabilization,
+            labels,
             announce,
-        })
+        ) {
+            (
+                Ok(etcd),
+                Ok(prefix),
+                Ok(node),
+                Ok(interfaces),
+                Ok(lease_ttl),
+                Ok(resync),
+                Ok(allowed),
+                Ok(state_dir),
+                Ok(on_etcd_loss),
+                Ok(stabilization),
+                Ok(labels),
+                Ok(announce),
+            ) => Ok(AgentConfig {
+                etcd,
+                prefix,
+                node,
+                interfaces,
+                lease_ttl,
+                allowed,
+                resync,
+                state_dir,
+                on_etcd_loss,
+                export_routes,
+                stabilization,
+                labels,
+                announce,
+            }),
+            (a, b, c, d, e, f, g, h, i, j, k, l) => Err([
+                a.err(),
+                b.err(),
+                c.err(),
+                d.err(),
+                e.err(),
+                f.err(),
+                g.err(),
+                h.err(),
+                i.err(),
+                j.err(),
+                k.err(),
+                l.err(),
+            ]
+            .into_iter()
+            .flatten()
+            .collect()),
+        }
     }
+}
+
+fn parse_resync(text: Option<&str>) -> Result<Duration, ConfigError> {
+    let resync = match text {
+        None => DEFAULT_RESYNC,
+        Some(text) => parse_duration("resync", text)?,
+    };
+    if resync < Duration::from_secs(1) {
+        return Err(invalid("resync", "must be at least 1s"));
+    }
+    Ok(resync)
+}
+
+fn validate_state_dir(dir: PathBuf) -> Result<PathBuf, ConfigError> {
+    if !dir.is_absolute() {
+        return Err(invalid(
+            "state-dir",
+            format!("`{}` must be an absolute path", dir.display()),
+        ));
+    }
+    Ok(dir)
+}
+
+/// The key serde names in an "unknown field `x`" error.
+fn unknown_field(message: &str) -> Option<String> {
+    let rest = message.split("unknown field `").nth(1)?;
+    Some(rest.split('`').next()?.to_string())
 }
 
 /// `interface = "eth0"` and `interface = ["lo", "eth0"]` both read as a list.
@@ -374,144 +479,4 @@ pub fn hostname() -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn base() -> AgentSettings {
-        AgentSettings {
-            allowed_cidr: Some(vec!["198.51.100.0/24".into()]),
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn defaults_fill_what_is_not_given() {
-        let c = AgentConfig::from_settings(base(), "host-a").unwrap();
-        assert_eq!(c.etcd, vec![DEFAULT_ETCD.to_string()]);
-        assert_eq!(c.prefix, "/extip");
-        assert_eq!(c.node, "host-a");
-        assert_eq!(c.interfaces, ["lo"]);
-        assert_eq!(c.lease_ttl, Duration::from_secs(5));
-        assert_eq!(c.resync, Duration::from_secs(30));
-    }
-
-    #[test]
-    fn errors_name_the_setting() {
-        let cases: Vec<(AgentSettings, &str)> = vec![
-            (
-                AgentSettings {
-                    lease_ttl: Some("1s".into()),
-                    ..base()
-                },
-                "lease-ttl: `1s` is below etcd's minimum",
-            ),
-            (
-                AgentSettings {
-                    lease_ttl: Some("2500ms".into()),
-                    ..base()
-                },
-                "lease-ttl: `2500ms`: etcd leases are whole seconds",
-            ),
-            (
-                AgentSettings {
-                    allowed_cidr: None,
-                    ..base()
-                },
-                "allowed-cidr: no CIDR given",
-            ),
-            (
-                AgentSettings {
-                    allowed_cidr: Some(vec!["10.0.0.0/33".into()]),
-                    ..base()
-                },
-                "allowed-cidr: `10.0.0.0/33` is not a CIDR",
-            ),
-            (
-                AgentSettings {
-                    etcd: Some(vec!["127.0.0.1:2379".into()]),
-                    ..base()
-                },
-                "etcd: `127.0.0.1:2379` must start with http://",
-            ),
-            (
-                AgentSettings {
-                    label: Some(vec!["zone".into()]),
-                    ..base()
-                },
-                "label: `zone` is not key=value",
-            ),
-            (
-                AgentSettings {
-                    on_etcd_loss: Some("drop".into()),
-                    ..base()
-                },
-                "on-etcd-loss: `drop` is neither",
-            ),
-            (
-                AgentSettings {
-                    prefix: Some("extip".into()),
-                    ..base()
-                },
-                "prefix:",
-            ),
-            (
-                AgentSettings {
-                    interface: Some(vec!["a very long interface".into()]),
-                    ..base()
-                },
-                "interface:",
-            ),
-            (
-                AgentSettings {
-                    interface: Some(vec!["lo".into(), "lo".into()]),
-                    ..base()
-                },
-                "interface: `lo` is given twice",
-            ),
-        ];
-        for (settings, want) in cases {
-            let err = AgentConfig::from_settings(settings, "h").unwrap_err();
-            assert!(err.to_string().starts_with(want), "{err} != {want}");
-        }
-        let err = AgentConfig::from_settings(base(), "").unwrap_err();
-        assert!(err.to_string().starts_with("node:"), "{err}");
-    }
-
-    #[test]
-    fn the_shipped_example_config_is_valid() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/agent.example.toml");
-        let settings = AgentSettings::from_file(&path).unwrap();
-        let c = AgentConfig::from_settings(settings, "h").unwrap();
-        assert_eq!(c.allowed.len(), 2);
-    }
-
-    #[test]
-    fn file_keys_match_flags_and_unknown_keys_are_named() {
-        let dir = std::env::temp_dir().join(format!("extip-config-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let good = dir.join("good.toml");
-        std::fs::write(
-            &good,
-            "etcd = [\"http://192.0.2.1:2379\"]\nlease-ttl = \"3s\"\nallowed-cidr = [\"198.51.100.0/24\"]\ninterface = \"eth0\"\n",
-        )
-        .unwrap();
-        let file = AgentSettings::from_file(&good).unwrap();
-        let flags = AgentSettings {
-            lease_ttl: Some("4s".into()),
-            ..Default::default()
-        };
-        let c = AgentConfig::from_settings(flags.over(file), "h").unwrap();
-        assert_eq!(c.lease_ttl, Duration::from_secs(4));
-        assert_eq!(c.etcd, vec!["http://192.0.2.1:2379".to_string()]);
-        assert_eq!(c.interfaces, ["eth0"]);
-        std::fs::write(&good, "interface = [\"lo\", \"eth0\"]\n").unwrap();
-        let file = AgentSettings::from_file(&good).unwrap();
-        assert_eq!(file.interface, Some(vec!["lo".into(), "eth0".into()]));
-
-        let bad = dir.join("bad.toml");
-        std::fs::write(&bad, "lease_tll = \"3s\"\n").unwrap();
-        let err = AgentSettings::from_file(&bad).unwrap_err().to_string();
-        assert!(err.contains("unknown field `lease_tll`"), "{err}");
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-}
+mod tests;

@@ -4,7 +4,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
-use extip::cli::{Cli, Command, IpCommand, NodeCommand, PoolCommand};
+use extip::cli::{Cli, Command, ConfigCommand, IpCommand, NodeCommand, PoolCommand};
 use extip::config::{hostname, AgentConfig, AgentSettings};
 use tracing_subscriber::EnvFilter;
 
@@ -55,5 +55,29 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Pool(PoolCommand::Add(args)) => extip::commands::pool_add(args).await,
         Command::Pool(PoolCommand::Rm(args)) => extip::commands::pool_rm(args).await,
         Command::Pool(PoolCommand::Ls(args)) => extip::commands::pool_ls(args).await,
+        Command::Config(ConfigCommand::Check(args)) => check_config(&args.config),
     }
+}
+
+/// `extip config check`: every problem of the file, one per line, each with its key.
+fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
+    let problems = match AgentSettings::check_file(path) {
+        Ok((settings, mut unknown)) => {
+            unknown.extend(
+                AgentConfig::check(settings, &hostname())
+                    .err()
+                    .unwrap_or_default(),
+            );
+            unknown
+        }
+        Err(problems) => problems,
+    };
+    if problems.is_empty() {
+        println!("{}: ok", path.display());
+        return Ok(());
+    }
+    for problem in &problems {
+        println!("{problem}");
+    }
+    anyhow::bail!("{}: {} problem(s)", path.display(), problems.len())
 }

@@ -7,6 +7,7 @@ mod lease;
 mod membership;
 mod reconcile;
 mod state;
+mod systemd;
 mod view;
 
 use std::collections::HashMap;
@@ -106,6 +107,8 @@ pub struct Agent {
     announce_refresh_at: Option<Instant>,
     /// Addresses added in the current planning round, so only they are announced.
     added_now: std::collections::BTreeSet<crate::plan::LocalAddress>,
+    /// READY and watchdog pings for systemd.
+    systemd: systemd::Systemd,
     /// IPs this agent handed over, and when: it does not take them back as overdue.
     handed_over: std::collections::BTreeMap<IpAddr, std::time::Instant>,
     /// When the last hand-over batch started, for the rate limit.
@@ -230,6 +233,7 @@ impl Agent {
             first_seen: Default::default(),
             giving_away: Default::default(),
             handed_over: Default::default(),
+            systemd: systemd::Systemd::from_env(),
             ports: Default::default(),
             announce_ports: Vec::new(),
             conflicts: Default::default(),
@@ -279,8 +283,13 @@ impl Agent {
         loop {
             let fence_at = self.fence_timer();
             let refresh_at = self.refresh_due;
+            let watchdog_at = self.systemd.next_ping();
             let attempt = tokio::select! {
                 r = self.establish() => r,
+                _ = sleep_until_some(watchdog_at) => {
+                    self.systemd.ping();
+                    continue;
+                }
                 _ = sleep_until_some(fence_at) => {
                     self.fence().await;
                     continue;
@@ -296,6 +305,7 @@ impl Agent {
             }
             tokio::select! {
                 _ = sleep(backoff) => {}
+                _ = sleep_until_some(self.systemd.next_ping()) => self.systemd.ping(),
                 _ = sleep_until_some(self.fence_timer()) => self.fence().await,
                 _ = sleep_until_some(self.refresh_due) => self.scheduled_refresh().await,
             }
@@ -401,6 +411,8 @@ impl Agent {
         if let Err(e) = self.reconcile(Some(&mut conn.store)).await {
             return Stop::Lost(e.to_string());
         }
+        self.systemd
+            .ready("serving: lease held, addresses reconciled");
         loop {
             let fence_at = self.fence_timer();
             let refresh_due = self.refresh_due;
@@ -411,7 +423,12 @@ impl Agent {
                 .chain(self.conflicts.next_expiry())
                 .min();
             let announce_at = self.announce_refresh_at;
+            let watchdog_at = self.systemd.next_ping();
             let wake: Result<bool, String> = tokio::select! {
+                _ = sleep_until_some(watchdog_at) => {
+                    self.systemd.ping();
+                    Ok(false)
+                }
                 _ = sleep_until_some(overdue_at) => Ok(true),
                 _ = sleep_until_some(announce_at) => {
                     self.announce_all().await;

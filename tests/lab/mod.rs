@@ -65,6 +65,8 @@ pub struct Lab {
     daemons: Vec<Child>,
     /// The hosts, index 0 is h1.
     pub hosts: Vec<Host>,
+    /// Extra environment for agents started from now on (e.g. `NOTIFY_SOCKET`).
+    pub agent_env: Vec<(String, String)>,
     _serial: MutexGuard<'static, ()>,
 }
 
@@ -163,6 +165,7 @@ impl Lab {
             clients: Vec::new(),
             daemons: Vec::new(),
             hosts: Vec::new(),
+            agent_env: Vec::new(),
             _serial: serial,
         };
         lab.build_switch();
@@ -264,6 +267,7 @@ impl Lab {
             .args(["netns", "exec", &self.hosts[i].ns, EXTIP, "agent"])
             .args(args)
             .env("EXTIP_LOG", "info")
+            .envs(self.agent_env.iter().map(|(k, v)| (k, v)))
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
             .spawn()
