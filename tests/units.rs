@@ -12,8 +12,8 @@ fn analyze(args: &[&str]) -> (bool, String) {
         .args(args)
         .output()
         .expect("systemd-analyze (Debian package systemd) must be installed");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned()
-        + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     (out.status.success(), text)
 }
 
@@ -30,7 +30,10 @@ fn the_agent_unit_verifies_and_scores_as_documented() {
     )
     .unwrap();
     let (ok, text) = analyze(&["verify", &copy.to_string_lossy()]);
-    assert!(ok && text.trim().is_empty(), "systemd-analyze verify: {text}");
+    assert!(
+        ok && text.trim().is_empty(),
+        "systemd-analyze verify: {text}"
+    );
 
     let (_, text) = analyze(&["security", "--offline=yes", &copy.to_string_lossy()]);
     std::fs::remove_dir_all(&dir).unwrap();
