@@ -466,7 +466,12 @@ impl Drop for Lab {
             kill_namespace(&m.ns);
         }
         kill_namespace(&self.switch);
-        let _ = std::fs::remove_dir_all(&self.dir);
+        // EXTIP_LAB_KEEP=1 keeps the logs and configs for a look after the run.
+        if std::env::var_os("EXTIP_LAB_KEEP").is_some() {
+            eprintln!("lab files kept in {}", self.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
