@@ -190,6 +190,9 @@ pub struct AgentArgs {
     /// Listen this long for another owner before adding an exclusive IP; 0s: no probe [default: 50ms]
     #[arg(long, env = "EXTIP_CONFLICT_PROBE")]
     pub conflict_probe: Option<String>,
+    /// Serve /metrics, /healthz and /readyz here; `none` turns it off [default: 127.0.0.1:9478]
+    #[arg(long, env = "EXTIP_LISTEN")]
+    pub listen: Option<String>,
 }
 
 impl AgentArgs {
@@ -213,6 +216,7 @@ impl AgentArgs {
             announce_refresh: self.announce_refresh.clone(),
             announce_interface: self.announce_interface.clone(),
             conflict_probe: self.conflict_probe.clone(),
+            listen: self.listen.clone(),
         }
     }
 }

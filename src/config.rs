@@ -96,6 +96,8 @@ pub struct AgentSettings {
     pub announce_interface: Option<Vec<String>>,
     /// How long to listen for another owner before adding an exclusive IP (`0s`: no probe).
     pub conflict_probe: Option<String>,
+    /// `host:port` for metrics and health, or `none`.
+    pub listen: Option<String>,
 }
 
 impl AgentSettings {
@@ -166,6 +168,7 @@ impl AgentSettings {
             announce_refresh: self.announce_refresh.or(lower.announce_refresh),
             announce_interface: self.announce_interface.or(lower.announce_interface),
             conflict_probe: self.conflict_probe.or(lower.conflict_probe),
+            listen: self.listen.or(lower.listen),
         }
     }
 }
@@ -199,6 +202,8 @@ pub struct AgentConfig {
     pub labels: std::collections::BTreeMap<String, String>,
     /// Gratuitous ARP / unsolicited NA and the conflict probe.
     pub announce: AnnounceConfig,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served; `None`: nowhere.
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// `--on-etcd-loss`: what happens to shared IPs (replicas > 1) when etcd is lost.
@@ -251,6 +256,7 @@ impl AgentConfig {
         };
         let labels = parse_labels(s.label.unwrap_or_default());
         let export_routes = s.export_routes.unwrap_or(false);
+        let listen = parse_listen(s.listen.as_deref());
         match (
             etcd,
             prefix,
@@ -264,6 +270,7 @@ impl AgentConfig {
             stabilization,
             labels,
             announce,
+            listen,
         ) {
             (
                 Ok(etcd),
@@ -278,6 +285,7 @@ impl AgentConfig {
                 Ok(stabilization),
                 Ok(labels),
                 Ok(announce),
+                Ok(listen),
             ) => Ok(AgentConfig {
                 etcd,
                 prefix,
@@ -292,8 +300,9 @@ impl AgentConfig {
                 stabilization,
                 labels,
                 announce,
+                listen,
             }),
-            (a, b, c, d, e, f, g, h, i, j, k, l) => Err([
+            (a, b, c, d, e, f, g, h, i, j, k, l, m) => Err([
                 a.err(),
                 b.err(),
                 c.err(),
@@ -306,11 +315,27 @@ impl AgentConfig {
                 j.err(),
                 k.err(),
                 l.err(),
+                m.err(),
             ]
             .into_iter()
             .flatten()
             .collect()),
         }
+    }
+}
+
+/// Default address of `/metrics`, `/healthz` and `/readyz`.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9478";
+
+fn parse_listen(text: Option<&str>) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+    match text.unwrap_or(DEFAULT_LISTEN) {
+        "none" => Ok(None),
+        text => text.parse().map(Some).map_err(|_| {
+            invalid(
+                "listen",
+                format!("`{text}` is neither host:port (e.g. 127.0.0.1:9478) nor `none`"),
+            )
+        }),
     }
 }
 

@@ -4,6 +4,7 @@ pub mod agent;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod metrics;
 pub mod model;
 pub mod net;
 pub mod placement;

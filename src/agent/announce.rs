@@ -156,6 +156,7 @@ impl Agent {
                         until: Instant::now() + CONFLICT_BACKOFF,
                     };
                     self.conflicts.seen.insert(a.ip, conflict);
+                    self.metrics.conflicts.inc();
                     self.conflicts.ips.insert(a.ip);
                 }
                 Err(e) => {

@@ -11,6 +11,7 @@ use tokio::time::{interval, MissedTickBehavior};
 
 use super::lease::{LeaseDeadline, Renewal};
 use super::sleep_until_some;
+use crate::metrics::Metrics;
 use crate::store::LeaseKeepAlive;
 
 /// The lease deadline, shared by the main loop and the keepalive task.
@@ -51,6 +52,7 @@ pub fn spawn(
     clock: SharedDeadline,
     every: Duration,
     answer_timeout: Duration,
+    metrics: Arc<Metrics>,
 ) -> (KeepaliveTask, mpsc::UnboundedReceiver<LeaseEvent>) {
     let (tx, rx) = mpsc::unbounded_channel();
     let handle = tokio::spawn(async move {
@@ -68,7 +70,13 @@ pub fn spawn(
                         Err(e) => LeaseEvent::Failed(e.to_string()),
                     }
                 }
-                answer = keepalive.recv() => match answer.map(|ttl| lock(&clock).answered(ttl)) {
+                answer = keepalive.recv() => match answer.map(|ttl| {
+                    let mut clock = lock(&clock);
+                    if let Some(sent) = clock.oldest_unanswered() {
+                        metrics.keepalive_latency.observe(sent.elapsed().as_secs_f64());
+                    }
+                    clock.answered(ttl)
+                }) {
                     Ok(Renewal::Renewed) => LeaseEvent::Renewed,
                     Ok(Renewal::Expired) => LeaseEvent::Expired,
                     Err(e) => LeaseEvent::Failed(e.to_string()),
@@ -76,6 +84,9 @@ pub fn spawn(
                 _ = sleep_until_some(answer_due) => LeaseEvent::Failed("keepalive unanswered".into()),
             };
             let last = !matches!(event, LeaseEvent::Renewed);
+            if matches!(event, LeaseEvent::Failed(_)) {
+                metrics.keepalive_failures.inc();
+            }
             if tx.send(event).is_err() || last {
                 lock(&clock).stream_lost();
                 return;

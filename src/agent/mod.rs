@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::ffi::OsString;
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
@@ -107,6 +108,12 @@ pub struct Agent {
     announce_refresh_at: Option<Instant>,
     /// Addresses added in the current planning round, so only they are announced.
     added_now: std::collections::BTreeSet<crate::plan::LocalAddress>,
+    /// Prometheus metrics and readiness.
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
+    /// When each claim was won, for the claim-to-address histogram.
+    claimed_at: HashMap<IpAddr, std::time::Instant>,
+    /// Watches started so far (every one after the first is a restart).
+    watches: u64,
     /// READY and watchdog pings for systemd.
     systemd: systemd::Systemd,
     /// IPs this agent handed over, and when: it does not take them back as overdue.
@@ -137,7 +144,14 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     }
     let mut events = Netlink::address_events()?;
     let mut signals = signal_channel()?;
-    let mut agent = Agent::new(cfg, net, links);
+    let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
+    let mut agent = Agent::new(cfg, net, links, metrics.clone());
+    if let Some(addr) = agent.cfg.listen {
+        let scrape = std::sync::Arc::new(LeaseScrape(agent.clock.clone()));
+        crate::metrics::serve(addr, metrics, scrape)
+            .await
+            .with_context(|| format!("--listen {addr}"))?;
+    }
     info!(node = %agent.cfg.node, interfaces = ?agent.cfg.interfaces, "extip agent starting");
     agent.adopt_or_clean().await;
     loop {
@@ -165,6 +179,20 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     }
     agent.leave(None).await;
     Ok(())
+}
+
+/// The lease deadline as `/metrics` reports it.
+struct LeaseScrape(keepalive::SharedDeadline);
+
+impl crate::metrics::Scrape for LeaseScrape {
+    fn lease_deadline_seconds(&self) -> Option<f64> {
+        let deadline = keepalive::lock(&self.0).deadline()?;
+        let now = std::time::Instant::now();
+        Some(match deadline.checked_duration_since(now) {
+            Some(left) => left.as_secs_f64(),
+            None => -now.duration_since(deadline).as_secs_f64(),
+        })
+    }
 }
 
 /// A channel that says which signal arrived last: SIGTERM/SIGINT stop, SIGHUP re-executes.
@@ -202,7 +230,12 @@ impl Agent {
         keepalive::lock(&self.clock)
     }
 
-    fn new(cfg: AgentConfig, net: Netlink, links: Vec<crate::plan::Link>) -> Self {
+    fn new(
+        cfg: AgentConfig,
+        net: Netlink,
+        links: Vec<crate::plan::Link>,
+        metrics: std::sync::Arc<crate::metrics::Metrics>,
+    ) -> Self {
         if cfg.lease_ttl < MIN_TTL_FOR_LIFETIMES {
             warn!(
                 lease_ttl = ?cfg.lease_ttl,
@@ -237,7 +270,13 @@ impl Agent {
             ports: Default::default(),
             announce_ports: Vec::new(),
             conflicts: Default::default(),
-            announce_counters: Default::default(),
+            announce_counters: std::sync::Arc::new(crate::net::announce::AnnounceCounters {
+                sent: metrics.announcements_sent.clone(),
+                failed: metrics.announcements_failed.clone(),
+            }),
+            metrics,
+            claimed_at: Default::default(),
+            watches: 0,
             announce_refresh_at: cfg.announce.refresh.map(|r| Instant::now() + r),
             added_now: Default::default(),
             last_handover: None,
@@ -337,11 +376,13 @@ impl Agent {
             lease = format!("{lease:x}"),
             "connected to etcd"
         );
+        self.count_watch();
         let (task, lease_events) = keepalive::spawn(
             keepalive,
             self.clock.clone(),
             keepalive_interval(self.cfg.lease_ttl),
             self.answer_timeout(),
+            self.metrics.clone(),
         );
         Ok(Connection {
             store,
@@ -401,7 +442,19 @@ impl Agent {
     }
 
     /// The connected loop; returns on shutdown or when the connection must be rebuilt.
+    /// `/readyz` says ready from the first reconcile until it returns.
     async fn serve(
+        &mut self,
+        conn: Connection,
+        events: &mut AddressEvents,
+        signals: &mut watch::Receiver<Signal>,
+    ) -> Stop {
+        let stop = self.serve_connected(conn, events, signals).await;
+        self.metrics.ready.store(false, Ordering::Relaxed);
+        stop
+    }
+
+    async fn serve_connected(
         &mut self,
         mut conn: Connection,
         events: &mut AddressEvents,
@@ -413,6 +466,7 @@ impl Agent {
         }
         self.systemd
             .ready("serving: lease held, addresses reconciled");
+        self.metrics.ready.store(true, Ordering::Relaxed);
         loop {
             let fence_at = self.fence_timer();
             let refresh_due = self.refresh_due;
@@ -522,6 +576,14 @@ impl Agent {
         let snapshot = store.list(&self.keys.root()).await?;
         self.view.replace(&snapshot);
         Ok(())
+    }
+
+    /// Count a watch started; every one after the first is a restart.
+    fn count_watch(&mut self) {
+        if self.watches > 0 {
+            self.metrics.watch_restarts.inc();
+        }
+        self.watches += 1;
     }
 
     /// Shutdown: addresses first, then the lease, so the next holder never overlaps.

@@ -123,12 +123,15 @@ impl Agent {
         &mut self,
         mut store: Option<&mut Store>,
     ) -> Result<(), StoreError> {
+        let started = std::time::Instant::now();
         let converged = self.converge(store.as_deref_mut()).await;
         self.sync_export_routes().await;
         if let Some(store) = store {
             self.publish_node(store).await?;
             self.publish_conflicts(store).await?;
         }
+        let took = started.elapsed().as_secs_f64();
+        self.metrics.reconcile_duration.observe(took);
         converged
     }
 
@@ -203,6 +206,7 @@ impl Agent {
             let world = self.world(&owned, &nodes);
             let actions = plan(&self.me(self.current_mode()), &world);
             if actions.is_empty() {
+                self.count_held(&owned);
                 return Ok(());
             }
             self.added_now.clear();
@@ -242,6 +246,8 @@ impl Agent {
                         .delete_if_lease(&self.keys.claim(ip, slot), lease)
                         .await?;
                     self.view.released(ip, slot, deleted);
+                    self.metrics.releases.inc();
+                    self.claimed_at.remove(&ip);
                     if self.giving_away.contains(&ip) {
                         self.handed_over.insert(ip, Instant::now());
                     }
@@ -279,6 +285,11 @@ impl Agent {
         match self.net.add(a, lifetime).await {
             Ok(()) => {
                 info!(address = %a, interface = self.link_name(a.ifindex), lifetime, "address added");
+                self.metrics.takeovers.inc();
+                if let Some(claimed) = self.claimed_at.remove(&a.ip) {
+                    let took = claimed.elapsed().as_secs_f64();
+                    self.metrics.claim_to_address.observe(took);
+                }
                 true
             }
             Err(e) => {
@@ -363,16 +374,42 @@ impl Agent {
             .await?;
         if outcome.created {
             info!(%ip, slot, "claim won");
+            self.metrics.claims_won.inc();
+            self.claimed_at.insert(ip, std::time::Instant::now());
             let holder = Holder {
                 node: Some(self.cfg.node.clone()),
                 lease,
             };
             self.view.claimed(ip, slot, holder, outcome.revision);
         } else if let Some(existing) = outcome.existing {
+            self.metrics.claims_lost.inc();
             let holder = self.view.holder_of(&existing);
             self.view.claimed(ip, slot, holder, existing.mod_revision);
         }
         Ok(())
+    }
+
+    /// Set the held-addresses gauges from a converged address table.
+    fn count_held(&self, owned: &BTreeSet<LocalAddress>) {
+        let exclusive = owned
+            .iter()
+            .filter(|a| {
+                self.view
+                    .desired
+                    .get(&a.ip)
+                    .is_some_and(|d| d.replicas == Replicas::EXCLUSIVE)
+            })
+            .count();
+        let held = |kind| crate::metrics::KindLabel { kind };
+        self.metrics
+            .ips_held
+            .get_or_create(&held("exclusive"))
+            .set(exclusive as i64);
+        let shared = (owned.len() - exclusive) as i64;
+        self.metrics
+            .ips_held
+            .get_or_create(&held("shared"))
+            .set(shared);
     }
 
     /// Log once why a desired IP is not served here.

@@ -5,10 +5,10 @@
 use std::io;
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
 use tokio::io::unix::AsyncFd;
 use tokio::time::{sleep, timeout_at, Instant};
 
@@ -25,13 +25,13 @@ pub struct Port {
     pub mac: Mac,
 }
 
-/// Counts of announcement packets, for logs now and metrics later.
-#[derive(Debug, Default)]
+/// Counts of announcement packets (the agent's metrics hold the same counters).
+#[derive(Debug, Default, Clone)]
 pub struct AnnounceCounters {
     /// Packets sent.
-    pub sent: AtomicU64,
+    pub sent: Counter,
     /// Packets the kernel refused.
-    pub failed: AtomicU64,
+    pub failed: Counter,
 }
 
 /// An AF_PACKET socket bound to one interface and one EtherType (0: send only).
@@ -120,10 +120,10 @@ pub fn announce_once(port: &Port, ip: IpAddr, counters: &AnnounceCounters) -> io
     let socket = PacketSocket::open(port.ifindex, 0)?;
     for frame in announcement(port.mac, ip) {
         if let Err(e) = socket.send(&frame) {
-            counters.failed.fetch_add(1, Ordering::Relaxed);
+            counters.failed.inc();
             return Err(e);
         }
-        counters.sent.fetch_add(1, Ordering::Relaxed);
+        counters.sent.inc();
     }
     Ok(())
 }

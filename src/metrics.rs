@@ -1,0 +1,209 @@
+//! The agent's Prometheus metrics and health, served on `--listen`
+//! (`/metrics`, `/healthz`, `/readyz`).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// Label of [`Metrics::ips_held`]: `exclusive` (replicas 1) or `shared`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    /// `exclusive` or `shared`.
+    pub kind: &'static str,
+}
+
+/// Every metric the agent exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Addresses this host holds, by kind.
+    pub ips_held: Family<KindLabel, Gauge>,
+    /// Claim transactions won.
+    pub claims_won: Counter,
+    /// Claim transactions that found the slot taken.
+    pub claims_lost: Counter,
+    /// Addresses added after a claim (takeovers).
+    pub takeovers: Counter,
+    /// Claims released (hand-overs, stops, ineligible IPs).
+    pub releases: Counter,
+    /// Seconds from a won claim to its address being configured.
+    pub claim_to_address: Histogram,
+    /// Seconds from a keepalive sent to its answer.
+    pub keepalive_latency: Histogram,
+    /// Keepalive streams that failed or went unanswered.
+    pub keepalive_failures: Counter,
+    /// Seconds until the lease deadline (negative: past it), set at each scrape.
+    pub lease_deadline: Gauge<f64, AtomicU64>,
+    /// Watches started after the first (reconnects, resyncs).
+    pub watch_restarts: Counter,
+    /// Announcement packets sent.
+    pub announcements_sent: Counter,
+    /// Announcement packets the kernel refused.
+    pub announcements_failed: Counter,
+    /// Conflicts found by the probe.
+    pub conflicts: Counter,
+    /// Seconds one reconcile took.
+    pub reconcile_duration: Histogram,
+    /// Lease held and watch running.
+    pub ready: AtomicBool,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Create and register every metric under the `extip_` prefix.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("extip");
+        let m = Metrics {
+            ips_held: Family::default(),
+            claims_won: Counter::default(),
+            claims_lost: Counter::default(),
+            takeovers: Counter::default(),
+            releases: Counter::default(),
+            // 1 ms .. ~16 s: a probe is 50 ms, a busy agent takes seconds.
+            claim_to_address: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
+            keepalive_latency: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
+            keepalive_failures: Counter::default(),
+            lease_deadline: Gauge::default(),
+            watch_restarts: Counter::default(),
+            announcements_sent: Counter::default(),
+            announcements_failed: Counter::default(),
+            conflicts: Counter::default(),
+            reconcile_duration: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            ready: AtomicBool::new(false),
+            registry: Registry::default(),
+        };
+        let r = &mut registry;
+        r.register("ips_held", "Addresses this host holds", m.ips_held.clone());
+        r.register("claims_won", "Claim transactions won", m.claims_won.clone());
+        r.register(
+            "claims_lost",
+            "Claims that found the slot taken",
+            m.claims_lost.clone(),
+        );
+        r.register(
+            "takeovers",
+            "Addresses added after a claim",
+            m.takeovers.clone(),
+        );
+        r.register("releases", "Claims released", m.releases.clone());
+        r.register(
+            "claim_to_address_seconds",
+            "From a won claim to its address configured",
+            m.claim_to_address.clone(),
+        );
+        r.register(
+            "keepalive_latency_seconds",
+            "From a lease keepalive sent to its answer",
+            m.keepalive_latency.clone(),
+        );
+        r.register(
+            "keepalive_failures",
+            "Keepalive streams that failed or went unanswered",
+            m.keepalive_failures.clone(),
+        );
+        r.register(
+            "lease_deadline_seconds",
+            "Seconds until the lease deadline; addresses go before it",
+            m.lease_deadline.clone(),
+        );
+        r.register(
+            "watch_restarts",
+            "etcd watches started again",
+            m.watch_restarts.clone(),
+        );
+        r.register(
+            "announcements_sent",
+            "Gratuitous ARP / unsolicited NA packets sent",
+            m.announcements_sent.clone(),
+        );
+        r.register(
+            "announcements_failed",
+            "Announcement packets that could not be sent",
+            m.announcements_failed.clone(),
+        );
+        r.register(
+            "conflicts",
+            "Foreign owners found by the probe",
+            m.conflicts.clone(),
+        );
+        r.register(
+            "reconcile_duration_seconds",
+            "Time one reconcile took",
+            m.reconcile_duration.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}
+
+/// What `/readyz` and `/metrics` need from the agent at scrape time.
+pub trait Scrape: Send + Sync + 'static {
+    /// Seconds until the lease deadline, if a lease is held.
+    fn lease_deadline_seconds(&self) -> Option<f64>;
+}
+
+/// Bind `addr` now (a busy port fails the start, naming the flag), then serve in the
+/// background.
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    scrape: Arc<dyn Scrape>,
+) -> std::io::Result<()> {
+    use axum::routing::get;
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let m = metrics.clone();
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let m = m.clone();
+                let s = scrape.clone();
+                async move {
+                    let left = s.lease_deadline_seconds().unwrap_or(0.0);
+                    m.lease_deadline.set(left);
+                    m.render()
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let m = metrics.clone();
+                async move {
+                    if m.ready.load(Ordering::Relaxed) {
+                        (axum::http::StatusCode::OK, "ready\n")
+                    } else {
+                        (
+                            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                            "not ready: no lease or no watch\n",
+                        )
+                    }
+                }
+            }),
+        );
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "metrics server stopped");
+        }
+    });
+    Ok(())
+}
