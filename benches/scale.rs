@@ -153,10 +153,19 @@ fn main() {
     );
     let _ = std::fs::remove_file(&file);
 
-    // Idle: CPU and memory of every agent over 20 s.
+    // Idle: CPU and memory of every agent over 20 s, and any address that vanished
+    // meanwhile (a lifetime refresh that came too late).
     let pids: Vec<u32> = hosts.iter().filter_map(|&h| lab.agent_pid(h)).collect();
+    let watchers: Vec<_> = hosts
+        .iter()
+        .map(|&h| lab::monitor::AddressEvents::start(&lab.hosts[h].ns))
+        .collect();
     let before: Vec<f64> = pids.iter().map(|&p| usage(p).0).collect();
     std::thread::sleep(Duration::from_secs(20));
+    let blinked: usize = watchers
+        .into_iter()
+        .map(|w| w.deletions("2001:db8:100:").len())
+        .sum();
     let after: Vec<(f64, u64)> = pids.iter().map(|&p| usage(p)).collect();
     let idle_cpu = after
         .iter()
@@ -165,7 +174,7 @@ fn main() {
         .fold(0.0, f64::max);
     let rss = after.iter().map(|a| a.1).max().unwrap_or(0);
     println!(
-        "| idle agent CPU (worst of {n}) | {idle_cpu:.2} % | peak RSS {} MiB |",
+        "| idle agent CPU (worst of {n}) | {idle_cpu:.2} % | peak RSS {} MiB; addresses removed while idle: {blinked} |",
         rss / 1024
     );
 

@@ -224,11 +224,17 @@ const UNDERLOAD: f64 = 0.9;
 /// bound. Above the bound yet within ±10 % is left alone: moving costs more.
 const OVERLOAD: f64 = 1.1;
 
-/// IPs `me` should hand over to rebalance: to their ideal holder, only when that node
-/// is `stable` (seen for the stabilization window) and `me` is above the average, and
-/// either that node is under-loaded (below [`UNDERLOAD`] of the average) or `me` is
-/// overloaded (above [`OVERLOAD`]) and that node below the load bound. Survivors of a lost node stay within
-/// both, so nothing moves among them; a new, returning or undrained node gets its share.
+/// IPs `me` should hand over to rebalance, each to an ideal holder of the IP that is
+/// `stable` (seen for the stabilization window) and holds no slot of it:
+/// - fill: the receiver is under-loaded (below [`UNDERLOAD`] of the average) and `me`
+///   holds more than one IP more than it; `me` never goes under-loaded itself. A holder
+///   at the average must give too, or a returning node stays short when the IPs ranked
+///   for it sit on hosts that are not above the average;
+/// - overflow: `me` is above [`OVERLOAD`] of the average and the receiver below the
+///   load bound.
+///
+/// Survivors of a lost node stay within both, so nothing moves among them; a new,
+/// returning or undrained node gets its share.
 pub fn handovers(
     ideal: &Ideal,
     claims: &Claims,
@@ -237,11 +243,13 @@ pub fn handovers(
     stable: &BTreeSet<String>,
 ) -> Vec<IpAddr> {
     let (average, cap) = (ideal.average, ideal.cap);
+    let underloaded_below = (average * UNDERLOAD).floor();
+    let overloaded_above = (average * OVERLOAD).ceil();
     let mut load = loads(claims, nodes);
     let mut mine = load.get(me).copied().unwrap_or(0);
     let mut out = Vec::new();
     for (&ip, holders) in &ideal.holders {
-        if mine as f64 <= average {
+        if mine as f64 <= underloaded_below {
             break;
         }
         let slots = claims.get(&ip);
@@ -253,9 +261,9 @@ pub fn handovers(
         let load_of = |n: &str, load: &BTreeMap<&str, usize>| load.get(n).copied().unwrap_or(0);
         let receiver = holders.iter().find(|n| {
             let theirs = load_of(n, &load);
-            let underloaded = (theirs as f64) < (average * UNDERLOAD).floor();
-            let overflow = mine as f64 > (average * OVERLOAD).ceil() && theirs < cap;
-            !held_by(n) && stable.contains(*n) && (underloaded || overflow)
+            let fill = (theirs as f64) < underloaded_below && mine > theirs + 1;
+            let overflow = mine as f64 > overloaded_above && theirs < cap;
+            !held_by(n) && stable.contains(*n) && (fill || overflow)
         });
         if let Some(n) = receiver {
             *load.entry(n.as_str()).or_default() += 1;

@@ -572,6 +572,15 @@ impl Agent {
         self.refresh_due = self.next_refresh();
     }
 
+    /// Refresh lifetimes now if it is time. A reconcile with hundreds of actions calls
+    /// this between actions: the main loop would only get to the timer afterwards, and
+    /// a late refresh lets the kernel remove addresses of a healthy agent.
+    pub(super) async fn refresh_if_due(&mut self) {
+        if self.refresh_due.is_some_and(|at| at <= Instant::now()) {
+            self.scheduled_refresh().await;
+        }
+    }
+
     async fn resync(&mut self, store: &mut Store) -> Result<(), StoreError> {
         let snapshot = store.list(&self.keys.root()).await?;
         self.view.replace(&snapshot);

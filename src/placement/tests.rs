@@ -271,3 +271,41 @@ fn a_node_selector_limits_placement_to_matching_nodes() {
     assert_eq!(a.len(), 10);
     assert!(a.values().all(|n| n == "h2"), "{a:?}");
 }
+
+#[test]
+fn an_underloaded_node_gets_ips_from_a_holder_at_the_average() {
+    let desired = ips(400);
+    let names = ["h1", "h2", "h3", "h4"];
+    let all = nodes(&names);
+    let ideal = Ideal::new(&desired, &all);
+    let mut claims = placed(&desired, &names);
+    let owned_by = |claims: &Claims, node: &str| -> Vec<IpAddr> {
+        claims
+            .iter()
+            .filter(|(_, s)| s[&0].node.as_deref() == Some(node))
+            .map(|(ip, _)| *ip)
+            .collect()
+    };
+    // 12 of h2's IPs sit on h1, and 12 of h1's own on h3 and h4: h1 is back at its
+    // share, h3 and h4 a little above it, h2 under-loaded. Only h1 holds IPs for h2.
+    let to_h1 = owned_by(&claims, "h2");
+    let away = owned_by(&claims, "h1");
+    for ip in to_h1.into_iter().take(12) {
+        claims.get_mut(&ip).unwrap().get_mut(&0).unwrap().node = Some("h1".into());
+    }
+    for ip in away.into_iter().take(12) {
+        let lighter = ["h3", "h4"]
+            .into_iter()
+            .min_by_key(|n| owned_by(&claims, n).len())
+            .unwrap();
+        claims.get_mut(&ip).unwrap().get_mut(&0).unwrap().node = Some(lighter.into());
+    }
+    let load = |n: &str| owned_by(&claims, n).len();
+    assert!(load("h2") < 90, "h2 holds {}", load("h2"));
+    assert!(["h1", "h3", "h4"].iter().all(|n| load(n) <= 110));
+    let ready = stable(&names);
+    let moves = handovers(&ideal, &claims, &all, "h1", &ready);
+    assert!(!moves.is_empty(), "h1 keeps h2's IPs although h2 is short");
+    assert!(moves.iter().all(|ip| ideal.holders[ip] == ["h2"]));
+    assert!(load("h1") - moves.len() >= 90, "h1 gave itself short");
+}
