@@ -6,8 +6,9 @@
 //! gracefully, (b) is lost as a host (killed and cut off), (c) is SIGKILLed with its
 //! host up. Reported: the longest time without a reply and the probes lost, median
 //! (min–max) over `EXTIP_BENCH_RUNS` runs (default 5), for extip with announcements on
-//! and off, and for keepalived (VRRP, advert_int 1 s) when it is installed. A gap is
-//! cut off at [`CAP`]: without announcements a client can wait for minutes.
+//! and off (IP on eth0), extip with the IP on `lo` announced through eth0, and
+//! keepalived (VRRP, advert_int 1 s) when it is installed. A gap is cut off at [`CAP`]:
+//! without announcements a client can wait for minutes.
 //! `EXTIP_BENCH_SYSTEMS=extip,keepalived` limits the systems compared.
 
 #[path = "../tests/lab/mod.rs"]
@@ -25,15 +26,28 @@ const CAP: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Copy, PartialEq)]
 enum System {
-    Extip { announce: bool },
+    Extip {
+        announce: bool,
+    },
+    /// The IP on `lo`, announced through `--announce-interface eth0`.
+    ExtipOnLo,
     Keepalived,
 }
 
 impl System {
+    /// Where the virtual IP lives on a holder.
+    fn dev(self) -> &'static str {
+        match self {
+            System::ExtipOnLo => "lo",
+            _ => "eth0",
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             System::Extip { announce: true } => "extip",
             System::Extip { announce: false } => "extip, announcements off",
+            System::ExtipOnLo => "extip, IP on lo",
             System::Keepalived => "keepalived",
         }
     }
@@ -66,10 +80,16 @@ struct Sample {
 /// h1 holds the VIP; h2 and h3 stand by.
 fn start(system: System, lab: &mut Lab) -> Vec<usize> {
     match system {
-        System::Extip { announce } => {
-            let count = if announce { "3" } else { "0" };
+        System::Extip { .. } | System::ExtipOnLo => {
+            let count = if system == (System::Extip { announce: false }) {
+                "0"
+            } else {
+                "3"
+            };
             let args = [
                 "--interface",
+                system.dev(),
+                "--announce-interface",
                 "eth0",
                 "--lease-ttl",
                 "3s",
@@ -80,7 +100,7 @@ fn start(system: System, lab: &mut Lab) -> Vec<usize> {
             ];
             lab.start_agent(0, &args);
             lab.put(&format!("/extip/ips/{VIP}"), "{}");
-            let held = wait_for(Duration::from_secs(10), || on(lab, 0));
+            let held = wait_for(Duration::from_secs(10), || on(lab, 0, system));
             held.expect("h1 holds the IP");
             lab.start_agent(1, &args);
             lab.start_agent(2, &args);
@@ -96,7 +116,7 @@ fn start(system: System, lab: &mut Lab) -> Vec<usize> {
                 .enumerate()
                 .map(|(i, &prio)| lab.start_keepalived(i, prio, VIP))
                 .collect();
-            let held = wait_for(Duration::from_secs(15), || on(lab, 0));
+            let held = wait_for(Duration::from_secs(15), || on(lab, 0, system));
             held.expect("keepalived on h1 holds the IP");
             // Let the backups settle as backups.
             std::thread::sleep(Duration::from_secs(1));
@@ -105,8 +125,8 @@ fn start(system: System, lab: &mut Lab) -> Vec<usize> {
     }
 }
 
-fn on(lab: &Lab, h: usize) -> bool {
-    has_ip(&lab.addresses(h, "eth0"), VIP)
+fn on(lab: &Lab, h: usize, system: System) -> bool {
+    has_ip(&lab.addresses(h, system.dev()), VIP)
 }
 
 fn one_run(system: System, fault: Fault) -> Sample {
@@ -119,7 +139,7 @@ fn one_run(system: System, fault: Fault) -> Sample {
     let tcp = TcpProbe::start(&client, VIP);
     std::thread::sleep(Duration::from_millis(300));
     match (fault, system) {
-        (Fault::Graceful, System::Extip { .. }) => lab.signal(0, "TERM"),
+        (Fault::Graceful, System::Extip { .. } | System::ExtipOnLo) => lab.signal(0, "TERM"),
         (Fault::Graceful, System::Keepalived) => lab.signal_daemon(daemons[0], "TERM"),
         (Fault::HostLoss | Fault::Kill, _) => {
             // Off the wire first: a dying keepalived must not get a last advert out.
@@ -142,11 +162,11 @@ fn one_run(system: System, fault: Fault) -> Sample {
         }
     }
     let fault_at = Instant::now();
-    let moved = wait_for(CAP, || on(&lab, 1) || on(&lab, 2));
+    let moved = wait_for(CAP, || on(&lab, 1, system) || on(&lab, 2, system));
     moved.expect("the IP moved");
     // The client is back once its neighbour entry points at the new holder.
     let new_mac = |lab: &Lab| {
-        let holder = if on(lab, 1) { 1 } else { 2 };
+        let holder = if on(lab, 1, system) { 1 } else { 2 };
         l2::mac_of(&lab.hosts[holder].ns, "eth0")
     };
     let remaining = CAP.saturating_sub(fault_at.elapsed());
@@ -157,7 +177,7 @@ fn one_run(system: System, fault: Fault) -> Sample {
     let sample = Sample {
         ping: ping.stop(),
         tcp: tcp.stop(),
-        left_behind: on(&lab, 0),
+        left_behind: on(&lab, 0, system),
     };
     if std::env::var_os("EXTIP_BENCH_DEBUG").is_some() {
         for h in 1..=3 {
@@ -209,6 +229,7 @@ fn main() {
     let mut systems = vec![
         System::Extip { announce: true },
         System::Extip { announce: false },
+        System::ExtipOnLo,
     ];
     if keepalived {
         systems.push(System::Keepalived);

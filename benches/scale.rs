@@ -84,6 +84,30 @@ fn usage(pid: u32) -> (f64, u64) {
     (ticks / 100.0, hwm)
 }
 
+/// etcd's received gRPC messages so far: (lease keepalives, everything else), read from
+/// its /metrics through host `h`'s namespace.
+fn etcd_messages(lab: &Lab, h: usize) -> (f64, f64) {
+    let url = format!("http://{}:2379/metrics", lab.etcd[0].addr);
+    let text = lab.exec(h, &["curl", "-s", &url]);
+    let (mut keepalive, mut other) = (0.0, 0.0);
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("grpc_server_msg_received_total{") else {
+            continue;
+        };
+        let value: f64 = rest
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        if rest.contains("grpc_method=\"LeaseKeepAlive\"") {
+            keepalive += value;
+        } else {
+            other += value;
+        }
+    }
+    (keepalive, other)
+}
+
 fn main() {
     let n: usize = std::env::var("EXTIP_SCALE_HOSTS")
         .ok()
@@ -161,7 +185,9 @@ fn main() {
         .map(|&h| lab::monitor::AddressEvents::start(&lab.hosts[h].ns))
         .collect();
     let before: Vec<f64> = pids.iter().map(|&p| usage(p).0).collect();
+    let etcd_before = etcd_messages(&lab, 0);
     std::thread::sleep(Duration::from_secs(20));
+    let etcd_after = etcd_messages(&lab, 0);
     let blinked: usize = watchers
         .into_iter()
         .map(|w| w.deletions("2001:db8:100:").len())
@@ -176,6 +202,11 @@ fn main() {
     println!(
         "| idle agent CPU (worst of {n}) | {idle_cpu:.2} % | peak RSS {} MiB; addresses removed while idle: {blinked} |",
         rss / 1024
+    );
+    println!(
+        "| etcd requests while idle (20 s, {n} agents) | {:.1}/s lease keepalives | {:.1}/s everything else (watch, resync lists) |",
+        (etcd_after.0 - etcd_before.0) / 20.0,
+        (etcd_after.1 - etcd_before.1) / 20.0
     );
 
     // A host is lost.
