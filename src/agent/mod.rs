@@ -127,6 +127,11 @@ pub struct Agent {
     args: Vec<OsString>,
 }
 
+/// Lifetimes closer than this to their end are refreshed even in the middle of a
+/// reconcile: more than the kernel's one-second check granularity plus a refresh of a
+/// thousand addresses on a busy host.
+const URGENT_REFRESH: Duration = Duration::from_millis(1500);
+
 /// Run the agent until SIGTERM or SIGINT.
 pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let net = Netlink::open()?;
@@ -572,11 +577,17 @@ impl Agent {
         self.refresh_due = self.next_refresh();
     }
 
-    /// Refresh lifetimes now if it is time. A reconcile with hundreds of actions calls
-    /// this between actions: the main loop would only get to the timer afterwards, and
-    /// a late refresh lets the kernel remove addresses of a healthy agent.
-    pub(super) async fn refresh_if_due(&mut self) {
-        if self.refresh_due.is_some_and(|at| at <= Instant::now()) {
+    /// Refresh lifetimes now if some would otherwise run out soon. A reconcile with
+    /// hundreds of actions calls this between actions: the main loop would only get to
+    /// its refresh timer afterwards, and the kernel would remove addresses of a healthy
+    /// agent. Refreshes that only lengthen lifetimes wait for the main loop.
+    pub(super) async fn refresh_if_urgent(&mut self) {
+        let now = std::time::Instant::now();
+        let due = self.refresh_due.is_some_and(|at| at <= Instant::now());
+        let urgent = self
+            .lifetimes_end
+            .is_some_and(|end| end.saturating_duration_since(now) < URGENT_REFRESH);
+        if due && urgent {
             self.scheduled_refresh().await;
         }
     }

@@ -213,7 +213,7 @@ impl Agent {
             self.probe_before_adding(&actions).await;
             for action in actions {
                 self.execute(action, store.as_deref_mut()).await?;
-                self.refresh_if_due().await;
+                self.refresh_if_urgent().await;
             }
         }
         Ok(())
