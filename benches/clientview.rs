@@ -9,7 +9,7 @@
 //! and off (IP on eth0), extip with the IP on `lo` announced through eth0, and
 //! keepalived (VRRP, advert_int 1 s) when it is installed. A gap is cut off at [`CAP`]:
 //! without announcements a client can wait for minutes.
-//! `EXTIP_BENCH_SYSTEMS=extip,keepalived` limits the systems compared.
+//! `EXTIP_BENCH_SYSTEMS="extip,extip (IP on lo)"` limits the systems compared.
 
 #[path = "../tests/lab/mod.rs"]
 mod lab;
@@ -46,8 +46,8 @@ impl System {
     fn name(self) -> &'static str {
         match self {
             System::Extip { announce: true } => "extip",
-            System::Extip { announce: false } => "extip, announcements off",
-            System::ExtipOnLo => "extip, IP on lo",
+            System::Extip { announce: false } => "extip (announcements off)",
+            System::ExtipOnLo => "extip (IP on lo)",
             System::Keepalived => "keepalived",
         }
     }

@@ -187,7 +187,7 @@ pub struct AgentArgs {
     /// Ethernet interface that announces IPs held on lo; repeatable
     #[arg(long, env = "EXTIP_ANNOUNCE_INTERFACE", value_delimiter = ',')]
     pub announce_interface: Option<Vec<String>>,
-    /// Listen this long for another owner before adding an exclusive IP; 0s: no probe [default: 50ms]
+    /// Listen this long for another owner before adding an exclusive IP; 0s: no probe [default: 30ms]
     #[arg(long, env = "EXTIP_CONFLICT_PROBE")]
     pub conflict_probe: Option<String>,
     /// Serve /metrics, /healthz and /readyz here; `none` turns it off [default: 127.0.0.1:9478]
