@@ -131,6 +131,37 @@ pub struct EtcdArgs {
     /// Key prefix [default: /extip]
     #[arg(long, env = "EXTIP_PREFIX")]
     pub prefix: Option<String>,
+    /// CA certificate (PEM) that signed etcd's server certificate; needs https:// endpoints
+    #[arg(long, env = "EXTIP_ETCD_CACERT")]
+    pub etcd_cacert: Option<PathBuf>,
+    /// Client certificate (PEM) for etcd's --client-cert-auth
+    #[arg(long, env = "EXTIP_ETCD_CERT")]
+    pub etcd_cert: Option<PathBuf>,
+    /// Key (PEM) of --etcd-cert
+    #[arg(long, env = "EXTIP_ETCD_KEY")]
+    pub etcd_key: Option<PathBuf>,
+    /// etcd user; the password comes from --etcd-password-file or $EXTIP_ETCD_PASSWORD
+    #[arg(long, env = "EXTIP_ETCD_USER")]
+    pub etcd_user: Option<String>,
+    /// File holding the etcd user's password (never pass a password on the command line)
+    #[arg(long, env = "EXTIP_ETCD_PASSWORD_FILE")]
+    pub etcd_password_file: Option<PathBuf>,
+}
+
+impl EtcdArgs {
+    /// TLS and credentials as given, checked and read.
+    pub fn auth(&self, endpoints: &[String]) -> anyhow::Result<crate::store::EtcdAuth> {
+        crate::store::EtcdAuthSettings {
+            cacert: self.etcd_cacert.as_deref(),
+            cert: self.etcd_cert.as_deref(),
+            key: self.etcd_key.as_deref(),
+            user: self.etcd_user.as_deref(),
+            password_file: self.etcd_password_file.as_deref(),
+            password_env: std::env::var("EXTIP_ETCD_PASSWORD").ok(),
+        }
+        .load(endpoints)
+        .map_err(|(field, reason)| anyhow::anyhow!("{field}: {reason}"))
+    }
 }
 
 /// `extip agent` flags; any of them can also come from the `--config` file.
@@ -201,6 +232,11 @@ impl AgentArgs {
         AgentSettings {
             etcd: self.etcd.etcd.clone(),
             prefix: self.etcd.prefix.clone(),
+            etcd_cacert: self.etcd.etcd_cacert.clone(),
+            etcd_cert: self.etcd.etcd_cert.clone(),
+            etcd_key: self.etcd.etcd_key.clone(),
+            etcd_user: self.etcd.etcd_user.clone(),
+            etcd_password_file: self.etcd.etcd_password_file.clone(),
             node: self.node.clone(),
             interface: self.interface.clone(),
             lease_ttl: self.lease_ttl.clone(),

@@ -24,8 +24,11 @@ async fn connect(args: &EtcdArgs) -> anyhow::Result<(Store, Keys)> {
         .clone()
         .unwrap_or_else(|| vec![DEFAULT_ETCD.to_string()]);
     let prefix = validate_prefix(args.prefix.as_deref().unwrap_or(DEFAULT_PREFIX))?;
-    let (store, _) = Store::connect_any(&endpoints, 0, CLI_TIMEOUT, CLI_TIMEOUT).await?;
-    Ok((store, Keys::new(&prefix)))
+    let auth = args.auth(&endpoints)?;
+    let keys = Keys::new(&prefix);
+    let (store, _) =
+        Store::connect_any(&endpoints, 0, CLI_TIMEOUT, CLI_TIMEOUT, &auth, &keys.root()).await?;
+    Ok((store, keys))
 }
 
 /// Parse `IP` or `IP/LEN` as typed by an operator.

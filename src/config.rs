@@ -65,6 +65,16 @@ pub struct AgentSettings {
     pub etcd: Option<Vec<String>>,
     /// Key prefix.
     pub prefix: Option<String>,
+    /// CA of etcd's server certificate.
+    pub etcd_cacert: Option<PathBuf>,
+    /// Client certificate for etcd.
+    pub etcd_cert: Option<PathBuf>,
+    /// Key of the client certificate.
+    pub etcd_key: Option<PathBuf>,
+    /// etcd user.
+    pub etcd_user: Option<String>,
+    /// File with the etcd user's password.
+    pub etcd_password_file: Option<PathBuf>,
     /// Node name.
     pub node: Option<String>,
     /// Interfaces addresses go on: one name or a list (TOML), the first is the default.
@@ -153,6 +163,11 @@ impl AgentSettings {
         AgentSettings {
             etcd: self.etcd.or(lower.etcd),
             prefix: self.prefix.or(lower.prefix),
+            etcd_cacert: self.etcd_cacert.or(lower.etcd_cacert),
+            etcd_cert: self.etcd_cert.or(lower.etcd_cert),
+            etcd_key: self.etcd_key.or(lower.etcd_key),
+            etcd_user: self.etcd_user.or(lower.etcd_user),
+            etcd_password_file: self.etcd_password_file.or(lower.etcd_password_file),
             node: self.node.or(lower.node),
             interface: self.interface.or(lower.interface),
             lease_ttl: self.lease_ttl.or(lower.lease_ttl),
@@ -178,6 +193,8 @@ impl AgentSettings {
 pub struct AgentConfig {
     /// etcd endpoints, tried in turn.
     pub etcd: Vec<String>,
+    /// TLS and credentials for etcd.
+    pub etcd_auth: crate::store::EtcdAuth,
     /// Key prefix without a trailing `/`.
     pub prefix: String,
     /// Node name.
@@ -242,6 +259,16 @@ impl AgentConfig {
     pub fn check(s: AgentSettings, hostname: &str) -> Result<Self, Vec<ConfigError>> {
         let announce = AnnounceConfig::from_settings(&s);
         let etcd = validate_endpoints(s.etcd.unwrap_or_else(|| vec![DEFAULT_ETCD.to_string()]));
+        let etcd_auth = crate::store::EtcdAuthSettings {
+            cacert: s.etcd_cacert.as_deref(),
+            cert: s.etcd_cert.as_deref(),
+            key: s.etcd_key.as_deref(),
+            user: s.etcd_user.as_deref(),
+            password_file: s.etcd_password_file.as_deref(),
+            password_env: std::env::var("EXTIP_ETCD_PASSWORD").ok(),
+        }
+        .load(etcd.as_deref().unwrap_or_default())
+        .map_err(|(field, reason)| invalid(field, reason));
         let prefix = validate_prefix(s.prefix.as_deref().unwrap_or(DEFAULT_PREFIX));
         let node = validate_node(s.node.as_deref().unwrap_or(hostname));
         let interfaces = validate_interfaces(s.interface);
@@ -271,6 +298,7 @@ impl AgentConfig {
             labels,
             announce,
             listen,
+            etcd_auth,
         ) {
             (
                 Ok(etcd),
@@ -286,8 +314,10 @@ impl AgentConfig {
                 Ok(labels),
                 Ok(announce),
                 Ok(listen),
+                Ok(etcd_auth),
             ) => Ok(AgentConfig {
                 etcd,
+                etcd_auth,
                 prefix,
                 node,
                 interfaces,
@@ -302,7 +332,7 @@ impl AgentConfig {
                 announce,
                 listen,
             }),
-            (a, b, c, d, e, f, g, h, i, j, k, l, m) => Err([
+            (a, b, c, d, e, f, g, h, i, j, k, l, m, n) => Err([
                 a.err(),
                 b.err(),
                 c.err(),
@@ -316,6 +346,7 @@ impl AgentConfig {
                 k.err(),
                 l.err(),
                 m.err(),
+                n.err(),
             ]
             .into_iter()
             .flatten()

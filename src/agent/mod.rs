@@ -364,6 +364,8 @@ impl Agent {
             self.endpoint,
             self.connect_timeout(),
             self.request_timeout(),
+            &self.cfg.etcd_auth,
+            &self.keys.root(),
         )
         .await?;
         self.endpoint = idx;

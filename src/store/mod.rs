@@ -4,6 +4,9 @@
 //! a dead member in a balanced channel made a share of requests fail, while one
 //! endpoint at a time with a timeout on every call never stalls on a dead member.
 
+mod security;
+pub use security::{EtcdAuth, EtcdAuthSettings, Password, Tls};
+
 use std::future::Future;
 use std::time::Duration;
 
@@ -115,6 +118,19 @@ fn end_of_prefix(prefix: &str) -> Vec<u8> {
     vec![0]
 }
 
+/// An error and its sources, for a log line that shows the root cause (a TLS
+/// handshake error is several levels down in tonic's transport error).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
 impl Store {
     /// Connect to the first endpoint that answers, starting at `start`; returns its index.
     /// `connect` bounds connecting and the first read, `timeout` every later request.
@@ -123,13 +139,21 @@ impl Store {
         start: usize,
         connect: Duration,
         timeout: Duration,
+        auth: &EtcdAuth,
+        probe_key: &str,
     ) -> Result<(Store, usize), StoreError> {
         let mut last = String::from("no endpoint");
         for i in 0..endpoints.len() {
             let idx = (start + i) % endpoints.len();
-            match Store::connect(&endpoints[idx], connect, timeout).await {
+            match Store::connect(&endpoints[idx], connect, timeout, auth, probe_key).await {
                 Ok(store) => return Ok((store, idx)),
-                Err(e) => last = format!("{}: {e}", endpoints[idx]),
+                Err(e) => {
+                    let text = error_chain(&e);
+                    last = match auth.explain(&text) {
+                        Some(why) => format!("{}: {why} ({text})", endpoints[idx]),
+                        None => format!("{}: {text}", endpoints[idx]),
+                    };
+                }
             }
         }
         Err(StoreError::Unreachable {
@@ -138,11 +162,15 @@ impl Store {
         })
     }
 
-    /// Connect to one endpoint and check it serves linearizable reads (has a leader).
+    /// Connect to one endpoint and check it serves linearizable reads (has a leader) by
+    /// counting `probe_key`: a key under the prefix, so a user restricted to the prefix
+    /// may read it.
     pub async fn connect(
         endpoint: &str,
         connect: Duration,
         timeout: Duration,
+        auth: &EtcdAuth,
+        probe_key: &str,
     ) -> Result<Store, StoreError> {
         // etcd refuses gRPC pings more often than every 5 s by default.
         let options = ConnectOptions::new()
@@ -150,6 +178,7 @@ impl Store {
             .with_keep_alive(Duration::from_secs(10), timeout)
             .with_keep_alive_while_idle(true)
             .with_require_leader(true);
+        let options = auth.apply(options);
         let client = within(
             connect,
             "connect",
@@ -163,7 +192,7 @@ impl Store {
         };
         let probe = GetOptions::new().with_count_only();
         let mut kv = store.client.kv_client();
-        within(connect, "connect", kv.get("/", Some(probe))).await?;
+        within(connect, "connect", kv.get(probe_key, Some(probe))).await?;
         Ok(store)
     }
 

@@ -20,6 +20,7 @@ pub mod fleet;
 pub mod l2;
 pub mod monitor;
 pub mod routing;
+pub mod secure;
 pub mod vrrp;
 
 const NAME_PREFIX: &str = "extip-lab-";
@@ -403,6 +404,13 @@ impl Lab {
             .map(|r| self.file(&format!("{}.{r}.log", self.hosts[i].name)))
             .collect::<Vec<_>>()
             .join("\n")
+    }
+
+    /// Write `text` to a file in the lab's directory; returns its path.
+    pub fn write_file(&self, name: &str, text: &str) -> String {
+        let path = self.dir.join(name);
+        std::fs::write(&path, text).expect("lab file");
+        path.to_string_lossy().into_owned()
     }
 
     pub(crate) fn file(&self, name: &str) -> String {
