@@ -34,6 +34,26 @@ pub enum Command {
     /// Check an agent configuration file.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completion(CompletionArgs),
+    /// Write the man pages, generated from these definitions, into a directory.
+    #[command(hide = true)]
+    Manpages(ManpagesArgs),
+}
+
+/// `extip completion`.
+#[derive(Debug, Args)]
+pub struct CompletionArgs {
+    /// The shell
+    pub shell: clap_complete::Shell,
+}
+
+/// `extip manpages`.
+#[derive(Debug, Args)]
+pub struct ManpagesArgs {
+    /// Directory to write extip.1, extip-agent.1, … into
+    #[arg(long)]
+    pub out: PathBuf,
 }
 
 /// `extip config …`.

@@ -3,7 +3,7 @@
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use extip::cli::{Cli, Command, ConfigCommand, IpCommand, NodeCommand, PoolCommand};
 use extip::config::{hostname, AgentConfig, AgentSettings};
 use tracing_subscriber::EnvFilter;
@@ -56,6 +56,12 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Pool(PoolCommand::Rm(args)) => extip::commands::pool_rm(args).await,
         Command::Pool(PoolCommand::Ls(args)) => extip::commands::pool_ls(args).await,
         Command::Config(ConfigCommand::Check(args)) => check_config(&args.config),
+        Command::Completion(args) => {
+            let mut cmd = Cli::command();
+            clap_complete::generate(args.shell, &mut cmd, "extip", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Manpages(args) => write_manpages(&args.out),
     }
 }
 
@@ -80,4 +86,12 @@ fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
         println!("{problem}");
     }
     anyhow::bail!("{}: {} problem(s)", path.display(), problems.len())
+}
+
+/// One man page per command and subcommand (extip.1, extip-agent.1, extip-ip-add.1, …).
+fn write_manpages(out: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(out)?;
+    let cmd = Cli::command();
+    clap_mangen::generate_to(cmd, out)?;
+    Ok(())
 }

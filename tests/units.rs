@@ -26,7 +26,7 @@ fn the_agent_unit_verifies_and_scores_as_documented() {
     let copy = dir.join("extip-agent.service");
     std::fs::write(
         &copy,
-        unit.replace("/usr/local/bin/extip", env!("CARGO_BIN_EXE_extip")),
+        unit.replace("/usr/bin/extip", env!("CARGO_BIN_EXE_extip")),
     )
     .unwrap();
     let (ok, text) = analyze(&["verify", &copy.to_string_lossy()]);
