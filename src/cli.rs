@@ -10,9 +10,29 @@ use crate::config::AgentSettings;
 #[derive(Debug, Parser)]
 #[command(name = "extip", version, about)]
 pub struct Cli {
+    /// Log lines as `text` (no timestamps under journald, which adds its own) or `json`
+    /// (one object a line, for log shippers)
+    #[arg(
+        long,
+        env = "EXTIP_LOG_FORMAT",
+        global = true,
+        value_enum,
+        default_value_t
+    )]
+    pub log_format: LogFormat,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Plain lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// The subcommands.

@@ -98,7 +98,8 @@ fn capacity(total: usize, nodes: &BTreeMap<String, NodeValue>) -> usize {
         .values()
         .filter(|n| !n.draining && !n.interfaces.is_empty())
         .count();
-    ((total as f64 / serving.max(1) as f64) * LOAD_FACTOR).ceil() as usize
+    let bound = (total as f64 / serving.max(1) as f64) * LOAD_FACTOR;
+    (bound - ROUNDING).ceil() as usize
 }
 
 /// The balanced placement from scratch, and what it was computed from. It depends only
@@ -215,6 +216,10 @@ pub fn assign(
     out
 }
 
+/// Slack for the float products above: 100 × 1.1 is 110.00000000000001, whose ceiling
+/// would let a host hold 111 of 300 IPs on 3 hosts without counting as overloaded.
+const ROUNDING: f64 = 1e-9;
+
 /// A node below this share of the average load receives IPs when rebalancing. The
 /// spread goal is ±10 %: survivors of a lost node stay above it, a new, returning or
 /// undrained node starts far below it.
@@ -243,8 +248,8 @@ pub fn handovers(
     stable: &BTreeSet<String>,
 ) -> Vec<IpAddr> {
     let (average, cap) = (ideal.average, ideal.cap);
-    let underloaded_below = (average * UNDERLOAD).floor();
-    let overloaded_above = (average * OVERLOAD).ceil();
+    let underloaded_below = (average * UNDERLOAD + ROUNDING).floor();
+    let overloaded_above = (average * OVERLOAD - ROUNDING).ceil();
     let mut load = loads(claims, nodes);
     let mut mine = load.get(me).copied().unwrap_or(0);
     let mut out = Vec::new();

@@ -73,3 +73,36 @@ fn the_agent_says_ready_once_it_holds_its_lease_and_pings_the_watchdog() {
     assert!(pings >= 4, "watchdog pings: {got:?}");
     eprintln!("READY after {ready_after:?}, {pings} watchdog pings in 3 s");
 }
+
+#[test]
+fn logs_are_json_objects_with_fields_or_plain_lines_without_time_under_journald() {
+    let mut lab = Lab::new(2);
+    lab.agent_env = vec![("EXTIP_LOG_FORMAT".into(), "json".into())];
+    lab.start_agent(0, &[]);
+    lab.agent_env = vec![("JOURNAL_STREAM".into(), "8:1234".into())];
+    lab.start_agent(1, &[]);
+    let up = lab::wait_for(Duration::from_secs(10), || {
+        (1..=2).all(|h| lab.get(&format!("/extip/nodes/h{h}")).is_some())
+    });
+    assert!(up.is_some());
+    let json = lab.agent_log(0);
+    let lines: Vec<serde_json::Value> = json
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let start = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "extip agent starting")
+        .unwrap_or_else(|| panic!("no start line: {json}"));
+    assert_eq!(start["fields"]["node"], "h1", "{json}");
+    let plain = lab.agent_log(1);
+    let line = plain
+        .lines()
+        .find(|l| l.contains("extip agent starting"))
+        .unwrap_or("");
+    assert!(
+        line.trim_start().starts_with("INFO"),
+        "a timestamp under journald: {line}"
+    );
+}

@@ -309,3 +309,28 @@ fn an_underloaded_node_gets_ips_from_a_holder_at_the_average() {
     assert!(moves.iter().all(|ip| ideal.holders[ip] == ["h2"]));
     assert!(load("h1") - moves.len() >= 90, "h1 gave itself short");
 }
+
+#[test]
+fn a_host_above_110_percent_gives_even_when_the_float_product_rounds_up() {
+    let desired = ips(300);
+    let names = ["h1", "h2", "h3"];
+    let all = nodes(&names);
+    let ideal = Ideal::new(&desired, &all);
+    let mut claims = placed(&desired, &names);
+    let held = |claims: &Claims, node: &str| -> Vec<IpAddr> {
+        claims
+            .iter()
+            .filter(|(_, s)| s[&0].node.as_deref() == Some(node))
+            .map(|(ip, _)| *ip)
+            .collect()
+    };
+    // Move IPs of h1 and h2 to h3 until h3 holds exactly 111 (100 × 1.1 = 110.000…01).
+    let mut from = held(&claims, "h1").into_iter().chain(held(&claims, "h2"));
+    while held(&claims, "h3").len() < 111 {
+        let ip = from.next().unwrap();
+        claims.get_mut(&ip).unwrap().get_mut(&0).unwrap().node = Some("h3".into());
+    }
+    assert!(["h1", "h2"].iter().all(|n| held(&claims, n).len() >= 90));
+    let moves = handovers(&ideal, &claims, &all, "h3", &stable(&names));
+    assert!(!moves.is_empty(), "h3 at 111 of 300 keeps everything");
+}
