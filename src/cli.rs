@@ -142,6 +142,10 @@ pub struct PoolLsArgs {
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
     pub output: Output,
+    /// Refresh this often until interrupted (tables redraw in place; JSON prints one
+    /// document a line), e.g. `--watch 2s`
+    #[arg(long, value_parser = humantime::parse_duration, num_args = 0..=1, default_missing_value = "2s")]
+    pub watch: Option<std::time::Duration>,
 }
 
 /// `extip node …`.
@@ -340,6 +344,10 @@ pub struct IpLsArgs {
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
     pub output: Output,
+    /// Refresh this often until interrupted (tables redraw in place; JSON prints one
+    /// document a line), e.g. `--watch 2s`
+    #[arg(long, value_parser = humantime::parse_duration, num_args = 0..=1, default_missing_value = "2s")]
+    pub watch: Option<std::time::Duration>,
 }
 
 /// `extip status`.
@@ -350,6 +358,10 @@ pub struct StatusArgs {
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
     pub output: Output,
+    /// Refresh this often until interrupted (tables redraw in place; JSON prints one
+    /// document a line), e.g. `--watch 2s`
+    #[arg(long, value_parser = humantime::parse_duration, num_args = 0..=1, default_missing_value = "2s")]
+    pub watch: Option<std::time::Duration>,
 }
 
 /// Human table or JSON for scripts.

@@ -13,12 +13,32 @@ use crate::pools::{self, Pool};
 use crate::store::Snapshot;
 
 pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
-    let status = fetch_status(&args.etcd).await?;
-    match args.output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&status)?),
-        Output::Table => print!("{}\n{}", ips_table(&status), nodes_table(&status)),
+    let Some(every) = args.watch else {
+        let status = fetch_status(&args.etcd).await?;
+        match args.output {
+            Output::Json => println!("{}", serde_json::to_string_pretty(&status)?),
+            Output::Table => print!("{}\n{}", ips_table(&status), nodes_table(&status)),
+        }
+        return Ok(());
+    };
+    // --watch: redraw in place (tables) or one JSON document a line, until interrupted.
+    loop {
+        let shown = match fetch_status(&args.etcd).await {
+            Ok(status) if args.output == Output::Json => serde_json::to_string(&status)? + "\n",
+            Ok(status) => format!("{}\n{}", ips_table(&status), nodes_table(&status)),
+            Err(e) => format!("extip: {e:#}\n"),
+        };
+        if args.output == Output::Table {
+            let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
+            print!(
+                "\x1b[H\x1b[2J{now}  (every {}; Ctrl-C stops)\n\n",
+                humantime::format_duration(every)
+            );
+        }
+        print!("{shown}");
+        std::io::Write::flush(&mut std::io::stdout())?;
+        tokio::time::sleep(every).await;
     }
-    Ok(())
 }
 
 /// Everything `extip status` shows; its JSON form is stable for scripts.
@@ -27,7 +47,20 @@ pub struct Status {
     /// Desired IPs, in address order.
     pub ips: Vec<IpStatus>,
     /// Live nodes, in name order.
-    pub nodes: Vec<model::NodeValue>,
+    pub nodes: Vec<NodeStatus>,
+}
+
+/// A live node: its record and what is left of its lease.
+#[derive(Debug, Serialize)]
+pub struct NodeStatus {
+    /// The node's record, as it published it.
+    #[serde(flatten)]
+    pub record: model::NodeValue,
+    /// Seconds until etcd expires the node's lease unless it is renewed.
+    pub lease_ttl_seconds: Option<i64>,
+    /// The lease the record hangs on.
+    #[serde(skip)]
+    pub lease: i64,
 }
 
 /// One desired IP and who holds it.
@@ -65,7 +98,13 @@ pub struct HolderStatus {
 pub(super) async fn fetch_status(args: &EtcdArgs) -> anyhow::Result<Status> {
     let (mut store, keys) = connect(args).await?;
     let snapshot = store.list(&keys.root()).await?;
-    Ok(build_status(&keys, &snapshot))
+    let mut status = build_status(&keys, &snapshot);
+    for node in &mut status.nodes {
+        if node.lease != 0 {
+            node.lease_ttl_seconds = store.lease_ttl_left(node.lease).await?;
+        }
+    }
+    Ok(status)
 }
 
 /// Assemble the status from one consistent list of the prefix.
@@ -90,8 +129,12 @@ pub fn build_status(keys: &Keys, snapshot: &Snapshot) -> Status {
                 });
             }
             Ok(Some(KeyKind::Node(_))) => {
-                if let Ok(node) = model::parse_node(&kv.value) {
-                    status.nodes.push(node);
+                if let Ok(record) = model::parse_node(&kv.value) {
+                    status.nodes.push(NodeStatus {
+                        record,
+                        lease_ttl_seconds: None,
+                        lease: kv.lease,
+                    });
                 }
             }
             Ok(Some(KeyKind::Drain(name))) => {
@@ -111,7 +154,7 @@ pub fn build_status(keys: &Keys, snapshot: &Snapshot) -> Status {
         status.ips.push(entry);
     }
     for node in &mut status.nodes {
-        node.draining |= drains.contains(&node.node);
+        node.record.draining |= drains.contains(&node.record.node);
     }
     status
 }
@@ -177,8 +220,10 @@ fn nodes_table(status: &Status) -> String {
         "DRAINING".into(),
         "VERSION".into(),
         "STARTED".into(),
+        "LEASE LEFT".into(),
     ]];
-    for n in &status.nodes {
+    for node in &status.nodes {
+        let n = &node.record;
         let interfaces = if n.interfaces.is_empty() {
             "(down)".to_string()
         } else {
@@ -190,6 +235,8 @@ fn nodes_table(status: &Status) -> String {
             if n.draining { "yes" } else { "no" }.into(),
             n.version.clone(),
             n.started.clone(),
+            node.lease_ttl_seconds
+                .map_or("-".into(), |s| format!("{s}s")),
         ]);
     }
     render(&rows)

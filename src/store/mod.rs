@@ -201,6 +201,17 @@ impl Store {
         &self.endpoint
     }
 
+    /// Seconds `lease` has left, `None` when etcd no longer has it.
+    pub async fn lease_ttl_left(&mut self, lease: i64) -> Result<Option<i64>, StoreError> {
+        let resp = within(
+            self.timeout,
+            "lease time-to-live",
+            self.client.lease_time_to_live(lease, None),
+        )
+        .await?;
+        Ok((resp.ttl() >= 0).then(|| resp.ttl()))
+    }
+
     /// Grant a lease of `ttl` seconds.
     pub async fn grant(&mut self, ttl: i64) -> Result<i64, StoreError> {
         let resp = within(
