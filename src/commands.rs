@@ -94,6 +94,8 @@ pub async fn ip_rm(args: IpRmArgs) -> anyhow::Result<()> {
     if !store.delete(&keys.desired(ip)).await? {
         bail!("{ip} is not a desired IP (no key {})", keys.desired(ip));
     }
+    // Its holder history goes with it; a missing one is fine.
+    store.delete(&keys.history(ip)).await?;
     println!("{ip} withdrawn");
     Ok(())
 }

@@ -55,6 +55,8 @@ pub enum KeyKind {
     Pool(String),
     /// `<prefix>/conflicts/<ip>`: a foreign host answers for this IP.
     Conflict(IpAddr),
+    /// `<prefix>/history/<ip>`: the last holders of an IP.
+    History(IpAddr),
     /// Any other key: pools, allocations and keys of later versions.
     Other,
 }
@@ -113,6 +115,11 @@ impl Keys {
         format!("{}/conflicts/{ip}", self.prefix)
     }
 
+    /// `<prefix>/history/<ip>`: the last holders of an IP.
+    pub fn history(&self, ip: IpAddr) -> String {
+        format!("{}/history/{ip}", self.prefix)
+    }
+
     /// `<prefix>/conflicts/`.
     pub fn conflicts(&self) -> String {
         format!("{}/conflicts/", self.prefix)
@@ -144,6 +151,8 @@ impl Keys {
             KeyKind::Pool(name.to_string())
         } else if let Some(ip) = rest.strip_prefix("conflicts/") {
             KeyKind::Conflict(parse_canonical_ip(ip)?)
+        } else if let Some(ip) = rest.strip_prefix("history/") {
+            KeyKind::History(parse_canonical_ip(ip)?)
         } else {
             KeyKind::Other
         };
@@ -374,6 +383,27 @@ pub struct ConflictValue {
     pub since: String,
 }
 
+/// How many holders `<prefix>/history/<ip>` keeps: enough for "where was it last
+/// night", bounded so a flapping IP cannot grow a key.
+pub const MAX_HISTORY: usize = 5;
+
+/// One entry of `<prefix>/history/<ip>` (a JSON list, oldest first).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    /// The node that won a claim on the IP.
+    pub node: String,
+    /// When, RFC 3339.
+    pub since: String,
+}
+
+/// The history with `entry` appended, the oldest dropped beyond [`MAX_HISTORY`].
+pub fn push_history(mut history: Vec<HistoryEntry>, entry: HistoryEntry) -> Vec<HistoryEntry> {
+    history.push(entry);
+    let excess = history.len().saturating_sub(MAX_HISTORY);
+    history.drain(..excess);
+    history
+}
+
 /// The value of `<prefix>/nodes/<node>`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeValue {
@@ -533,5 +563,19 @@ mod tests {
             parse_desired(ip("198.51.100.10"), &big),
             Err(ContractError::TooLarge(MAX_VALUE_BYTES + 1))
         );
+    }
+
+    #[test]
+    fn history_keeps_the_last_holders_oldest_first() {
+        let entry = |n: usize| HistoryEntry {
+            node: format!("h{n}"),
+            since: String::new(),
+        };
+        let mut history = Vec::new();
+        for n in 1..=7 {
+            history = push_history(history, entry(n));
+        }
+        let nodes: Vec<&str> = history.iter().map(|h| h.node.as_str()).collect();
+        assert_eq!(nodes, ["h3", "h4", "h5", "h6", "h7"]);
     }
 }

@@ -1,5 +1,5 @@
-//! `extip status` as an operator reads it: each node's lease time left, and `--watch`
-//! refreshing until interrupted.
+//! `extip status` as an operator reads it: each node's lease time left, the holder
+//! history of an IP, and `--watch` refreshing until interrupted.
 
 mod lab;
 
@@ -32,6 +32,33 @@ fn status_shows_each_nodes_lease_left_and_watch_keeps_refreshing() {
     let table = lab.extip(&["status"]);
     assert!(table.contains("LEASE LEFT"), "{table}");
 
+    // The history of an IP names its holders in order.
+    let ip = "198.51.100.10";
+    lab.put(&format!("/extip/ips/{ip}"), "{}");
+    assert!(wait_for(Duration::from_secs(5), || lab.holders(ip).len() == 1).is_some());
+    let first = lab.holders(ip)[0];
+    lab.signal(first, "TERM");
+    let history = || -> Vec<String> {
+        let json: serde_json::Value =
+            serde_json::from_str(&lab.extip(&["status", "-o", "json"])).expect("JSON");
+        json["ips"][0]["history"]
+            .as_array()
+            .map(|h| {
+                h.iter()
+                    .map(|e| e["node"].as_str().unwrap_or("").to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let names = |h: usize| format!("h{}", h + 1);
+    let recorded = wait_for(Duration::from_secs(5), || {
+        history() == [names(first), names(1 - first)]
+    });
+    assert!(recorded.is_some(), "history: {:?}", history());
+    assert!(lab
+        .extip(&["status"])
+        .contains(&format!("{} > {}", names(first), names(1 - first))));
+
     let url = lab.etcd_url();
     let out = Command::new("ip")
         .args(["netns", "exec", &lab.etcd[0].ns, "timeout", "2.5", EXTIP])
@@ -50,5 +77,5 @@ fn status_shows_each_nodes_lease_left_and_watch_keeps_refreshing() {
     );
     assert!(documents
         .iter()
-        .all(|d| d["nodes"].as_array().is_some_and(|n| n.len() == 2)));
+        .all(|d| d["nodes"].as_array().is_some_and(|n| n.len() == 1)));
 }

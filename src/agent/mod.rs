@@ -2,6 +2,7 @@
 //! address events, a periodic resync, the lease deadline and shutdown signals.
 
 mod announce;
+mod history;
 mod keepalive;
 mod lease;
 mod membership;
@@ -112,6 +113,8 @@ pub struct Agent {
     metrics: std::sync::Arc<crate::metrics::Metrics>,
     /// When each claim was won, for the claim-to-address histogram.
     claimed_at: HashMap<IpAddr, std::time::Instant>,
+    /// IPs won since the history was last written.
+    history_due: std::collections::BTreeSet<IpAddr>,
     /// Watches started so far (every one after the first is a restart).
     watches: u64,
     /// READY and watchdog pings for systemd.
@@ -282,6 +285,7 @@ impl Agent {
             metrics,
             claimed_at: Default::default(),
             watches: 0,
+            history_due: Default::default(),
             announce_refresh_at: cfg.announce.refresh.map(|r| Instant::now() + r),
             added_now: Default::default(),
             last_handover: None,

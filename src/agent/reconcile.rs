@@ -129,6 +129,7 @@ impl Agent {
         if let Some(store) = store {
             self.publish_node(store).await?;
             self.publish_conflicts(store).await?;
+            self.publish_history(store).await?;
         }
         let took = started.elapsed().as_secs_f64();
         self.metrics.reconcile_duration.observe(took);
@@ -376,6 +377,7 @@ impl Agent {
         if outcome.created {
             info!(%ip, slot, "claim won");
             self.metrics.claims_won.inc();
+            self.history_due.insert(ip);
             self.claimed_at.insert(ip, std::time::Instant::now());
             let holder = Holder {
                 node: Some(self.cfg.node.clone()),

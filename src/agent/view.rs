@@ -25,6 +25,8 @@ pub struct ClusterView {
     pub nodes: BTreeMap<String, NodeValue>,
     /// Nodes an operator drained.
     pub drains: BTreeSet<String>,
+    /// Each IP's recent holders and the revision of that record.
+    pub history: BTreeMap<IpAddr, (Vec<model::HistoryEntry>, i64)>,
     /// Changes at or below this revision are already in the view.
     revision: i64,
     /// Bad keys already reported, with the revision reported, so each is logged once.
@@ -48,6 +50,7 @@ impl ClusterView {
             claims: Claims::new(),
             nodes: BTreeMap::new(),
             drains: BTreeSet::new(),
+            history: BTreeMap::new(),
             revision: 0,
             reported: HashMap::new(),
             known: HashMap::new(),
@@ -63,6 +66,7 @@ impl ClusterView {
         self.claims.clear();
         self.nodes.clear();
         self.drains.clear();
+        self.history.clear();
         self.known.retain(|_, rev| *rev > snapshot.revision);
         for kv in &snapshot.kvs {
             self.put(kv);
@@ -180,6 +184,16 @@ impl ClusterView {
                 }
                 Err(e) => self.report(kv, &e.to_string()),
             },
+            Ok(Some(KeyKind::History(ip))) => match serde_json::from_slice(&kv.value) {
+                Ok(history) => {
+                    self.history.insert(ip, (history, kv.mod_revision));
+                }
+                Err(e) => {
+                    // Keep its revision: the next claim overwrites the bad value.
+                    self.history.insert(ip, (Vec::new(), kv.mod_revision));
+                    self.report(kv, &e.to_string());
+                }
+            },
             Ok(Some(KeyKind::Other | KeyKind::Conflict(_))) | Ok(None) => {}
             Err(e) => self.report(kv, &e.to_string()),
         }
@@ -187,7 +201,13 @@ impl ClusterView {
 
     /// Note a change that the ideal placement depends on.
     fn bump(&mut self, key: &str) {
-        if !matches!(self.keys.parse(key), Ok(Some(KeyKind::Claim(..)))) {
+        let placement_neutral = matches!(
+            self.keys.parse(key),
+            Ok(Some(
+                KeyKind::Claim(..) | KeyKind::History(_) | KeyKind::Conflict(_)
+            ))
+        );
+        if !placement_neutral {
             self.generation += 1;
         }
     }
@@ -219,6 +239,9 @@ impl ClusterView {
             }
             Ok(Some(KeyKind::Drain(name))) => {
                 self.drains.remove(&name);
+            }
+            Ok(Some(KeyKind::History(ip))) => {
+                self.history.remove(&ip);
             }
             _ => {}
         }

@@ -82,6 +82,8 @@ pub struct IpStatus {
     pub error: Option<String>,
     /// A foreign host on the segment answers for this IP: agents stay away from it.
     pub conflict: Option<model::ConflictValue>,
+    /// The last holders, oldest first (at most `model::MAX_HISTORY`).
+    pub history: Vec<model::HistoryEntry>,
 }
 
 /// One claim slot.
@@ -115,6 +117,7 @@ pub fn build_status(keys: &Keys, snapshot: &Snapshot) -> Status {
     let pools = read_pools(keys, snapshot);
     let mut drains = std::collections::BTreeSet::new();
     let mut conflicts = BTreeMap::new();
+    let mut history = BTreeMap::new();
     for kv in &snapshot.kvs {
         match keys.parse(&kv.key) {
             Ok(Some(KeyKind::Desired(ip))) => {
@@ -140,6 +143,11 @@ pub fn build_status(keys: &Keys, snapshot: &Snapshot) -> Status {
             Ok(Some(KeyKind::Drain(name))) => {
                 drains.insert(name);
             }
+            Ok(Some(KeyKind::History(ip))) => {
+                if let Ok(entries) = serde_json::from_slice(&kv.value) {
+                    history.insert(ip, entries);
+                }
+            }
             Ok(Some(KeyKind::Conflict(ip))) => {
                 if let Ok(conflict) = serde_json::from_slice(&kv.value) {
                     conflicts.insert(ip, conflict);
@@ -151,6 +159,7 @@ pub fn build_status(keys: &Keys, snapshot: &Snapshot) -> Status {
     for (ip, mut entry) in ips {
         entry.holders = claims.remove(&ip).unwrap_or_default();
         entry.conflict = conflicts.remove(&ip);
+        entry.history = history.remove(&ip).unwrap_or_default();
         status.ips.push(entry);
     }
     for node in &mut status.nodes {
@@ -187,6 +196,7 @@ pub(super) fn ips_table(status: &Status) -> String {
         "REPLICAS".into(),
         "HOLDER".into(),
         "SINCE".into(),
+        "HISTORY".into(),
     ]];
     for ip in &status.ips {
         let mask = ip.prefix_len.map_or("-".into(), |l| format!("/{l}"));
@@ -208,7 +218,16 @@ pub(super) fn ips_table(status: &Status) -> String {
             .holders
             .first()
             .map_or(String::new(), |h| h.since.clone());
-        rows.push([ip.ip.clone(), mask, ip.replicas.clone(), holder, since]);
+        let history: Vec<&str> = ip.history.iter().map(|h| h.node.as_str()).collect();
+        let history = history.join(" > ");
+        rows.push([
+            ip.ip.clone(),
+            mask,
+            ip.replicas.clone(),
+            holder,
+            since,
+            history,
+        ]);
     }
     render(&rows)
 }

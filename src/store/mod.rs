@@ -322,6 +322,21 @@ impl Store {
         })
     }
 
+    /// Put `value` at `key` only if the key's last change is still `mod_revision` (0:
+    /// the key does not exist); whether it was written.
+    pub async fn put_if_unchanged(
+        &mut self,
+        key: &str,
+        value: &[u8],
+        mod_revision: i64,
+    ) -> Result<bool, StoreError> {
+        let txn = Txn::new()
+            .when([Compare::mod_revision(key, CompareOp::Equal, mod_revision)])
+            .and_then([TxnOp::put(key, value, None)]);
+        let resp = within(self.timeout, "history txn", self.client.txn(txn)).await?;
+        Ok(resp.succeeded())
+    }
+
     /// Delete `key` only while it hangs on `lease`; the revision of the deletion, or
     /// `None` when the key was not on that lease.
     pub async fn delete_if_lease(
