@@ -28,6 +28,8 @@ impl Agent {
             if !written {
                 debug!(%ip, "history changed meanwhile; this takeover is not recorded");
             }
+            // A thousand writes after a big takeover must not starve the lifetimes.
+            self.refresh_if_urgent().await;
         }
         Ok(())
     }
