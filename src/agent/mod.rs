@@ -526,19 +526,23 @@ impl Agent {
     }
 
     /// Apply a watch batch and every batch already waiting behind it, so a burst of
-    /// changes (other agents claiming hundreds of IPs) costs one reconcile, not hundreds.
+    /// changes (other agents claiming hundreds of IPs) costs one reconcile, not hundreds;
+    /// whether a reconcile is needed at all.
     fn apply_watch(
         &mut self,
         first: Result<(i64, Vec<Change>), StoreError>,
         watch: &mut Watch,
     ) -> Result<bool, String> {
         let mut next = Some(first);
+        let mut relevant = false;
         while let Some(batch) = next {
             let (_, changes) = batch.map_err(|e| e.to_string())?;
-            changes.iter().for_each(|c| self.view.apply(c));
+            for change in &changes {
+                relevant |= self.view.apply(change);
+            }
             next = watch.next().now_or_never();
         }
-        Ok(true)
+        Ok(relevant)
     }
 
     /// A report of the keepalive task: a renewal schedules a lifetime refresh; an

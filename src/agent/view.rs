@@ -77,19 +77,25 @@ impl ClusterView {
 
     /// Apply one watched change; changes the view already has are skipped: those
     /// below the last list, and those older than what our own transactions told us.
-    pub fn apply(&mut self, change: &Change) {
+    /// Whether the change can alter what this agent should do: a holder history or a
+    /// conflict record cannot, so a burst of them wakes no reconcile.
+    pub fn apply(&mut self, change: &Change) -> bool {
         let (key, revision) = match change {
             Change::Put(kv) => (&kv.key, kv.mod_revision),
             Change::Delete { key, revision } => (key, *revision),
         };
         let known = self.known.get(key).copied().unwrap_or(0);
         if revision <= self.revision.max(known) {
-            return;
+            return false;
         }
         match change {
             Change::Put(kv) => self.put(kv),
             Change::Delete { key, .. } => self.delete(key),
         }
+        !matches!(
+            self.keys.parse(key),
+            Ok(Some(KeyKind::History(_) | KeyKind::Conflict(_)))
+        )
     }
 
     /// Live nodes as placement sees them: a drain key drains a node even if its
