@@ -12,14 +12,17 @@ use std::time::{Duration, Instant};
 
 use lab::{wait_for, Lab};
 
-const ARGS: [&str; 6] = [
-    "--allowed-cidr",
-    "2001:db8::/32",
-    "--stabilization",
-    "10s",
-    "--lease-ttl",
-    "5s",
-];
+/// Agent flags; the lease TTL comes from `EXTIP_SCALE_TTL` (default 5s).
+fn args(ttl: &str) -> [&str; 6] {
+    [
+        "--allowed-cidr",
+        "2001:db8::/32",
+        "--stabilization",
+        "10s",
+        "--lease-ttl",
+        ttl,
+    ]
+}
 
 fn ips(count: usize) -> Vec<String> {
     (0..count)
@@ -117,10 +120,13 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10_000);
+    let ttl = std::env::var("EXTIP_SCALE_TTL").unwrap_or_else(|_| "5s".into());
+    let agent_args = args(&ttl);
+    println!("| {n} hosts × {m} IPs, `--lease-ttl {ttl}` | | |");
     let mut lab = Lab::new(n + 1); // the last host runs no agent: the ip -batch reference
     let hosts: Vec<usize> = (0..n).collect();
     for &h in &hosts {
-        lab.start_agent(h, &ARGS);
+        lab.start_agent(h, &agent_args);
     }
     let up = wait_for(Duration::from_secs(30), || {
         (1..=n).all(|h| lab.get(&format!("/extip/nodes/h{h}")).is_some())
@@ -234,7 +240,7 @@ fn main() {
 
     // It returns: rebalancing after the stabilization window.
     lab.reconnect(victim);
-    lab.start_agent(victim, &ARGS);
+    lab.start_agent(victim, &agent_args);
     let t = Instant::now();
     let balanced = wait_for(Duration::from_secs(300), || even(&lab));
     let end = placement(&lab, &hosts);
