@@ -236,7 +236,7 @@ const OVERLOAD: f64 = 1.1;
 ///   at the average must give too, or a returning node stays short when the IPs ranked
 ///   for it sit on hosts that are not above the average;
 /// - overflow: `me` is above [`OVERLOAD`] of the average and the receiver below the
-///   load bound.
+///   load bound: an ideal holder if one is, else the next node in the IP's ranking.
 ///
 /// Survivors of a lost node stay within both, so nothing moves among them; a new,
 /// returning or undrained node gets its share.
@@ -264,12 +264,24 @@ pub fn handovers(
             continue;
         }
         let load_of = |n: &str, load: &BTreeMap<&str, usize>| load.get(n).copied().unwrap_or(0);
-        let receiver = holders.iter().find(|n| {
+        let open = |n: &&String| !held_by(n) && stable.contains(*n);
+        let fill = holders.iter().filter(open).find(|n| {
             let theirs = load_of(n, &load);
-            let fill = (theirs as f64) < underloaded_below && mine > theirs + 1;
-            let overflow = mine as f64 > overloaded_above && theirs < cap;
-            !held_by(n) && stable.contains(*n) && (fill || overflow)
+            (theirs as f64) < underloaded_below && mine > theirs + 1
         });
+        // Overflow may go past the ideal holders, down the IP's ranking: the ideal
+        // holders of an overloaded host's IPs can all be at the bound themselves.
+        let overflow = (mine as f64 > overloaded_above)
+            .then(|| {
+                let ranked = ideal.rankings.get(&ip).into_iter().flatten();
+                holders
+                    .iter()
+                    .chain(ranked)
+                    .filter(open)
+                    .find(|n| load_of(n, &load) < cap)
+            })
+            .flatten();
+        let receiver = fill.or(overflow);
         if let Some(n) = receiver {
             *load.entry(n.as_str()).or_default() += 1;
             mine -= 1;

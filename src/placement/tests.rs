@@ -334,3 +334,52 @@ fn a_host_above_110_percent_gives_even_when_the_float_product_rounds_up() {
     let moves = handovers(&ideal, &claims, &all, "h3", &stable(&names));
     assert!(!moves.is_empty(), "h3 at 111 of 300 keeps everything");
 }
+
+#[test]
+fn an_overloaded_host_gives_down_the_ranking_when_the_ideal_holders_are_full() {
+    let desired = ips(400);
+    let names = ["h1", "h2", "h3", "h4"];
+    let all = nodes(&names);
+    let ideal = Ideal::new(&desired, &all);
+    let mut claims = placed(&desired, &names);
+    let held = |claims: &Claims, node: &str| -> Vec<IpAddr> {
+        claims
+            .iter()
+            .filter(|(_, s)| s[&0].node.as_deref() == Some(node))
+            .map(|(ip, _)| *ip)
+            .collect()
+    };
+    let set = |claims: &mut Claims, ip: IpAddr, node: &str| {
+        claims.get_mut(&ip).unwrap().get_mut(&0).unwrap().node = Some(node.into());
+    };
+    // h3 takes 12 of h4's IPs; h4 refills to the bound (105) from h1 and h2.
+    for ip in held(&claims, "h4").into_iter().take(12) {
+        set(&mut claims, ip, "h3");
+    }
+    let mut donors = held(&claims, "h1")
+        .into_iter()
+        .zip(held(&claims, "h2"))
+        .flat_map(|(a, b)| [a, b]);
+    while held(&claims, "h4").len() < ideal.cap {
+        set(&mut claims, donors.next().unwrap(), "h4");
+    }
+    let load = |n: &str| held(&claims, n).len();
+    assert!(
+        load("h3") > 110 && load("h4") >= ideal.cap,
+        "{:?}",
+        names.map(load)
+    );
+    assert!(
+        ["h1", "h2"]
+            .iter()
+            .all(|n| (90..ideal.cap).contains(&load(n))),
+        "{:?}",
+        names.map(load)
+    );
+    let moves = handovers(&ideal, &claims, &all, "h3", &stable(&names));
+    assert!(
+        !moves.is_empty(),
+        "h3 stays overloaded: {:?}",
+        names.map(load)
+    );
+}
