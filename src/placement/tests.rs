@@ -272,6 +272,20 @@ fn a_node_selector_limits_placement_to_matching_nodes() {
     assert!(a.values().all(|n| n == "h2"), "{a:?}");
 }
 
+/// The IPs whose slot 0 `node` holds.
+fn held_by(claims: &Claims, node: &str) -> Vec<IpAddr> {
+    claims
+        .iter()
+        .filter(|(_, s)| s[&0].node.as_deref() == Some(node))
+        .map(|(ip, _)| *ip)
+        .collect()
+}
+
+/// Give slot 0 of `ip` to `node`.
+fn move_to(claims: &mut Claims, ip: IpAddr, node: &str) {
+    claims.get_mut(&ip).unwrap().get_mut(&0).unwrap().node = Some(node.into());
+}
+
 #[test]
 fn an_underloaded_node_gets_ips_from_a_holder_at_the_average() {
     let desired = ips(400);
@@ -279,28 +293,21 @@ fn an_underloaded_node_gets_ips_from_a_holder_at_the_average() {
     let all = nodes(&names);
     let ideal = Ideal::new(&desired, &all);
     let mut claims = placed(&desired, &names);
-    let owned_by = |claims: &Claims, node: &str| -> Vec<IpAddr> {
-        claims
-            .iter()
-            .filter(|(_, s)| s[&0].node.as_deref() == Some(node))
-            .map(|(ip, _)| *ip)
-            .collect()
-    };
     // 12 of h2's IPs sit on h1, and 12 of h1's own on h3 and h4: h1 is back at its
     // share, h3 and h4 a little above it, h2 under-loaded. Only h1 holds IPs for h2.
-    let to_h1 = owned_by(&claims, "h2");
-    let away = owned_by(&claims, "h1");
+    let to_h1 = held_by(&claims, "h2");
+    let away = held_by(&claims, "h1");
     for ip in to_h1.into_iter().take(12) {
-        claims.get_mut(&ip).unwrap().get_mut(&0).unwrap().node = Some("h1".into());
+        move_to(&mut claims, ip, "h1");
     }
     for ip in away.into_iter().take(12) {
         let lighter = ["h3", "h4"]
             .into_iter()
-            .min_by_key(|n| owned_by(&claims, n).len())
+            .min_by_key(|n| held_by(&claims, n).len())
             .unwrap();
-        claims.get_mut(&ip).unwrap().get_mut(&0).unwrap().node = Some(lighter.into());
+        move_to(&mut claims, ip, lighter);
     }
-    let load = |n: &str| owned_by(&claims, n).len();
+    let load = |n: &str| held_by(&claims, n).len();
     assert!(load("h2") < 90, "h2 holds {}", load("h2"));
     assert!(["h1", "h3", "h4"].iter().all(|n| load(n) <= 110));
     let ready = stable(&names);
@@ -317,20 +324,15 @@ fn a_host_above_110_percent_gives_even_when_the_float_product_rounds_up() {
     let all = nodes(&names);
     let ideal = Ideal::new(&desired, &all);
     let mut claims = placed(&desired, &names);
-    let held = |claims: &Claims, node: &str| -> Vec<IpAddr> {
-        claims
-            .iter()
-            .filter(|(_, s)| s[&0].node.as_deref() == Some(node))
-            .map(|(ip, _)| *ip)
-            .collect()
-    };
     // Move IPs of h1 and h2 to h3 until h3 holds exactly 111 (100 × 1.1 = 110.000…01).
-    let mut from = held(&claims, "h1").into_iter().chain(held(&claims, "h2"));
-    while held(&claims, "h3").len() < 111 {
+    let mut from = held_by(&claims, "h1")
+        .into_iter()
+        .chain(held_by(&claims, "h2"));
+    while held_by(&claims, "h3").len() < 111 {
         let ip = from.next().unwrap();
-        claims.get_mut(&ip).unwrap().get_mut(&0).unwrap().node = Some("h3".into());
+        move_to(&mut claims, ip, "h3");
     }
-    assert!(["h1", "h2"].iter().all(|n| held(&claims, n).len() >= 90));
+    assert!(["h1", "h2"].iter().all(|n| held_by(&claims, n).len() >= 90));
     let moves = handovers(&ideal, &claims, &all, "h3", &stable(&names));
     assert!(!moves.is_empty(), "h3 at 111 of 300 keeps everything");
 }
@@ -342,28 +344,18 @@ fn an_overloaded_host_gives_down_the_ranking_when_the_ideal_holders_are_full() {
     let all = nodes(&names);
     let ideal = Ideal::new(&desired, &all);
     let mut claims = placed(&desired, &names);
-    let held = |claims: &Claims, node: &str| -> Vec<IpAddr> {
-        claims
-            .iter()
-            .filter(|(_, s)| s[&0].node.as_deref() == Some(node))
-            .map(|(ip, _)| *ip)
-            .collect()
-    };
-    let set = |claims: &mut Claims, ip: IpAddr, node: &str| {
-        claims.get_mut(&ip).unwrap().get_mut(&0).unwrap().node = Some(node.into());
-    };
     // h3 takes 12 of h4's IPs; h4 refills to the bound (105) from h1 and h2.
-    for ip in held(&claims, "h4").into_iter().take(12) {
-        set(&mut claims, ip, "h3");
+    for ip in held_by(&claims, "h4").into_iter().take(12) {
+        move_to(&mut claims, ip, "h3");
     }
-    let mut donors = held(&claims, "h1")
+    let mut donors = held_by(&claims, "h1")
         .into_iter()
-        .zip(held(&claims, "h2"))
+        .zip(held_by(&claims, "h2"))
         .flat_map(|(a, b)| [a, b]);
-    while held(&claims, "h4").len() < ideal.cap {
-        set(&mut claims, donors.next().unwrap(), "h4");
+    while held_by(&claims, "h4").len() < ideal.cap {
+        move_to(&mut claims, donors.next().unwrap(), "h4");
     }
-    let load = |n: &str| held(&claims, n).len();
+    let load = |n: &str| held_by(&claims, n).len();
     assert!(
         load("h3") > 110 && load("h4") >= ideal.cap,
         "{:?}",
