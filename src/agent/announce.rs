@@ -39,8 +39,6 @@ pub struct Conflicts {
     pub ips: BTreeSet<IpAddr>,
     /// IPs whose record this agent put in etcd.
     published: BTreeSet<IpAddr>,
-    /// `--announce-interface`s that could not be used at the last look (logged once).
-    unusable_ports: BTreeSet<String>,
 }
 
 impl Conflicts {
@@ -107,13 +105,13 @@ impl Agent {
                 },
                 Err(e) => e.to_string(),
             };
-            if !self.conflicts.unusable_ports.contains(name) {
+            if !self.unusable_announce_ports.contains(name) {
                 warn!(interface = %name, problem, "--announce-interface unusable");
             }
             unusable.insert(name.clone());
         }
         self.announce_ports = ports;
-        self.conflicts.unusable_ports = unusable;
+        self.unusable_announce_ports = unusable;
     }
 
     /// Whether adding `a` needs a probe first: exclusive IPs, when probing is on.

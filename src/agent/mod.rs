@@ -101,6 +101,8 @@ pub struct Agent {
     ports: std::collections::BTreeMap<u32, crate::net::announce::Port>,
     /// `--announce-interface`s: they announce IPs held on `lo`.
     announce_ports: Vec<crate::net::announce::Port>,
+    /// `--announce-interface`s unusable at the last look, so each problem is logged once.
+    unusable_announce_ports: std::collections::BTreeSet<String>,
     /// Foreign owners seen by the conflict probe.
     conflicts: announce::Conflicts,
     /// Announcement packets sent and failed.
@@ -277,6 +279,7 @@ impl Agent {
             systemd: systemd::Systemd::from_env(),
             ports: Default::default(),
             announce_ports: Vec::new(),
+            unusable_announce_ports: Default::default(),
             conflicts: Default::default(),
             announce_counters: std::sync::Arc::new(crate::net::announce::AnnounceCounters {
                 sent: metrics.announcements_sent.clone(),
