@@ -1,0 +1,2 @@
+//! `extip-sync`: Kubernetes Services into etcd desired keys.
+fn main() {}

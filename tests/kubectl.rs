@@ -1,0 +1,131 @@
+//! The stand-in API server against the real `kubectl`: if the stand-in drifted from
+//! the protocol kubectl speaks, these fail, so the sync tests cannot pass against a
+//! server no real client could use.
+
+mod kube;
+
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::time::Duration;
+
+use kube::ApiServer;
+
+const WEB: &str = "apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  labels: {app: web}
+spec:
+  selector: {app: web}
+  ports:
+  - port: 80
+    protocol: TCP
+  externalIPs: [198.51.100.20]
+";
+
+fn scratch() -> tempdir::Dir {
+    tempdir::Dir::new("kubectl")
+}
+
+mod tempdir {
+    /// A directory removed on drop.
+    pub struct Dir(pub std::path::PathBuf);
+    impl Dir {
+        pub fn new(tag: &str) -> Self {
+            let p = std::env::temp_dir().join(format!(
+                "extip-{tag}-{}-{:?}",
+                std::process::id(),
+                std::thread::current().id()
+            ));
+            let _ = std::fs::remove_dir_all(&p);
+            std::fs::create_dir_all(&p).expect("scratch dir");
+            Dir(p)
+        }
+    }
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+#[test]
+fn kubectl_applies_gets_patches_and_deletes_a_service() {
+    let dir = scratch();
+    let api = ApiServer::start(None, "127.0.0.1", &dir.0);
+    let out = api.apply(WEB);
+    assert!(out.contains("service/web created"), "{out}");
+    let table = api.kubectl(&["get", "svc"]);
+    assert!(
+        table.contains("EXTERNAL-IP") && table.contains("198.51.100.20"),
+        "{table}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&api.kubectl(&["get", "svc", "web", "-o", "json"])).expect("json");
+    assert_eq!(json["spec"]["externalIPs"][0], "198.51.100.20");
+    // A second apply with a change goes through kubectl's strategic merge patch.
+    let out = api.apply(&WEB.replace("198.51.100.20", "198.51.100.21"));
+    assert!(out.contains("service/web configured"), "{out}");
+    let svc = api.service("default", "web").expect("web");
+    assert_eq!(
+        svc["spec"]["externalIPs"],
+        serde_json::json!(["198.51.100.21"])
+    );
+    assert_eq!(svc["spec"]["ports"][0]["port"], 80);
+    let out = api.apply(&WEB.replace("198.51.100.20", "198.51.100.21"));
+    assert!(out.contains("service/web unchanged"), "{out}");
+    let out = api.kubectl(&["delete", "svc", "web"]);
+    assert!(out.contains("service \"web\" deleted"), "{out}");
+    let out = api.kubectl_output(&["get", "svc", "web"], None);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("NotFound"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn kubectl_get_watch_prints_changes_as_they_happen() {
+    let dir = scratch();
+    let api = ApiServer::start(None, "127.0.0.1", &dir.0);
+    api.apply(WEB);
+    let mut watch = api
+        .kubectl_command(&["get", "svc", "-w", "--output-watch-events"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kubectl get -w");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = watch.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let next = |what: &str| -> String {
+        loop {
+            let line = rx
+                .recv_timeout(Duration::from_secs(10))
+                .unwrap_or_else(|_| panic!("no {what} line from kubectl get -w"));
+            if line.contains(what) {
+                return line;
+            }
+        }
+    };
+    next("ADDED");
+    api.kubectl(&[
+        "patch",
+        "svc",
+        "web",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"externalIPs":["198.51.100.22"]}}"#,
+    ]);
+    let line = next("MODIFIED");
+    assert!(line.contains("198.51.100.22"), "{line}");
+    api.kubectl(&["delete", "svc", "web"]);
+    next("DELETED");
+    let _ = watch.kill();
+    let _ = watch.wait();
+}
