@@ -373,6 +373,22 @@ pub enum Output {
     Json,
 }
 
+/// Log to stderr: plain lines (no timestamps under journald, which adds its own) or JSON;
+/// the level comes from `$EXTIP_LOG` (default `info`).
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("EXTIP_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match (format, std::env::var_os("JOURNAL_STREAM").is_some()) {
+        (LogFormat::Json, _) => builder.json().init(),
+        (LogFormat::Text, true) => builder.without_time().init(),
+        (LogFormat::Text, false) => builder.init(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -50,7 +50,7 @@ pub enum ConfigError {
     Invalid { field: &'static str, reason: String },
 }
 
-fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         field,
         reason: reason.into(),
@@ -428,7 +428,7 @@ fn validate_interfaces(names: Option<Vec<String>>) -> Result<Vec<String>, Config
     Ok(valid)
 }
 
-fn parse_duration(field: &'static str, text: &str) -> Result<Duration, ConfigError> {
+pub(crate) fn parse_duration(field: &'static str, text: &str) -> Result<Duration, ConfigError> {
     humantime::parse_duration(text).map_err(|e| invalid(field, format!("`{text}`: {e}")))
 }
 
@@ -480,7 +480,7 @@ fn parse_labels(
         .collect()
 }
 
-fn validate_endpoints(endpoints: Vec<String>) -> Result<Vec<String>, ConfigError> {
+pub(crate) fn validate_endpoints(endpoints: Vec<String>) -> Result<Vec<String>, ConfigError> {
     let endpoints: Vec<String> = endpoints
         .iter()
         .map(|e| e.trim().to_string())

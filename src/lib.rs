@@ -11,3 +11,5 @@ pub mod placement;
 pub mod plan;
 pub mod pools;
 pub mod store;
+#[cfg(feature = "sync")]
+pub mod sync;

@@ -1,16 +1,14 @@
 //! The `extip` binary: parses the command line and runs the chosen subcommand.
 
-use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
-use extip::cli::{Cli, Command, ConfigCommand, IpCommand, LogFormat, NodeCommand, PoolCommand};
+use extip::cli::{Cli, Command, ConfigCommand, IpCommand, NodeCommand, PoolCommand};
 use extip::config::{hostname, AgentConfig, AgentSettings};
-use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    extip::cli::init_logging(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -88,19 +86,4 @@ fn write_manpages(out: &std::path::Path) -> anyhow::Result<()> {
     let cmd = Cli::command();
     clap_mangen::generate_to(cmd, out)?;
     Ok(())
-}
-
-/// Logs to stderr, filtered by `EXTIP_LOG`. Under journald (`$JOURNAL_STREAM`) text lines
-/// carry no timestamp: the journal stamps every line itself.
-fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_env("EXTIP_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
-    match (format, std::env::var_os("JOURNAL_STREAM").is_some()) {
-        (LogFormat::Json, _) => builder.json().init(),
-        (LogFormat::Text, true) => builder.without_time().init(),
-        (LogFormat::Text, false) => builder.init(),
-    }
 }

@@ -11,6 +11,11 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+mod allocation;
+pub use allocation::{
+    parse_allocation_key, AllocationKey, IpAllocation, ServiceAllocation, MANAGED_BY_SYNC,
+};
+
 /// Largest value the agent accepts under the prefix; anything bigger is bad data.
 pub const MAX_VALUE_BYTES: usize = 64 * 1024;
 
@@ -118,6 +123,31 @@ impl Keys {
     /// `<prefix>/history/<ip>`: the last holders of an IP.
     pub fn history(&self, ip: IpAddr) -> String {
         format!("{}/history/{ip}", self.prefix)
+    }
+
+    /// `<prefix>/allocations/<ns>/<name>`: the IP allocated to a LoadBalancer Service.
+    pub fn service_allocation(&self, service: &str) -> String {
+        format!("{}/allocations/{service}", self.prefix)
+    }
+
+    /// `<prefix>/allocations/<ip>`: the Service an IP is allocated to.
+    pub fn ip_allocation(&self, ip: IpAddr) -> String {
+        format!("{}/allocations/{ip}", self.prefix)
+    }
+
+    /// `<prefix>/allocations/`.
+    pub fn allocations(&self) -> String {
+        format!("{}/allocations/", self.prefix)
+    }
+
+    /// `<prefix>/pools/`.
+    pub fn pools(&self) -> String {
+        format!("{}/pools/", self.prefix)
+    }
+
+    /// `<prefix>/sync/leader`: the extip-sync replica that writes, on its election lease.
+    pub fn sync_leader(&self) -> String {
+        format!("{}/sync/leader", self.prefix)
     }
 
     /// `<prefix>/conflicts/`.
@@ -247,7 +277,7 @@ impl DesiredIp {
 }
 
 /// The raw JSON shape of a desired value; unknown fields are collected, not fatal.
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct DesiredValue {
     /// See [`DesiredIp::prefix_len`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -267,6 +297,9 @@ pub struct DesiredValue {
     /// See [`DesiredIp::node_selector`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_selector: Option<BTreeMap<String, String>>,
+    /// `"extip-sync"` on keys extip-sync wrote: the only keys it ever changes or removes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub managed_by: Option<String>,
     /// Fields this version does not know; reported, then ignored.
     #[serde(flatten, skip_serializing)]
     pub unknown: BTreeMap<String, serde_json::Value>,

@@ -352,6 +352,12 @@ impl Store {
         Ok(resp.succeeded().then_some(revision))
     }
 
+    /// Run a transaction built by the caller; whether its comparisons held.
+    pub async fn txn(&mut self, op: &'static str, txn: Txn) -> Result<bool, StoreError> {
+        let resp = within(self.timeout, op, self.client.txn(txn)).await?;
+        Ok(resp.succeeded())
+    }
+
     /// Put `key`, on `lease` when given.
     pub async fn put(
         &mut self,

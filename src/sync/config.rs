@@ -1,0 +1,265 @@
+//! extip-sync settings: flags, `EXTIP_*` environment and a TOML file with the same
+//! keys, in that order of precedence, like the agent's.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+use crate::config::{
+    invalid, parse_duration, validate_endpoints, validate_prefix, ConfigError, DEFAULT_ETCD,
+    DEFAULT_PREFIX,
+};
+use crate::store::{EtcdAuth, EtcdAuthSettings};
+
+/// Default TTL of the lease the desired keys hang on: longer than Kubernetes' default
+/// pod eviction (5 min), so a lone replica rescheduled off a dead node comes back
+/// before its IPs are withdrawn.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(600);
+/// Default TTL of the election lease: how long a dead leader leads.
+pub const DEFAULT_ELECTION_TTL: Duration = Duration::from_secs(10);
+/// Default time a deleted Service's IP is kept for it.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(3600);
+/// Default period of the full reconcile with etcd.
+pub const DEFAULT_RESYNC: Duration = Duration::from_secs(60);
+
+/// Settings as given; `None` = not given. Flags and TOML keys have the same names.
+#[derive(Debug, Default, Clone, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct SyncSettings {
+    /// TOML file with the same keys as these flags (e.g. `lease-ttl = "10m"`)
+    #[arg(long, env = "EXTIP_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// etcd endpoints, comma separated [default: http://127.0.0.1:2379]
+    #[arg(long, env = "EXTIP_ETCD", value_delimiter = ',')]
+    pub etcd: Option<Vec<String>>,
+    /// Key prefix [default: /extip]
+    #[arg(long, env = "EXTIP_PREFIX")]
+    pub prefix: Option<String>,
+    /// CA certificate (PEM) that signed etcd's server certificate
+    #[arg(long, env = "EXTIP_ETCD_CACERT")]
+    pub etcd_cacert: Option<PathBuf>,
+    /// Client certificate (PEM) for etcd's --client-cert-auth
+    #[arg(long, env = "EXTIP_ETCD_CERT")]
+    pub etcd_cert: Option<PathBuf>,
+    /// Key (PEM) of --etcd-cert
+    #[arg(long, env = "EXTIP_ETCD_KEY")]
+    pub etcd_key: Option<PathBuf>,
+    /// etcd user; the password comes from --etcd-password-file or $EXTIP_ETCD_PASSWORD
+    #[arg(long, env = "EXTIP_ETCD_USER")]
+    pub etcd_user: Option<String>,
+    /// File holding the etcd user's password
+    #[arg(long, env = "EXTIP_ETCD_PASSWORD_FILE")]
+    pub etcd_password_file: Option<PathBuf>,
+    /// kubeconfig file [default: in-cluster, then $KUBECONFIG, then ~/.kube/config]
+    #[arg(long, env = "EXTIP_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Namespace to watch; repeatable [default: all namespaces]
+    #[arg(long, env = "EXTIP_NAMESPACE", value_delimiter = ',')]
+    pub namespace: Option<Vec<String>>,
+    /// TTL of the lease the desired keys hang on: how long IPs outlive every sync replica [default: 10m]
+    #[arg(long, env = "EXTIP_LEASE_TTL")]
+    pub lease_ttl: Option<String>,
+    /// TTL of the election lease: how long a dead leader keeps leading [default: 10s]
+    #[arg(long, env = "EXTIP_ELECTION_TTL")]
+    pub election_ttl: Option<String>,
+    /// CIDR that spec.externalIPs may use; repeatable; none: every externalIP is refused (CVE-2020-8554)
+    #[arg(long, env = "EXTIP_ALLOW_EXTERNAL_IP", value_delimiter = ',')]
+    pub allow_external_ip: Option<Vec<String>>,
+    /// How long a deleted Service's IP is kept for a Service of the same namespace/name [default: 1h]
+    #[arg(long, env = "EXTIP_RETENTION")]
+    pub retention: Option<String>,
+    /// Period of the full reconcile with etcd [default: 60s]
+    #[arg(long, env = "EXTIP_RESYNC")]
+    pub resync: Option<String>,
+    /// Name of this replica in the election [default: the host name]
+    #[arg(long, env = "EXTIP_IDENTITY")]
+    pub identity: Option<String>,
+    /// Tests only: lead without an election, so two replicas race
+    #[arg(long, hide = true)]
+    #[serde(skip)]
+    pub assume_leader: bool,
+}
+
+/// Validated extip-sync configuration.
+#[derive(Debug, Clone)]
+pub struct SyncConfig {
+    /// etcd endpoints.
+    pub etcd: Vec<String>,
+    /// TLS and credentials for etcd.
+    pub etcd_auth: EtcdAuth,
+    /// Key prefix without a trailing `/`.
+    pub prefix: String,
+    /// kubeconfig file, `None` for the default chain.
+    pub kubeconfig: Option<PathBuf>,
+    /// Namespaces to watch; empty: all.
+    pub namespaces: Vec<String>,
+    /// Data lease TTL.
+    pub lease_ttl: Duration,
+    /// Election lease TTL.
+    pub election_ttl: Duration,
+    /// CIDRs spec.externalIPs may use.
+    pub allow_external: Vec<IpNet>,
+    /// Sticky-IP window.
+    pub retention: Duration,
+    /// Full reconcile period.
+    pub resync: Duration,
+    /// This replica's name.
+    pub identity: String,
+    /// Lead without an election (tests).
+    pub assume_leader: bool,
+}
+
+macro_rules! over {
+    ($high:expr, $low:expr, $($f:ident),*) => { SyncSettings { $($f: $high.$f.or($low.$f),)* config: $high.config, assume_leader: $high.assume_leader } };
+}
+
+impl SyncSettings {
+    /// Read the TOML file named by `--config`, if any, under the flags and environment.
+    pub fn merged(self) -> Result<SyncSettings, ConfigError> {
+        let Some(path) = self.config.clone() else {
+            return Ok(self);
+        };
+        let file = Self::from_file(&path)?;
+        Ok(over!(
+            self,
+            file,
+            etcd,
+            prefix,
+            etcd_cacert,
+            etcd_cert,
+            etcd_key,
+            etcd_user,
+            etcd_password_file,
+            kubeconfig,
+            namespace,
+            lease_ttl,
+            election_ttl,
+            allow_external_ip,
+            retention,
+            resync,
+            identity
+        ))
+    }
+
+    fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+    }
+}
+
+fn duration(
+    field: &'static str,
+    text: Option<&str>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    let d = text.map_or(Ok(default), |t| parse_duration(field, t))?;
+    if d.subsec_nanos() != 0 || d.is_zero() {
+        return Err(invalid(
+            field,
+            format!(
+                "{} is not a whole, positive number of seconds",
+                humantime::format_duration(d)
+            ),
+        ));
+    }
+    Ok(d)
+}
+
+impl SyncConfig {
+    /// Validate merged settings; `hostname` is the default identity.
+    pub fn from_settings(s: SyncSettings, hostname: &str) -> Result<Self, ConfigError> {
+        let etcd = validate_endpoints(s.etcd.unwrap_or_else(|| vec![DEFAULT_ETCD.to_string()]))?;
+        let etcd_auth = EtcdAuthSettings {
+            cacert: s.etcd_cacert.as_deref(),
+            cert: s.etcd_cert.as_deref(),
+            key: s.etcd_key.as_deref(),
+            user: s.etcd_user.as_deref(),
+            password_file: s.etcd_password_file.as_deref(),
+            password_env: std::env::var("EXTIP_ETCD_PASSWORD").ok(),
+        }
+        .load(&etcd)
+        .map_err(|(field, reason)| invalid(field, reason))?;
+        let lease_ttl = duration("lease-ttl", s.lease_ttl.as_deref(), DEFAULT_LEASE_TTL)?;
+        let election_ttl = duration(
+            "election-ttl",
+            s.election_ttl.as_deref(),
+            DEFAULT_ELECTION_TTL,
+        )?;
+        if election_ttl < Duration::from_secs(2) || election_ttl * 3 > lease_ttl {
+            return Err(invalid("election-ttl", format!(
+                "{} must be at least 2s and at most a third of lease-ttl ({}), so a new leader re-attaches the keys before the old lease expires",
+                humantime::format_duration(election_ttl), humantime::format_duration(lease_ttl))));
+        }
+        let allow_external = s
+            .allow_external_ip
+            .unwrap_or_default()
+            .iter()
+            .map(|c| {
+                c.trim()
+                    .parse::<IpNet>()
+                    .map(|n| n.trunc())
+                    .map_err(|e| invalid("allow-external-ip", format!("`{c}`: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let identity = s.identity.unwrap_or_else(|| hostname.to_string());
+        if identity.is_empty() {
+            return Err(invalid("identity", "must not be empty"));
+        }
+        Ok(SyncConfig {
+            etcd,
+            etcd_auth,
+            prefix: validate_prefix(s.prefix.as_deref().unwrap_or(DEFAULT_PREFIX))?,
+            kubeconfig: s.kubeconfig,
+            namespaces: s.namespace.unwrap_or_default(),
+            lease_ttl,
+            election_ttl,
+            allow_external,
+            retention: duration("retention", s.retention.as_deref(), DEFAULT_RETENTION)?,
+            resync: duration("resync", s.resync.as_deref(), DEFAULT_RESYNC)?,
+            identity,
+            assume_leader: s.assume_leader,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> SyncSettings {
+        SyncSettings::default()
+    }
+
+    #[test]
+    fn defaults_are_long_lived_and_named_errors_name_the_field() {
+        let cfg = SyncConfig::from_settings(settings(), "host").unwrap();
+        assert_eq!(cfg.lease_ttl, Duration::from_secs(600));
+        assert!(cfg.allow_external.is_empty());
+        let bad = SyncSettings {
+            allow_external_ip: Some(vec!["198.51.100.0/33".into()]),
+            ..settings()
+        };
+        let e = SyncConfig::from_settings(bad, "host")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("allow-external-ip:"), "{e}");
+        let close = SyncSettings {
+            lease_ttl: Some("20s".into()),
+            election_ttl: Some("10s".into()),
+            ..settings()
+        };
+        let e = SyncConfig::from_settings(close, "host")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("election-ttl:"), "{e}");
+    }
+}

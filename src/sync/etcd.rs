@@ -1,0 +1,338 @@
+//! extip-sync's etcd side: read pools, allocations and desired keys; run the
+//! allocation transactions; write desired keys on the sync's lease.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::time::Duration;
+
+use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
+use tracing::warn;
+
+use crate::model::{
+    parse_allocation_key, AllocationKey, IpAllocation, KeyKind, Keys, ServiceAllocation,
+};
+use crate::pools::{parse_pool, Pool};
+use crate::store::{Store, StoreError};
+
+use super::plan::{first_free, AllocationStep, ExistingKey, KeyWrite, Refusal};
+
+/// Attempts at one allocation before giving up for this round (each loses a race).
+const ALLOCATION_TRIES: usize = 64;
+
+/// What etcd holds that the sync works from.
+#[derive(Debug, Default)]
+pub struct EtcdState {
+    /// Valid pools by name.
+    pub pools: BTreeMap<String, Pool>,
+    /// `<ns>/<name>` → its allocation and the key's mod revision.
+    pub services: BTreeMap<String, (ServiceAllocation, i64)>,
+    /// IP → owning Service and the key's mod revision.
+    pub ips: BTreeMap<IpAddr, (String, i64)>,
+    /// Desired keys, parsed enough to diff.
+    pub desired: BTreeMap<IpAddr, ExistingKey>,
+}
+
+impl EtcdState {
+    /// Service → allocation, without revisions.
+    pub fn allocations(&self) -> BTreeMap<String, ServiceAllocation> {
+        self.services
+            .iter()
+            .map(|(k, (a, _))| (k.clone(), a.clone()))
+            .collect()
+    }
+}
+
+/// Read pools, allocations and desired keys; bad records are logged with their key and skipped.
+pub async fn read_state(store: &mut Store, keys: &Keys) -> Result<EtcdState, StoreError> {
+    let mut state = EtcdState::default();
+    for kv in store.list(&keys.pools()).await?.kvs {
+        let name = kv.key.trim_start_matches(&keys.pools()).to_string();
+        match parse_pool(&kv.value) {
+            Ok((pool, _)) => {
+                state.pools.insert(name, pool);
+            }
+            Err(e) => warn!(key = %kv.key, error = %e, "skipping bad pool"),
+        }
+    }
+    read_allocations(store, keys, &mut state).await?;
+    for kv in store.list(&keys.desired_root()).await?.kvs {
+        let Ok(Some(KeyKind::Desired(ip))) = keys.parse(&kv.key) else {
+            continue;
+        };
+        // Unparsable values are not ours to fix; keep them out of the diff.
+        if let Ok(value) = serde_json::from_slice(&kv.value) {
+            let existing = ExistingKey {
+                value,
+                lease: kv.lease,
+                mod_revision: kv.mod_revision,
+            };
+            state.desired.insert(ip, existing);
+        }
+    }
+    Ok(state)
+}
+
+async fn read_allocations(
+    store: &mut Store,
+    keys: &Keys,
+    state: &mut EtcdState,
+) -> Result<(), StoreError> {
+    state.services.clear();
+    state.ips.clear();
+    let root = keys.allocations();
+    for kv in store.list(&root).await?.kvs {
+        let rest = &kv.key[root.len()..];
+        let parsed = match parse_allocation_key(rest) {
+            Some(AllocationKey::Service(svc)) => {
+                serde_json::from_slice::<ServiceAllocation>(&kv.value).map(|a| {
+                    state.services.insert(svc, (a, kv.mod_revision));
+                })
+            }
+            Some(AllocationKey::Ip(ip)) => {
+                serde_json::from_slice::<IpAllocation>(&kv.value).map(|a| {
+                    state.ips.insert(ip, (a.service, kv.mod_revision));
+                })
+            }
+            None => Ok(()),
+        };
+        if let Err(e) = parsed {
+            warn!(key = %kv.key, error = %e, "skipping bad allocation record");
+        }
+    }
+    Ok(())
+}
+
+fn json(value: &impl serde::Serialize) -> Vec<u8> {
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+/// Compare that `key` is still at `mod_revision` (0: absent).
+fn unchanged(key: &str, mod_revision: i64) -> Compare {
+    Compare::mod_revision(key, CompareOp::Equal, mod_revision)
+}
+
+/// Run one allocation step. `Ok(Some(refusal))` when the Service cannot have what it asks.
+pub async fn run_step(
+    store: &mut Store,
+    keys: &Keys,
+    state: &mut EtcdState,
+    step: &AllocationStep,
+    retention: Duration,
+) -> Result<Option<Refusal>, StoreError> {
+    match step {
+        AllocationStep::Take {
+            service,
+            ip,
+            pool,
+            requested,
+        } => {
+            let wanted = ServiceAllocation {
+                ip: *ip,
+                pool: pool.clone(),
+                requested: *requested,
+                released_at: None,
+            };
+            take(store, keys, state, service, wanted).await
+        }
+        AllocationStep::Allocate { service, pool } => {
+            allocate(store, keys, state, service, pool).await
+        }
+        AllocationStep::Release { service } => release(store, keys, state, service, retention)
+            .await
+            .map(|()| None),
+    }
+}
+
+/// Give `service` the IP in `wanted` unless another live Service has it.
+async fn take(
+    store: &mut Store,
+    keys: &Keys,
+    state: &mut EtcdState,
+    service: &str,
+    wanted: ServiceAllocation,
+) -> Result<Option<Refusal>, StoreError> {
+    for _ in 0..ALLOCATION_TRIES {
+        if let Some((owner, _)) = state.ips.get(&wanted.ip).filter(|(o, _)| o != service) {
+            let live = state
+                .services
+                .get(owner)
+                .is_some_and(|(a, _)| a.released_at.is_none() && a.ip == wanted.ip);
+            if live {
+                return Ok(Some(Refusal {
+                    service: service.to_string(),
+                    reason: "IPInUse",
+                    message: format!("IP {} is allocated to Service {owner}", wanted.ip),
+                }));
+            }
+        }
+        if commit(store, keys, state, service, &wanted).await? {
+            return Ok(None);
+        }
+        read_allocations(store, keys, state).await?;
+    }
+    Ok(None)
+}
+
+/// Give `service` the first free IP of `pool`, racing other syncs safely.
+async fn allocate(
+    store: &mut Store,
+    keys: &Keys,
+    state: &mut EtcdState,
+    service: &str,
+    pool: &str,
+) -> Result<Option<Refusal>, StoreError> {
+    for _ in 0..ALLOCATION_TRIES {
+        if state
+            .services
+            .get(service)
+            .is_some_and(|(a, _)| a.released_at.is_none() && !a.requested)
+        {
+            return Ok(None); // another sync allocated it meanwhile
+        }
+        let Some(p) = state.pools.get(pool) else {
+            return Ok(None);
+        };
+        let taken: BTreeSet<IpAddr> = state.ips.keys().copied().collect();
+        let Some(ip) = first_free(p, &taken) else {
+            return Ok(Some(Refusal {
+                service: service.to_string(),
+                reason: "PoolExhausted",
+                message: format!("pool `{pool}` ({}) has no free IP", p.cidr),
+            }));
+        };
+        let wanted = ServiceAllocation {
+            ip,
+            pool: Some(pool.to_string()),
+            requested: false,
+            released_at: None,
+        };
+        if commit(store, keys, state, service, &wanted).await? {
+            return Ok(None);
+        }
+        read_allocations(store, keys, state).await?;
+    }
+    Ok(None)
+}
+
+/// Write both allocation keys (no lease: they stay while the Service does) if nothing
+/// changed since `state` was read; frees the Service's previous IP in the same txn.
+async fn commit(
+    store: &mut Store,
+    keys: &Keys,
+    state: &mut EtcdState,
+    service: &str,
+    wanted: &ServiceAllocation,
+) -> Result<bool, StoreError> {
+    let svc_key = keys.service_allocation(service);
+    let ip_key = keys.ip_allocation(wanted.ip);
+    let svc_rev = state.services.get(service).map_or(0, |(_, r)| *r);
+    let ip_rev = state.ips.get(&wanted.ip).map_or(0, |(_, r)| *r);
+    let mut compares = vec![unchanged(&svc_key, svc_rev), unchanged(&ip_key, ip_rev)];
+    let owner = IpAllocation {
+        service: service.to_string(),
+    };
+    let mut ops = vec![
+        TxnOp::put(svc_key, json(wanted), None),
+        TxnOp::put(ip_key, json(&owner), None),
+    ];
+    if let Some((old, _)) = state
+        .services
+        .get(service)
+        .filter(|(a, _)| a.ip != wanted.ip)
+    {
+        if let Some((_, rev)) = state.ips.get(&old.ip).filter(|(o, _)| o == service) {
+            let old_key = keys.ip_allocation(old.ip);
+            compares.push(unchanged(&old_key, *rev));
+            ops.push(TxnOp::delete(old_key, None));
+        }
+    }
+    let committed = store
+        .txn("allocation txn", Txn::new().when(compares).and_then(ops))
+        .await?;
+    if committed {
+        read_allocations(store, keys, state).await?;
+    }
+    Ok(committed)
+}
+
+/// Keep a gone Service's IP for `retention` on a lease of that length, so the same
+/// namespace/name gets it back; etcd removes both keys when the lease runs out.
+async fn release(
+    store: &mut Store,
+    keys: &Keys,
+    state: &mut EtcdState,
+    service: &str,
+    retention: Duration,
+) -> Result<(), StoreError> {
+    let Some((a, svc_rev)) = state.services.get(service).cloned() else {
+        return Ok(());
+    };
+    let lease = store.grant(retention.as_secs().max(1) as i64).await?;
+    let released = ServiceAllocation {
+        released_at: Some(
+            humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        ),
+        ..a.clone()
+    };
+    let svc_key = keys.service_allocation(service);
+    let on_lease = || Some(PutOptions::new().with_lease(lease));
+    let mut compares = vec![unchanged(&svc_key, svc_rev)];
+    let mut ops = vec![TxnOp::put(svc_key, json(&released), on_lease())];
+    if let Some((_, rev)) = state.ips.get(&a.ip).filter(|(o, _)| o == service) {
+        let ip_key = keys.ip_allocation(a.ip);
+        compares.push(unchanged(&ip_key, *rev));
+        ops.push(TxnOp::put(
+            ip_key,
+            json(&IpAllocation {
+                service: service.to_string(),
+            }),
+            on_lease(),
+        ));
+    }
+    if store
+        .txn("release txn", Txn::new().when(compares).and_then(ops))
+        .await?
+    {
+        tracing::info!(service, ip = %a.ip, ?retention, "Service gone: its IP is kept for it for the retention window");
+    } else {
+        store.revoke(lease).await?;
+    }
+    read_allocations(store, keys, state).await
+}
+
+/// Apply desired-key writes on `lease`, each guarded by the revision it was planned from.
+/// Returns how many were skipped because the key changed meanwhile.
+pub async fn write_keys(
+    store: &mut Store,
+    keys: &Keys,
+    writes: &[KeyWrite],
+    lease: i64,
+) -> Result<usize, StoreError> {
+    let mut raced = 0;
+    for w in writes {
+        let (key, rev, op) = match w {
+            KeyWrite::Put {
+                ip,
+                value,
+                mod_revision,
+            } => {
+                let key = keys.desired(*ip);
+                let op = TxnOp::put(
+                    key.clone(),
+                    json(value),
+                    Some(PutOptions::new().with_lease(lease)),
+                );
+                (key, *mod_revision, op)
+            }
+            KeyWrite::Delete { ip, mod_revision } => {
+                let key = keys.desired(*ip);
+                (key.clone(), *mod_revision, TxnOp::delete(key, None))
+            }
+        };
+        let txn = Txn::new().when([unchanged(&key, rev)]).and_then([op]);
+        if !store.txn("desired key txn", txn).await? {
+            raced += 1;
+        }
+    }
+    Ok(raced)
+}

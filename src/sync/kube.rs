@@ -1,0 +1,123 @@
+//! extip-sync's Kubernetes side: what a Service asks for, its load-balancer status,
+//! and Events that tell the Service's owner why an IP was refused.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::Client;
+
+use super::plan::{
+    Refusal, ServiceView, ANNOTATION_INTERFACE, ANNOTATION_IP, ANNOTATION_POOL, ANNOTATION_REPLICAS,
+};
+
+/// `namespace/name` of a Service.
+pub fn service_name(svc: &Service) -> String {
+    format!(
+        "{}/{}",
+        svc.metadata.namespace.as_deref().unwrap_or("default"),
+        svc.metadata.name.as_deref().unwrap_or_default()
+    )
+}
+
+/// What the sync needs of a Service.
+pub fn view_of(svc: &Service) -> ServiceView {
+    let spec = svc.spec.clone().unwrap_or_default();
+    let annotation = |key: &str| {
+        svc.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(key))
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    };
+    ServiceView {
+        name: service_name(svc),
+        load_balancer: spec.type_.as_deref() == Some("LoadBalancer"),
+        external_ips: spec.external_ips.unwrap_or_default(),
+        requested_ip: annotation(ANNOTATION_IP)
+            .or_else(|| spec.load_balancer_ip.filter(|ip| !ip.is_empty())),
+        pool: annotation(ANNOTATION_POOL),
+        replicas: annotation(ANNOTATION_REPLICAS),
+        interface: annotation(ANNOTATION_INTERFACE),
+    }
+}
+
+/// The IPs in `status.loadBalancer.ingress`.
+pub fn ingress_ips(svc: &Service) -> Vec<String> {
+    svc.status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .map(|i| i.iter().filter_map(|e| e.ip.clone()).collect())
+        .unwrap_or_default()
+}
+
+/// Set `status.loadBalancer.ingress` to `ip` (nothing: empty) through the status subresource.
+pub async fn set_ingress(client: &Client, svc: &Service, ip: Option<IpAddr>) -> kube::Result<()> {
+    let ns = svc.metadata.namespace.as_deref().unwrap_or("default");
+    let name = svc.metadata.name.as_deref().unwrap_or_default();
+    let ingress: Vec<serde_json::Value> = ip
+        .map(|ip| serde_json::json!({"ip": ip.to_string(), "ipMode": "VIP"}))
+        .into_iter()
+        .collect();
+    let patch = serde_json::json!({"status": {"loadBalancer": {"ingress": ingress}}});
+    Api::<Service>::namespaced(client.clone(), ns)
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map(|_| ())
+}
+
+/// Post a core/v1 Event on the Service: `kubectl describe svc` and `kubectl get events` show it.
+pub async fn post_event(
+    client: &Client,
+    svc: &Service,
+    refusal: &Refusal,
+    identity: &str,
+) -> kube::Result<()> {
+    let ns = svc
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    let now = Time(k8s_openapi::chrono::Utc::now());
+    let name = svc.metadata.name.clone().unwrap_or_default();
+    let event = Event {
+        metadata: ObjectMeta {
+            generate_name: Some(format!("{name}.")),
+            namespace: Some(ns.clone()),
+            ..Default::default()
+        },
+        involved_object: ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Service".into()),
+            name: Some(name),
+            namespace: Some(ns.clone()),
+            uid: svc.metadata.uid.clone(),
+            resource_version: svc.metadata.resource_version.clone(),
+            ..Default::default()
+        },
+        reason: Some(refusal.reason.to_string()),
+        message: Some(refusal.message.clone()),
+        type_: Some("Warning".into()),
+        count: Some(1),
+        first_timestamp: Some(now.clone()),
+        last_timestamp: Some(now),
+        source: Some(EventSource {
+            component: Some("extip-sync".into()),
+            host: None,
+        }),
+        reporting_component: Some("extip-sync".into()),
+        reporting_instance: Some(identity.to_string()),
+        ..Default::default()
+    };
+    Api::<Event>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &event)
+        .await
+        .map(|_| ())
+}
+
+/// The Services the sync watches, keyed by `namespace/name`.
+pub type ServiceMap = BTreeMap<String, Service>;

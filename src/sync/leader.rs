@@ -1,0 +1,143 @@
+//! Leader election among extip-sync replicas, and keeping a lease alive.
+//!
+//! The leader key `<prefix>/sync/leader` hangs on a short election lease; the desired
+//! keys hang on each replica's long data lease. A standby that wins the election
+//! re-attaches every key to its own data lease in its first reconcile, long before the
+//! dead leader's data lease can expire, so no key disappears during a handover.
+
+use std::time::{Duration, Instant};
+
+use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::store::{Store, StoreError};
+
+use super::Connector;
+
+/// Keep `lease` alive every `ttl / 3` until it is lost; returns why.
+/// `lost_after`: how long without a renewal counts as lost (the holder must stop
+/// acting on the lease before etcd could expire it).
+pub async fn keep_alive(
+    store: &mut Store,
+    lease: i64,
+    ttl: Duration,
+    lost_after: Duration,
+) -> StoreError {
+    let mut stream = match store.keep_alive(lease).await {
+        Ok(s) => s,
+        Err(e) => return e,
+    };
+    let mut last_ok = Instant::now();
+    let mut tick = tokio::time::interval(ttl / 3);
+    loop {
+        tick.tick().await;
+        let renewed = async {
+            stream.send().await?;
+            stream.recv().await
+        };
+        match tokio::time::timeout(ttl / 3, renewed).await {
+            Ok(Ok(0)) => return StoreError::LeaseNotFound(lease),
+            Ok(Ok(_)) => last_ok = Instant::now(),
+            Ok(Err(e)) => warn!(error = %e, lease = format!("{lease:x}"), "lease renewal failed"),
+            Err(_) => warn!(lease = format!("{lease:x}"), "lease renewal timed out"),
+        }
+        if last_ok.elapsed() >= lost_after {
+            return StoreError::LeaseNotFound(lease);
+        }
+    }
+}
+
+/// Campaign for leadership forever; `leading` is true exactly while this replica may write.
+/// With `assume` (tests only) it leads without an election.
+/// On `shutdown` the election lease is revoked, so a standby takes over at once.
+pub async fn run(
+    connector: Connector,
+    identity: String,
+    ttl: Duration,
+    assume: bool,
+    leading: watch::Sender<bool>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    if assume {
+        warn!("--assume-leader: leading without an election (for tests: two such replicas race)");
+        let _ = leading.send(true);
+        return;
+    }
+    let key = connector.keys.sync_leader();
+    let poll = (ttl / 4).min(Duration::from_secs(1));
+    loop {
+        let mut store = match connector.connect().await {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(error = %e, "election: cannot reach etcd");
+                tokio::time::sleep(poll).await;
+                continue;
+            }
+        };
+        match campaign(&mut store, &key, &identity, ttl).await {
+            Ok(Some(lease)) => {
+                info!(identity, "leading: this replica writes the desired keys");
+                let _ = leading.send(true);
+                // Stop writing a third of the TTL before etcd could hand the key to another.
+                tokio::select! {
+                    why = keep_alive(&mut store, lease, ttl, ttl * 2 / 3) => {
+                        let _ = leading.send(false);
+                        warn!(error = %why, "lost leadership");
+                    }
+                    _ = shutdown.changed() => {
+                        let _ = leading.send(false);
+                        resign(&connector, lease).await;
+                        return;
+                    }
+                }
+            }
+            Ok(None) => tokio::time::sleep(poll).await,
+            Err(e) => {
+                warn!(error = %e, "election: etcd request failed");
+                tokio::time::sleep(poll).await;
+            }
+        }
+    }
+}
+
+/// One attempt: the election lease when this replica now holds the leader key.
+async fn campaign(
+    store: &mut Store,
+    key: &str,
+    identity: &str,
+    ttl: Duration,
+) -> Result<Option<i64>, StoreError> {
+    let lease = store.grant(ttl.as_secs().max(1) as i64).await?;
+    let value = serde_json::json!({
+        "identity": identity,
+        "since": humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+    });
+    let txn = Txn::new()
+        .when([Compare::create_revision(key, CompareOp::Equal, 0)])
+        .and_then([TxnOp::put(
+            key,
+            value.to_string(),
+            Some(PutOptions::new().with_lease(lease)),
+        )]);
+    if store.txn("election txn", txn).await? {
+        return Ok(Some(lease));
+    }
+    store.revoke(lease).await?;
+    Ok(None)
+}
+
+/// Give up leadership at shutdown so a standby takes over at once.
+async fn resign(connector: &Connector, lease: i64) {
+    match connector.connect().await {
+        Ok(mut store) => match store.revoke(lease).await {
+            Ok(()) => info!("resigned leadership"),
+            Err(e) => {
+                warn!(error = %e, "could not resign; a standby leads once the election lease expires")
+            }
+        },
+        Err(e) => {
+            warn!(error = %e, "could not resign; a standby leads once the election lease expires")
+        }
+    }
+}

@@ -1,0 +1,227 @@
+//! extip-sync: Kubernetes Services into `<prefix>/ips/<ip>` keys on the sync's lease.
+//!
+//! One loop: kube-rs watchers feed a map of Services; whenever it changes (debounced),
+//! leadership changes or the resync timer fires, the leader reconciles: allocation
+//! steps, desired keys, Service status, Events. Standbys keep their map warm and write
+//! nothing.
+
+pub mod config;
+mod etcd;
+pub mod kube;
+mod leader;
+pub mod plan;
+mod reconcile;
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use ::kube::runtime::watcher::{self, Event};
+use ::kube::runtime::WatchStreamExt;
+use ::kube::{Api, Client};
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::Service;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use crate::model::Keys;
+use crate::store::{EtcdAuth, Store, StoreError};
+
+pub use config::{SyncConfig, SyncSettings};
+use kube::{service_name, ServiceMap};
+use reconcile::Reconciler;
+
+/// Bound on connecting to etcd and on every request.
+const ETCD_TIMEOUT: Duration = Duration::from_secs(5);
+/// Changes arriving within this window cost one reconcile.
+const DEBOUNCE: Duration = Duration::from_millis(50);
+/// Wait before retrying a reconcile that failed.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// How to reach etcd; each task opens its own connection.
+#[derive(Clone)]
+pub struct Connector {
+    endpoints: Vec<String>,
+    auth: EtcdAuth,
+    /// The key layout.
+    pub keys: Keys,
+}
+
+impl Connector {
+    /// A connection to the first endpoint that answers.
+    pub async fn connect(&self) -> Result<Store, StoreError> {
+        let probe = self.keys.sync_leader();
+        Store::connect_any(
+            &self.endpoints,
+            0,
+            ETCD_TIMEOUT,
+            ETCD_TIMEOUT,
+            &self.auth,
+            &probe,
+        )
+        .await
+        .map(|(store, _)| store)
+    }
+}
+
+/// The client for `--kubeconfig`, else in-cluster, else `$KUBECONFIG` / `~/.kube/config`.
+async fn kube_client(path: Option<&std::path::Path>) -> anyhow::Result<Client> {
+    use ::kube::config::{Config, KubeConfigOptions, Kubeconfig};
+    let config = match path {
+        Some(p) => {
+            let kc = Kubeconfig::read_from(p)
+                .map_err(|e| anyhow::anyhow!("kubeconfig: {}: {e}", p.display()))?;
+            Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?
+        }
+        None if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() => Config::incluster()?,
+        None => Config::from_kubeconfig(&KubeConfigOptions::default()).await?,
+    };
+    Ok(Client::try_from(config)?)
+}
+
+/// Watch streams, one per namespace (or one for all), tagged with their index.
+fn service_streams(
+    client: &Client,
+    namespaces: &[String],
+) -> impl Stream<Item = (usize, watcher::Result<Event<Service>>)> + Unpin {
+    let apis: Vec<Api<Service>> = if namespaces.is_empty() {
+        vec![Api::all(client.clone())]
+    } else {
+        namespaces
+            .iter()
+            .map(|ns| Api::namespaced(client.clone(), ns))
+            .collect()
+    };
+    let streams = apis.into_iter().enumerate().map(|(i, api)| {
+        watcher(api, watcher::Config::default())
+            .default_backoff()
+            .map(move |e| (i, e))
+            .boxed()
+    });
+    futures::stream::select_all(streams)
+}
+
+use ::kube::runtime::watcher::watcher;
+
+/// The Services as the watchers report them, swapped in whole after each (re-)list.
+struct ServiceCache {
+    /// `None` scope: all namespaces.
+    scopes: Vec<Option<String>>,
+    map: ServiceMap,
+    listing: HashMap<usize, ServiceMap>,
+    listed: BTreeSet<usize>,
+}
+
+impl ServiceCache {
+    fn new(namespaces: &[String]) -> Self {
+        let scopes = if namespaces.is_empty() {
+            vec![None]
+        } else {
+            namespaces.iter().cloned().map(Some).collect()
+        };
+        ServiceCache {
+            scopes,
+            map: ServiceMap::new(),
+            listing: HashMap::new(),
+            listed: BTreeSet::new(),
+        }
+    }
+
+    /// Every scope listed once and none in the middle of a re-list: the map is complete.
+    fn complete(&self) -> bool {
+        self.listing.is_empty() && self.listed.len() == self.scopes.len()
+    }
+
+    /// Apply one watcher event; true when the map changed.
+    fn apply(&mut self, i: usize, event: Event<Service>) -> bool {
+        match event {
+            Event::Init => {
+                self.listing.insert(i, ServiceMap::new());
+                false
+            }
+            Event::InitApply(svc) => {
+                self.listing
+                    .entry(i)
+                    .or_default()
+                    .insert(service_name(&svc), svc);
+                false
+            }
+            Event::InitDone => {
+                let fresh = self.listing.remove(&i).unwrap_or_default();
+                let scope = self.scopes.get(i).cloned().flatten();
+                self.map.retain(|name, _| {
+                    scope
+                        .as_ref()
+                        .is_some_and(|ns| !name.starts_with(&format!("{ns}/")))
+                });
+                self.map.extend(fresh);
+                self.listed.insert(i);
+                info!(services = self.map.len(), "Services listed");
+                true
+            }
+            Event::Apply(svc) => {
+                self.map.insert(service_name(&svc), svc);
+                true
+            }
+            Event::Delete(svc) => {
+                self.map.remove(&service_name(&svc));
+                true
+            }
+        }
+    }
+}
+
+/// Run extip-sync until SIGTERM or SIGINT.
+pub async fn run(cfg: SyncConfig) -> anyhow::Result<()> {
+    let client = kube_client(cfg.kubeconfig.as_deref()).await?;
+    let connector = Connector {
+        endpoints: cfg.etcd.clone(),
+        auth: cfg.etcd_auth.clone(),
+        keys: Keys::new(&cfg.prefix),
+    };
+    connector.connect().await?;
+    info!(identity = %cfg.identity, etcd = ?cfg.etcd, lease_ttl = ?cfg.lease_ttl, election_ttl = ?cfg.election_ttl, "extip-sync starting");
+    let (leading_tx, mut leading) = watch::channel(false);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let election = tokio::spawn(leader::run(
+        connector.clone(),
+        cfg.identity.clone(),
+        cfg.election_ttl,
+        cfg.assume_leader,
+        leading_tx,
+        stop_rx,
+    ));
+    let mut streams = service_streams(&client, &cfg.namespaces);
+    let mut cache = ServiceCache::new(&cfg.namespaces);
+    let mut reconciler = Reconciler::new(connector, client, &cfg);
+    let mut resync = tokio::time::interval(cfg.resync);
+    let mut due: Option<Instant> = None;
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        let ready = cache.complete() && *leading.borrow();
+        let at = due.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        tokio::select! {
+            Some((i, event)) = streams.next() => match event {
+                Ok(e) => if cache.apply(i, e) { due = due.or(Some(Instant::now() + DEBOUNCE)) },
+                Err(e) => warn!(error = %e, "Service watch failed; kube-rs retries with back-off"),
+            },
+            Ok(()) = leading.changed() => due = Some(Instant::now()),
+            _ = resync.tick() => due = due.or(Some(Instant::now())),
+            () = tokio::time::sleep_until(at), if ready && due.is_some() => {
+                due = match reconciler.reconcile(&cache.map).await {
+                    Ok(()) => None,
+                    Err(e) => {
+                        warn!(error = %e, "reconcile failed; retrying");
+                        Some(Instant::now() + RETRY)
+                    }
+                };
+            }
+            _ = tokio::signal::ctrl_c() => break,
+            _ = terminate.recv() => break,
+        }
+    }
+    info!("stopping: handing leadership over; the desired keys stay on their lease");
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(ETCD_TIMEOUT, election).await;
+    Ok(())
+}

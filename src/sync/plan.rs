@@ -1,0 +1,368 @@
+//! The pure core of extip-sync: which allocations to make or release, which desired
+//! keys Services ask for, and which etcd writes turn what is into what should be.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use crate::model::{DesiredValue, ServiceAllocation, Source, MANAGED_BY_SYNC};
+use crate::pools::{pool_for, Pool};
+
+/// Annotation naming the IP a LoadBalancer Service wants.
+pub const ANNOTATION_IP: &str = "extip.io/ip";
+/// Annotation naming the pool to allocate from.
+pub const ANNOTATION_POOL: &str = "extip.io/pool";
+/// Annotation overriding `replicas` of the Service's IPs.
+pub const ANNOTATION_REPLICAS: &str = "extip.io/replicas";
+/// Annotation overriding `interface` of the Service's IPs.
+pub const ANNOTATION_INTERFACE: &str = "extip.io/interface";
+
+/// What the sync needs to know of one Service.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ServiceView {
+    /// `namespace/name`.
+    pub name: String,
+    /// `type: LoadBalancer`.
+    pub load_balancer: bool,
+    /// `spec.externalIPs`, as written.
+    pub external_ips: Vec<String>,
+    /// `extip.io/ip`, else `spec.loadBalancerIP`.
+    pub requested_ip: Option<String>,
+    /// `extip.io/pool`.
+    pub pool: Option<String>,
+    /// `extip.io/replicas`.
+    pub replicas: Option<String>,
+    /// `extip.io/interface`.
+    pub interface: Option<String>,
+}
+
+/// Something a Service asked for that the sync will not do, and why.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Refusal {
+    /// `namespace/name`.
+    pub service: String,
+    /// Kubernetes Event reason.
+    pub reason: &'static str,
+    /// One sentence for the Event and the log.
+    pub message: String,
+}
+
+/// A change to the allocation records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AllocationStep {
+    /// Give the Service this IP (asked for, or its own released one back).
+    Take {
+        service: String,
+        ip: IpAddr,
+        pool: Option<String>,
+        requested: bool,
+    },
+    /// Give the Service the first free IP of `pool`.
+    Allocate { service: String, pool: String },
+    /// The Service is gone or no longer a LoadBalancer: keep its IP for the
+    /// retention window, then let it go.
+    Release { service: String },
+}
+
+/// Settings the plan needs.
+pub struct Policy<'a> {
+    /// Pools by name.
+    pub pools: &'a BTreeMap<String, Pool>,
+    /// CIDRs `spec.externalIPs` may use (CVE-2020-8554).
+    pub allow_external: &'a [IpNet],
+}
+
+fn refuse(service: &str, reason: &'static str, message: String) -> Refusal {
+    Refusal {
+        service: service.to_string(),
+        reason,
+        message,
+    }
+}
+
+fn parse_ip(text: &str) -> Option<IpAddr> {
+    text.trim().parse().ok()
+}
+
+/// The pool a LoadBalancer Service allocates from: its annotation, else the first pool
+/// (by name) with `auto_assign`.
+fn pool_of<'a>(svc: &ServiceView, policy: &Policy<'a>) -> Result<&'a str, Refusal> {
+    match &svc.pool {
+        Some(name) => match policy.pools.get_key_value(name) {
+            Some((name, _)) => Ok(name),
+            None => Err(refuse(
+                &svc.name,
+                "PoolNotFound",
+                format!("annotation {ANNOTATION_POOL} names pool `{name}`, which does not exist"),
+            )),
+        },
+        None => policy
+            .pools
+            .iter()
+            .find(|(_, p)| p.auto_assign)
+            .map(|(n, _)| n.as_str())
+            .ok_or_else(|| {
+                refuse(
+                    &svc.name,
+                    "NoPool",
+                    "no pool has auto_assign, so no IP can be allocated; create one with \
+                     `extip pool add NAME CIDR --auto-assign` or annotate the Service"
+                        .into(),
+                )
+            }),
+    }
+}
+
+/// Where a LoadBalancer Service's IP comes from.
+enum Wanted {
+    Ip(IpAddr),
+    Pool(String),
+}
+
+fn wanted(svc: &ServiceView, policy: &Policy) -> Result<Wanted, Refusal> {
+    let Some(text) = &svc.requested_ip else {
+        return pool_of(svc, policy).map(|p| Wanted::Pool(p.to_string()));
+    };
+    let ip = parse_ip(text).ok_or_else(|| {
+        refuse(
+            &svc.name,
+            "InvalidIP",
+            format!("requested IP `{text}` is not an IP address"),
+        )
+    })?;
+    let allowed = pool_for(ip, policy.pools).is_some()
+        || policy.allow_external.iter().any(|n| n.contains(&ip));
+    if !allowed {
+        return Err(refuse(
+            &svc.name,
+            "IPNotAllowed",
+            format!("requested IP {ip} is in no pool and not in --allow-external-ip"),
+        ));
+    }
+    Ok(Wanted::Ip(ip))
+}
+
+/// Allocation changes that make every LoadBalancer Service have one IP and free the
+/// IPs of Services that are gone.
+pub fn allocation_steps(
+    services: &[ServiceView],
+    allocations: &BTreeMap<String, ServiceAllocation>,
+    policy: &Policy,
+) -> (Vec<AllocationStep>, Vec<Refusal>) {
+    let mut steps = Vec::new();
+    let mut refusals = Vec::new();
+    let mut balancers = BTreeSet::new();
+    for svc in services.iter().filter(|s| s.load_balancer) {
+        balancers.insert(svc.name.as_str());
+        let have = allocations.get(&svc.name);
+        let step = match (wanted(svc, policy), have) {
+            (Err(r), _) => {
+                refusals.push(r);
+                continue;
+            }
+            (Ok(Wanted::Ip(ip)), Some(a)) if a.ip == ip && a.released_at.is_none() => continue,
+            (Ok(Wanted::Ip(ip)), _) => AllocationStep::Take {
+                service: svc.name.clone(),
+                ip,
+                pool: pool_for(ip, policy.pools).map(|(n, _)| n.to_string()),
+                requested: true,
+            },
+            (Ok(Wanted::Pool(_)), Some(a)) if !a.requested && a.released_at.is_none() => continue,
+            (Ok(Wanted::Pool(_)), Some(a)) if !a.requested => AllocationStep::Take {
+                service: svc.name.clone(),
+                ip: a.ip,
+                pool: a.pool.clone(),
+                requested: false,
+            },
+            (Ok(Wanted::Pool(pool)), _) => AllocationStep::Allocate {
+                service: svc.name.clone(),
+                pool,
+            },
+        };
+        steps.push(step);
+    }
+    for (service, a) in allocations {
+        if a.released_at.is_none() && !balancers.contains(service.as_str()) {
+            steps.push(AllocationStep::Release {
+                service: service.clone(),
+            });
+        }
+    }
+    (steps, refusals)
+}
+
+/// The first address of `pool` not in `taken`: network and broadcast addresses of an
+/// IPv4 pool wider than /31 are skipped, as hosts cannot use them.
+pub fn first_free(pool: &Pool, taken: &BTreeSet<IpAddr>) -> Option<IpAddr> {
+    let net = pool.cidr;
+    let skip_ends = matches!(net, IpNet::V4(n) if n.prefix_len() < 31);
+    net.hosts()
+        .chain(std::iter::once(net.network()).filter(|_| !skip_ends))
+        .chain(std::iter::once(net.broadcast()).filter(|_| !skip_ends && net.prefix_len() < 128))
+        .find(|ip| !taken.contains(ip))
+}
+
+/// The desired keys the Services ask for, and the IPs refused with the reason.
+/// `lb_ips` are the LoadBalancer IPs allocated (after [`allocation_steps`] ran).
+pub fn desired_values(
+    services: &[ServiceView],
+    lb_ips: &BTreeMap<String, IpAddr>,
+    policy: &Policy,
+) -> (BTreeMap<IpAddr, DesiredValue>, Vec<Refusal>) {
+    let mut users: BTreeMap<IpAddr, Vec<&ServiceView>> = BTreeMap::new();
+    let mut refusals = Vec::new();
+    for svc in services {
+        for text in &svc.external_ips {
+            match parse_ip(text) {
+                Some(ip) if policy.allow_external.iter().any(|n| n.contains(&ip)) => {
+                    users.entry(ip).or_default().push(svc);
+                }
+                Some(ip) => refusals.push(refuse(
+                    &svc.name,
+                    "ExternalIPRefused",
+                    format!(
+                        "externalIP {ip} is outside --allow-external-ip, so extip does not \
+                         serve it (an unchecked externalIP can hijack traffic: CVE-2020-8554)"
+                    ),
+                )),
+                None => refusals.push(refuse(
+                    &svc.name,
+                    "InvalidIP",
+                    format!("externalIP `{text}` is not an IP address"),
+                )),
+            }
+        }
+        if let Some(ip) = lb_ips.get(&svc.name).filter(|_| svc.load_balancer) {
+            users.entry(*ip).or_default().push(svc);
+        }
+    }
+    let desired = users
+        .into_iter()
+        .map(|(ip, mut svcs)| {
+            svcs.sort_by(|a, b| a.name.cmp(&b.name));
+            svcs.dedup_by(|a, b| a.name == b.name);
+            (ip, desired_value(ip, &svcs, policy, &mut refusals))
+        })
+        .collect();
+    (desired, refusals)
+}
+
+fn desired_value(
+    ip: IpAddr,
+    svcs: &[&ServiceView],
+    policy: &Policy,
+    refusals: &mut Vec<Refusal>,
+) -> DesiredValue {
+    let names: Vec<String> = svcs.iter().map(|s| s.name.clone()).collect();
+    let source = match names.as_slice() {
+        [one] => Source::One(one.clone()),
+        _ => Source::Many(names),
+    };
+    let mut value = DesiredValue {
+        pool: pool_for(ip, policy.pools).map(|(n, _)| n.to_string()),
+        source: Some(source),
+        managed_by: Some(MANAGED_BY_SYNC.to_string()),
+        ..Default::default()
+    };
+    // Several Services on one IP: the first (by name) that sets an override wins.
+    if let Some(svc) = svcs.iter().find(|s| s.replicas.is_some()) {
+        let text = svc.replicas.as_deref().unwrap_or_default();
+        let v = text
+            .parse::<u64>()
+            .map(serde_json::Value::from)
+            .unwrap_or_else(|_| serde_json::Value::from(text));
+        match crate::model::parse_replicas(&v) {
+            Ok(_) => value.replicas = Some(v),
+            Err(e) => refusals.push(refuse(
+                &svc.name,
+                "InvalidAnnotation",
+                format!("annotation {ANNOTATION_REPLICAS}: {e}; the IP keeps its default"),
+            )),
+        }
+    }
+    if let Some(svc) = svcs.iter().find(|s| s.interface.is_some()) {
+        let text = svc.interface.clone().unwrap_or_default();
+        match crate::model::validate_interface(text) {
+            Ok(i) => value.interface = Some(i),
+            Err(e) => refusals.push(refuse(
+                &svc.name,
+                "InvalidAnnotation",
+                format!("annotation {ANNOTATION_INTERFACE}: {e}; the IP keeps its default"),
+            )),
+        }
+    }
+    value
+}
+
+/// A desired key as it is in etcd.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExistingKey {
+    /// Its value, parsed.
+    pub value: serde_json::Value,
+    /// Lease it hangs on (0: none).
+    pub lease: i64,
+    /// Its last change, for a guarded write.
+    pub mod_revision: i64,
+}
+
+impl ExistingKey {
+    /// Whether extip-sync wrote it (and so may change or delete it).
+    pub fn managed(&self) -> bool {
+        self.value["managed_by"] == MANAGED_BY_SYNC
+    }
+}
+
+/// One guarded write of a desired key.
+#[derive(Debug, Clone, PartialEq)]
+pub enum KeyWrite {
+    /// Write the value on the sync's lease if the key is still at `mod_revision` (0:
+    /// absent): new, changed, or still on another replica's lease.
+    Put {
+        ip: IpAddr,
+        value: serde_json::Value,
+        mod_revision: i64,
+    },
+    /// Delete if still at `mod_revision`: no Service uses the IP any more.
+    Delete { ip: IpAddr, mod_revision: i64 },
+}
+
+/// The writes that make etcd hold `desired` on `lease`. Keys the sync did not write
+/// (`extip ip add`, etcdctl) are never changed or deleted.
+pub fn key_writes(
+    desired: &BTreeMap<IpAddr, DesiredValue>,
+    existing: &BTreeMap<IpAddr, ExistingKey>,
+    lease: i64,
+) -> Vec<KeyWrite> {
+    let mut writes = Vec::new();
+    for (ip, value) in desired {
+        let value = serde_json::to_value(value).unwrap_or_default();
+        match existing.get(ip) {
+            None => writes.push(KeyWrite::Put {
+                ip: *ip,
+                value,
+                mod_revision: 0,
+            }),
+            Some(k) if !k.managed() => {}
+            Some(k) if k.value == value && k.lease == lease => {}
+            Some(k) => writes.push(KeyWrite::Put {
+                ip: *ip,
+                value,
+                mod_revision: k.mod_revision,
+            }),
+        }
+    }
+    for (ip, k) in existing {
+        if k.managed() && !desired.contains_key(ip) {
+            writes.push(KeyWrite::Delete {
+                ip: *ip,
+                mod_revision: k.mod_revision,
+            });
+        }
+    }
+    writes
+}
+
+#[cfg(test)]
+#[path = "plan_tests.rs"]
+mod tests;

@@ -1,0 +1,240 @@
+use super::*;
+
+fn pools(entries: &[(&str, &str, bool)]) -> BTreeMap<String, Pool> {
+    entries
+        .iter()
+        .map(|(name, cidr, auto)| {
+            let raw = format!(r#"{{"cidr":"{cidr}","auto_assign":{auto}}}"#);
+            (
+                name.to_string(),
+                crate::pools::parse_pool(raw.as_bytes()).unwrap().0,
+            )
+        })
+        .collect()
+}
+
+fn lb(name: &str) -> ServiceView {
+    ServiceView {
+        name: name.into(),
+        load_balancer: true,
+        ..Default::default()
+    }
+}
+
+fn external(name: &str, ips: &[&str]) -> ServiceView {
+    ServiceView {
+        name: name.into(),
+        external_ips: ips.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+fn ip(text: &str) -> IpAddr {
+    text.parse().unwrap()
+}
+
+fn allocation(addr: &str, released: bool) -> ServiceAllocation {
+    ServiceAllocation {
+        ip: ip(addr),
+        pool: Some("lb".into()),
+        requested: false,
+        released_at: released.then(|| "2026-11-26T16:00:00Z".into()),
+    }
+}
+
+#[test]
+fn a_new_load_balancer_allocates_from_the_first_auto_assign_pool() {
+    let p = pools(&[
+        ("a-manual", "203.0.113.0/28", false),
+        ("lb", "198.51.100.0/28", true),
+    ]);
+    let policy = Policy {
+        pools: &p,
+        allow_external: &[],
+    };
+    let (steps, refused) = allocation_steps(&[lb("default/web")], &BTreeMap::new(), &policy);
+    assert!(refused.is_empty());
+    assert_eq!(
+        steps,
+        vec![AllocationStep::Allocate {
+            service: "default/web".into(),
+            pool: "lb".into()
+        }]
+    );
+}
+
+#[test]
+fn a_recreated_service_takes_its_released_ip_back_and_a_gone_one_releases() {
+    let p = pools(&[("lb", "198.51.100.0/28", true)]);
+    let policy = Policy {
+        pools: &p,
+        allow_external: &[],
+    };
+    let allocations = BTreeMap::from([
+        ("default/web".to_string(), allocation("198.51.100.5", true)),
+        ("default/old".to_string(), allocation("198.51.100.6", false)),
+        (
+            "default/kept".to_string(),
+            allocation("198.51.100.7", false),
+        ),
+    ]);
+    let services = [lb("default/web"), lb("default/kept")];
+    let (steps, _) = allocation_steps(&services, &allocations, &policy);
+    assert_eq!(
+        steps,
+        vec![
+            AllocationStep::Take {
+                service: "default/web".into(),
+                ip: ip("198.51.100.5"),
+                pool: Some("lb".into()),
+                requested: false
+            },
+            AllocationStep::Release {
+                service: "default/old".into()
+            },
+        ]
+    );
+}
+
+#[test]
+fn a_requested_ip_outside_pools_and_allowlist_is_refused() {
+    let p = pools(&[("lb", "198.51.100.0/28", true)]);
+    let policy = Policy {
+        pools: &p,
+        allow_external: &[],
+    };
+    let mut svc = lb("default/web");
+    svc.requested_ip = Some("192.0.2.9".into());
+    let (steps, refused) = allocation_steps(&[svc], &BTreeMap::new(), &policy);
+    assert!(steps.is_empty());
+    assert_eq!(refused[0].reason, "IPNotAllowed");
+}
+
+#[test]
+fn no_auto_assign_pool_is_a_refusal_that_says_what_to_do() {
+    let p = pools(&[("manual", "198.51.100.0/28", false)]);
+    let policy = Policy {
+        pools: &p,
+        allow_external: &[],
+    };
+    let (_, refused) = allocation_steps(&[lb("default/web")], &BTreeMap::new(), &policy);
+    assert!(refused[0].message.contains("auto_assign"), "{refused:?}");
+}
+
+#[test]
+fn first_free_skips_network_broadcast_and_taken() {
+    let p = pools(&[("lb", "198.51.100.0/30", true)]);
+    let taken = BTreeSet::from([ip("198.51.100.1")]);
+    assert_eq!(first_free(&p["lb"], &taken), Some(ip("198.51.100.2")));
+    let all = BTreeSet::from([ip("198.51.100.1"), ip("198.51.100.2")]);
+    assert_eq!(first_free(&p["lb"], &all), None);
+    let single = pools(&[("one", "198.51.100.9/32", true)]);
+    assert_eq!(
+        first_free(&single["one"], &BTreeSet::new()),
+        Some(ip("198.51.100.9"))
+    );
+}
+
+#[test]
+fn external_ips_outside_the_allowlist_are_refused_and_shared_ones_list_every_service() {
+    let p = BTreeMap::new();
+    let allow: Vec<IpNet> = vec!["198.51.100.0/24".parse().unwrap()];
+    let policy = Policy {
+        pools: &p,
+        allow_external: &allow,
+    };
+    let services = [
+        external("b/web", &["198.51.100.20", "203.0.113.9"]),
+        external("a/api", &["198.51.100.20", "not-an-ip"]),
+    ];
+    let (desired, refused) = desired_values(&services, &BTreeMap::new(), &policy);
+    assert_eq!(desired.len(), 1);
+    let value = &desired[&ip("198.51.100.20")];
+    assert_eq!(
+        value.source,
+        Some(Source::Many(vec!["a/api".into(), "b/web".into()]))
+    );
+    assert_eq!(value.managed_by.as_deref(), Some(MANAGED_BY_SYNC));
+    let reasons: Vec<_> = refused
+        .iter()
+        .map(|r| (r.service.as_str(), r.reason))
+        .collect();
+    assert_eq!(
+        reasons,
+        vec![("b/web", "ExternalIPRefused"), ("a/api", "InvalidIP")]
+    );
+    assert!(refused[0].message.contains("CVE-2020-8554"));
+}
+
+#[test]
+fn annotations_override_replicas_and_interface_and_bad_ones_are_reported() {
+    let p = pools(&[("lb", "198.51.100.0/28", true)]);
+    let policy = Policy {
+        pools: &p,
+        allow_external: &[],
+    };
+    let mut svc = lb("default/web");
+    svc.replicas = Some("all".into());
+    svc.interface = Some("eth0".into());
+    let mut bad = lb("default/bad");
+    bad.replicas = Some("many".into());
+    let lb_ips = BTreeMap::from([
+        ("default/web".to_string(), ip("198.51.100.1")),
+        ("default/bad".to_string(), ip("198.51.100.2")),
+    ]);
+    let (desired, refused) = desired_values(&[svc, bad], &lb_ips, &policy);
+    let web = &desired[&ip("198.51.100.1")];
+    assert_eq!(web.replicas, Some(serde_json::json!("all")));
+    assert_eq!(web.interface.as_deref(), Some("eth0"));
+    assert_eq!(web.pool.as_deref(), Some("lb"));
+    assert_eq!(desired[&ip("198.51.100.2")].replicas, None);
+    assert_eq!(refused.len(), 1);
+    assert_eq!(refused[0].reason, "InvalidAnnotation");
+}
+
+fn existing(value: serde_json::Value, lease: i64) -> ExistingKey {
+    ExistingKey {
+        value,
+        lease,
+        mod_revision: 7,
+    }
+}
+
+#[test]
+fn writes_reattach_to_our_lease_delete_only_our_keys_and_leave_foreign_ones() {
+    let ours = DesiredValue {
+        managed_by: Some(MANAGED_BY_SYNC.into()),
+        ..Default::default()
+    };
+    let ours_json = serde_json::to_value(&ours).unwrap();
+    let desired = BTreeMap::from([
+        (ip("198.51.100.1"), ours.clone()),
+        (ip("198.51.100.2"), ours.clone()),
+        (ip("198.51.100.3"), ours),
+    ]);
+    let have = BTreeMap::from([
+        (ip("198.51.100.1"), existing(ours_json.clone(), 11)),
+        (ip("198.51.100.2"), existing(ours_json.clone(), 99)),
+        (ip("198.51.100.3"), existing(serde_json::json!({}), 0)),
+        (ip("198.51.100.4"), existing(ours_json.clone(), 11)),
+        (
+            ip("198.51.100.5"),
+            existing(serde_json::json!({"source": "ops"}), 0),
+        ),
+    ]);
+    let writes = key_writes(&desired, &have, 11);
+    assert_eq!(
+        writes,
+        vec![
+            KeyWrite::Put {
+                ip: ip("198.51.100.2"),
+                value: ours_json,
+                mod_revision: 7
+            },
+            KeyWrite::Delete {
+                ip: ip("198.51.100.4"),
+                mod_revision: 7
+            },
+        ]
+    );
+}

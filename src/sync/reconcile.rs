@@ -1,0 +1,179 @@
+//! One reconcile of the leader: allocations, desired keys, Service status, Events.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::time::Duration;
+
+use ::kube::Client;
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use crate::store::{Store, StoreError};
+
+use super::config::SyncConfig;
+use super::etcd::{read_state, run_step, write_keys};
+use super::kube::{ingress_ips, post_event, set_ingress, view_of, ServiceMap};
+use super::plan::{allocation_steps, desired_values, key_writes, Policy, Refusal, ServiceView};
+use super::{leader, Connector};
+
+/// The data lease and the task that keeps it alive.
+struct DataLease {
+    id: i64,
+    keeper: JoinHandle<()>,
+}
+
+/// The leader's working state between reconciles.
+pub struct Reconciler {
+    connector: Connector,
+    client: Client,
+    store: Option<Store>,
+    lease: Option<DataLease>,
+    lease_ttl: Duration,
+    retention: Duration,
+    allow_external: Vec<ipnet::IpNet>,
+    identity: String,
+    /// Refusals already reported, so each gets one Event and one log line.
+    reported: BTreeSet<Refusal>,
+}
+
+impl Reconciler {
+    /// A reconciler for `cfg`; connects lazily.
+    pub fn new(connector: Connector, client: Client, cfg: &SyncConfig) -> Self {
+        Reconciler {
+            connector,
+            client,
+            store: None,
+            lease: None,
+            lease_ttl: cfg.lease_ttl,
+            retention: cfg.retention,
+            allow_external: cfg.allow_external.clone(),
+            identity: cfg.identity.clone(),
+            reported: BTreeSet::new(),
+        }
+    }
+
+    /// The data lease, granted anew when the old one was lost.
+    async fn lease(&mut self, store: &mut Store) -> Result<i64, StoreError> {
+        if let Some(l) = self.lease.as_ref().filter(|l| !l.keeper.is_finished()) {
+            return Ok(l.id);
+        }
+        let ttl = self.lease_ttl;
+        let id = store.grant(ttl.as_secs() as i64).await?;
+        info!(
+            lease = format!("{id:x}"),
+            ?ttl,
+            "desired keys hang on this lease"
+        );
+        let connector = self.connector.clone();
+        let keeper = tokio::spawn(async move {
+            loop {
+                match connector.connect().await {
+                    Ok(mut s) => {
+                        let why = leader::keep_alive(&mut s, id, ttl, ttl / 2).await;
+                        if matches!(why, StoreError::LeaseNotFound(_)) {
+                            warn!(error = %why, "data lease lost; the next reconcile puts the keys on a new one");
+                            return;
+                        }
+                    }
+                    Err(e) => warn!(error = %e, "data lease: cannot reach etcd"),
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+        self.lease = Some(DataLease { id, keeper });
+        Ok(id)
+    }
+
+    /// Bring etcd and the Services' status in line with `services`.
+    pub async fn reconcile(&mut self, services: &ServiceMap) -> anyhow::Result<()> {
+        let mut store = match self.store.take() {
+            Some(s) => s,
+            None => self.connector.connect().await?,
+        };
+        let result = self.reconcile_with(&mut store, services).await;
+        if result.is_ok() {
+            self.store = Some(store);
+        }
+        result
+    }
+
+    async fn reconcile_with(
+        &mut self,
+        store: &mut Store,
+        services: &ServiceMap,
+    ) -> anyhow::Result<()> {
+        let keys = self.connector.keys.clone();
+        let lease = self.lease(store).await?;
+        let mut state = read_state(store, &keys).await?;
+        let views: Vec<ServiceView> = services.values().map(view_of).collect();
+        let pools = state.pools.clone();
+        let policy = Policy {
+            pools: &pools,
+            allow_external: &self.allow_external,
+        };
+        let (steps, mut refusals) = allocation_steps(&views, &state.allocations(), &policy);
+        for step in &steps {
+            debug!(?step, "allocation");
+            refusals.extend(run_step(store, &keys, &mut state, step, self.retention).await?);
+        }
+        let lb_ips: BTreeMap<String, IpAddr> = state
+            .services
+            .iter()
+            .filter(|(_, (a, _))| a.released_at.is_none())
+            .map(|(svc, (a, _))| (svc.clone(), a.ip))
+            .collect();
+        let (desired, more) = desired_values(&views, &lb_ips, &policy);
+        refusals.extend(more);
+        let writes = key_writes(&desired, &state.desired, lease);
+        let raced = write_keys(store, &keys, &writes, lease).await?;
+        if !writes.is_empty() {
+            info!(
+                writes = writes.len(),
+                raced,
+                desired = desired.len(),
+                "desired keys written"
+            );
+        }
+        self.update_status(services, &lb_ips).await;
+        self.report(services, refusals).await;
+        anyhow::ensure!(
+            raced == 0,
+            "{raced} desired keys changed while being written"
+        );
+        Ok(())
+    }
+
+    /// Write each LoadBalancer Service's IP into `status.loadBalancer.ingress`.
+    async fn update_status(&self, services: &ServiceMap, lb_ips: &BTreeMap<String, IpAddr>) {
+        for (name, svc) in services {
+            if view_of(svc).load_balancer {
+                let want = lb_ips.get(name).copied();
+                let have = ingress_ips(svc);
+                if have != want.iter().map(ToString::to_string).collect::<Vec<_>>() {
+                    match set_ingress(&self.client, svc, want).await {
+                        Ok(()) => {
+                            info!(service = %name, ip = ?want, "load-balancer status updated")
+                        }
+                        Err(e) => {
+                            warn!(service = %name, error = %e, "cannot update load-balancer status")
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Log and post an Event for each refusal not reported yet; forget solved ones.
+    async fn report(&mut self, services: &ServiceMap, refusals: Vec<Refusal>) {
+        let now: BTreeSet<Refusal> = refusals.into_iter().collect();
+        for r in now.difference(&self.reported) {
+            warn!(service = %r.service, reason = r.reason, "{}", r.message);
+            if let Some(svc) = services.get(&r.service) {
+                if let Err(e) = post_event(&self.client, svc, r, &self.identity).await {
+                    warn!(service = %r.service, error = %e, "cannot post Event");
+                }
+            }
+        }
+        self.reported = now;
+    }
+}
