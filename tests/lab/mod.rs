@@ -413,6 +413,11 @@ impl Lab {
         path.to_string_lossy().into_owned()
     }
 
+    /// The lab's directory (tmpfs), removed on drop.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
     pub(crate) fn file(&self, name: &str) -> String {
         std::fs::read_to_string(self.dir.join(name)).unwrap_or_default()
     }

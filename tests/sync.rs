@@ -1,0 +1,293 @@
+//! extip-sync end to end: the stand-in API server (driven with the real kubectl), a
+//! real etcd, two sync replicas and agents in lab namespaces. Results are read with
+//! `ip`, `etcdctl` and `kubectl`, never with extip's code.
+
+mod kube;
+mod lab;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kube::ApiServer;
+use lab::{wait_for, Lab};
+
+const EXTIP_SYNC: &str = env!("CARGO_BIN_EXE_extip-sync");
+/// Election TTL of the lab's syncs: a dead leader leads this long.
+const ELECTION_TTL: Duration = Duration::from_secs(3);
+/// Data lease TTL of the lab's syncs: keys of a dead leader would vanish after this.
+const LEASE_TTL: Duration = Duration::from_secs(12);
+
+/// One extip-sync replica in etcd's namespace; killed on drop.
+struct SyncReplica {
+    child: Child,
+    log: std::path::PathBuf,
+}
+
+impl SyncReplica {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for SyncReplica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("---- {} ----\n{}", self.log.display(), self.log());
+        }
+    }
+}
+
+/// A lab with agents on `hosts` hosts, the stand-in API server and an auto-assign pool.
+struct SyncLab {
+    lab: Lab,
+    api: ApiServer,
+}
+
+impl SyncLab {
+    fn new(hosts: usize, agents: bool) -> Self {
+        let mut lab = Lab::new(hosts);
+        if agents {
+            lab.start_all();
+        }
+        let api = ApiServer::start(Some(&lab.etcd[0].ns), &lab.etcd[0].addr, lab.dir());
+        lab.extip(&["pool", "add", "lb", "198.51.100.128/25", "--auto-assign"]);
+        SyncLab { lab, api }
+    }
+
+    fn sync(&self, identity: &str, extra: &[&str]) -> SyncReplica {
+        let log = self.lab.dir().join(format!("sync-{identity}.log"));
+        let file = std::fs::File::create(&log).expect("sync log");
+        let ttl = |d: Duration| format!("{}s", d.as_secs());
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.lab.etcd[0].ns, EXTIP_SYNC])
+            .args(["--etcd", &self.lab.etcd_url(), "--identity", identity])
+            .arg("--kubeconfig")
+            .arg(self.api.kubeconfig())
+            .args([
+                "--lease-ttl",
+                &ttl(LEASE_TTL),
+                "--election-ttl",
+                &ttl(ELECTION_TTL),
+            ])
+            .args(["--allow-external-ip", "198.51.100.0/25"])
+            .args(extra)
+            .env("EXTIP_LOG", "info,extip=debug")
+            .stdout(file.try_clone().expect("log"))
+            .stderr(file)
+            .spawn()
+            .expect("start extip-sync");
+        SyncReplica { child, log }
+    }
+
+    /// The identity in the leader key, if any.
+    fn leader(&self) -> Option<String> {
+        let value = self.lab.get("/extip/sync/leader")?;
+        let json: serde_json::Value = serde_json::from_str(&value).ok()?;
+        json["identity"].as_str().map(str::to_string)
+    }
+
+    /// Desired keys under /extip/ips/ with their values.
+    fn desired(&self) -> Vec<(String, serde_json::Value)> {
+        let out = self
+            .lab
+            .etcdctl(&["get", "--prefix", "/extip/ips/"])
+            .unwrap_or_default();
+        let lines: Vec<&str> = out.lines().collect();
+        lines
+            .chunks(2)
+            .filter_map(|kv| Some((kv[0].to_string(), serde_json::from_str(kv.get(1)?).ok()?)))
+            .collect()
+    }
+
+    /// `status.loadBalancer.ingress[0].ip` as kubectl prints it.
+    fn ingress(&self, name: &str) -> String {
+        self.api.kubectl(&[
+            "get",
+            "svc",
+            name,
+            "-o",
+            "jsonpath={.status.loadBalancer.ingress[0].ip}",
+        ])
+    }
+}
+
+/// `etcdctl watch --prefix` in the background: every event under a prefix, for
+/// "never written" and "never deleted" checks that no sampling could miss.
+struct EtcdWatch {
+    child: Child,
+    out: std::path::PathBuf,
+}
+
+impl EtcdWatch {
+    fn start(lab: &Lab, prefix: &str, name: &str) -> Self {
+        let out = lab.dir().join(name);
+        let file = std::fs::File::create(&out).expect("watch file");
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &lab.etcd[0].ns,
+                "etcdctl",
+                "--endpoints",
+                &lab.etcd_url(),
+            ])
+            .args(["watch", "--prefix", prefix])
+            .env("ETCDCTL_API", "3")
+            .stdout(file)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("etcdctl watch");
+        EtcdWatch { child, out }
+    }
+
+    fn text(&self) -> String {
+        std::fs::read_to_string(&self.out).unwrap_or_default()
+    }
+}
+
+impl Drop for EtcdWatch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn service(name: &str, body: &str) -> String {
+    format!("apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n  ports:\n  - port: 80\n{body}")
+}
+
+fn wait_leader(s: &SyncLab) -> String {
+    wait_for(Duration::from_secs(15), || s.leader().is_some()).expect("a sync leads");
+    s.leader().expect("leader")
+}
+
+#[test]
+fn external_ip_follows_kubectl_apply_and_delete_and_a_foreign_one_gets_an_event() {
+    let s = SyncLab::new(3, true);
+    let watch = EtcdWatch::start(&s.lab, "/extip/ips/", "ips.watch");
+    let (_a, _b) = (s.sync("sync-a", &[]), s.sync("sync-b", &[]));
+    wait_leader(&s);
+    // Let both replicas finish their first list so the clock below measures one change.
+    wait_for(Duration::from_secs(15), || {
+        s.api
+            .requests()
+            .iter()
+            .filter(|r| r.contains("watch=true"))
+            .count()
+            >= 2
+    })
+    .expect("both replicas watch");
+    let start = Instant::now();
+    s.api
+        .apply(&service("web", "  externalIPs: [198.51.100.20]\n"));
+    let served = wait_for(Duration::from_secs(10), || {
+        s.lab.holders("198.51.100.20").len() == 1
+    });
+    let served = served.expect("198.51.100.20 on one host");
+    eprintln!("kubectl apply -> IP on a host: {:?}", start.elapsed());
+    assert!(served <= Duration::from_secs(2), "took {served:?}");
+    let key = s
+        .desired()
+        .into_iter()
+        .find(|(k, _)| k == "/extip/ips/198.51.100.20")
+        .expect("desired key");
+    assert_eq!(key.1["source"], "default/web");
+    assert_eq!(key.1["managed_by"], "extip-sync");
+
+    let start = Instant::now();
+    s.api.kubectl(&["delete", "svc", "web"]);
+    let gone = wait_for(Duration::from_secs(10), || {
+        s.lab.holders("198.51.100.20").is_empty()
+    });
+    let gone = gone.expect("198.51.100.20 removed");
+    eprintln!("kubectl delete -> IP gone: {:?}", start.elapsed());
+    assert!(gone <= Duration::from_secs(2), "took {gone:?}");
+    assert!(s.lab.get("/extip/ips/198.51.100.20").is_none());
+
+    // Outside --allow-external-ip: refused, with an Event kubectl shows.
+    s.api
+        .apply(&service("hijack", "  externalIPs: [203.0.113.50]\n"));
+    let event = wait_for(Duration::from_secs(10), || {
+        s.api
+            .kubectl(&[
+                "get",
+                "events",
+                "--field-selector",
+                "involvedObject.name=hijack",
+                "-o",
+                "json",
+            ])
+            .contains("ExternalIPRefused")
+    });
+    assert!(event.is_some(), "no ExternalIPRefused event");
+    let events = s.api.kubectl(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=hijack",
+        "-o",
+        "json",
+    ]);
+    assert!(
+        events.contains("203.0.113.50") && events.contains("CVE-2020-8554"),
+        "{events}"
+    );
+    // A later change makes the leader reconcile again; the IP still must not appear.
+    s.api
+        .apply(&service("other", "  externalIPs: [198.51.100.21]\n"));
+    wait_for(Duration::from_secs(10), || {
+        s.lab.get("/extip/ips/198.51.100.21").is_some()
+    })
+    .expect("other served");
+    assert!(
+        !watch.text().contains("203.0.113.50"),
+        "refused IP reached etcd:\n{}",
+        watch.text()
+    );
+    assert_eq!(
+        s.api.events().len(),
+        1,
+        "one Event per refusal, not one per reconcile"
+    );
+}
+
+#[test]
+fn load_balancer_gets_a_pool_ip_in_its_status_and_keeps_it_when_recreated() {
+    let s = SyncLab::new(3, true);
+    let (_a, _b) = (s.sync("sync-a", &[]), s.sync("sync-b", &[]));
+    wait_leader(&s);
+    let lb = service("shop", "  type: LoadBalancer\n");
+    s.api.apply(&lb);
+    wait_for(Duration::from_secs(10), || !s.ingress("shop").is_empty()).expect("ingress IP");
+    let ip = s.ingress("shop");
+    assert!(
+        ip.starts_with("198.51.100.1"),
+        "{ip} is not from the pool 198.51.100.128/25"
+    );
+    let table = s.api.kubectl(&["get", "svc", "shop"]);
+    assert!(
+        table.contains(&ip) && table.contains("LoadBalancer"),
+        "{table}"
+    );
+    wait_for(Duration::from_secs(10), || s.lab.holders(&ip).len() == 1).expect("LB IP on a host");
+
+    s.api.kubectl(&["delete", "svc", "shop"]);
+    wait_for(Duration::from_secs(10), || s.lab.holders(&ip).is_empty())
+        .expect("withdrawn on delete");
+    let kept = s
+        .lab
+        .get("/extip/allocations/default/shop")
+        .expect("allocation kept for the retention window");
+    assert!(kept.contains("released_at"), "{kept}");
+    // Another Service asking meanwhile must not get the kept IP.
+    s.api.apply(&service("other", "  type: LoadBalancer\n"));
+    wait_for(Duration::from_secs(10), || !s.ingress("other").is_empty()).expect("other's IP");
+    assert_ne!(s.ingress("other"), ip);
+
+    s.api.apply(&lb);
+    wait_for(Duration::from_secs(10), || !s.ingress("shop").is_empty()).expect("ingress IP again");
+    assert_eq!(s.ingress("shop"), ip, "re-created Service got another IP");
+    wait_for(Duration::from_secs(10), || s.lab.holders(&ip).len() == 1).expect("served again");
+}
