@@ -291,3 +291,166 @@ fn load_balancer_gets_a_pool_ip_in_its_status_and_keeps_it_when_recreated() {
     assert_eq!(s.ingress("shop"), ip, "re-created Service got another IP");
     wait_for(Duration::from_secs(10), || s.lab.holders(&ip).len() == 1).expect("served again");
 }
+
+#[test]
+fn two_racing_leaders_hand_200_load_balancers_200_distinct_ips() {
+    let s = SyncLab::new(1, false);
+    // 200 IPs need more than the /25 of `lb`.
+    s.lab.extip(&["pool", "rm", "lb"]);
+    s.lab
+        .extip(&["pool", "add", "race", "203.0.113.0/24", "--auto-assign"]);
+    let list: String = (0..200)
+        .map(|i| {
+            format!(
+                "---\n{}",
+                service(&format!("lb-{i:03}"), "  type: LoadBalancer\n")
+            )
+        })
+        .collect();
+    s.api.apply(&list);
+    // Both replicas find all 200 waiting and allocate at once, each believing it leads.
+    let start = Instant::now();
+    let (a, b) = (
+        s.sync("race-a", &["--assume-leader"]),
+        s.sync("race-b", &["--assume-leader"]),
+    );
+    let ips = || -> Vec<String> {
+        let out = s.api.kubectl(&[
+            "get",
+            "svc",
+            "-o",
+            "jsonpath={range .items[*]}{.status.loadBalancer.ingress[0].ip}{\"\\n\"}{end}",
+        ]);
+        out.lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect()
+    };
+    let done = wait_for(Duration::from_secs(60), || ips().len() == 200);
+    done.unwrap_or_else(|| panic!("only {} of 200 Services got an IP", ips().len()));
+    let races = a.log().matches("lost a race").count() + b.log().matches("lost a race").count();
+    eprintln!(
+        "200 LoadBalancer IPs from two racing syncs in {:?}; {races} allocation txns lost a race",
+        start.elapsed()
+    );
+    let mut all = ips();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 200, "an IP was handed out twice");
+    // etcd agrees: one record per Service and one per IP, pointing at each other.
+    let records = s
+        .lab
+        .etcdctl(&["get", "--prefix", "/extip/allocations/"])
+        .expect("allocations");
+    let lines: Vec<&str> = records.lines().collect();
+    let (mut services, mut owned) = (0, 0);
+    for kv in lines.chunks(2) {
+        let v: serde_json::Value = serde_json::from_str(kv[1]).expect("allocation JSON");
+        if v["ip"].is_string() {
+            services += 1;
+        } else {
+            owned += 1;
+        }
+    }
+    assert_eq!((services, owned), (200, 200), "{records}");
+    assert_eq!(s.desired().len(), 200);
+}
+
+#[test]
+fn killing_the_leading_sync_loses_no_desired_key_and_the_standby_takes_over() {
+    let s = SyncLab::new(3, true);
+    let mut a = s.sync("sync-a", &[]);
+    wait_for(Duration::from_secs(15), || {
+        s.leader().as_deref() == Some("sync-a")
+    })
+    .expect("sync-a leads");
+    let b = s.sync("sync-b", &[]);
+    let list: String = (20..30)
+        .map(|i| {
+            format!(
+                "---\n{}",
+                service(
+                    &format!("web-{i}"),
+                    &format!("  externalIPs: [198.51.100.{i}]\n")
+                )
+            )
+        })
+        .collect();
+    s.api.apply(&list);
+    wait_for(Duration::from_secs(10), || s.desired().len() == 10).expect("10 desired keys");
+    let watch = EtcdWatch::start(&s.lab, "/extip/ips/", "failover.watch");
+    let killed = Instant::now();
+    let _ = a.child.kill();
+    let took = wait_for(ELECTION_TTL * 3, || s.leader().as_deref() == Some("sync-b"));
+    let took = took.expect("sync-b leads");
+    eprintln!("sync-a killed -> sync-b leads after {took:?}");
+    assert!(
+        took <= ELECTION_TTL + Duration::from_secs(2),
+        "took {took:?}"
+    );
+    // Past the dead leader's data lease: every key must still be there (re-attached).
+    while killed.elapsed() < LEASE_TTL + Duration::from_secs(2) {
+        assert_eq!(s.desired().len(), 10, "a desired key disappeared");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        !watch.text().contains("DELETE"),
+        "a desired key was deleted:\n{}",
+        watch.text()
+    );
+    for i in 20..30 {
+        assert_eq!(
+            s.lab.holders(&format!("198.51.100.{i}")).len(),
+            1,
+            "198.51.100.{i} not served"
+        );
+    }
+    assert!(b.log().contains("leading"), "{}", b.log());
+}
+
+#[test]
+fn a_410_gone_watch_makes_the_sync_relist_and_pick_up_what_changed_meanwhile() {
+    let s = SyncLab::new(1, false);
+    let _a = s.sync("sync-a", &[]);
+    wait_leader(&s);
+    s.api
+        .apply(&service("web", "  externalIPs: [198.51.100.20]\n"));
+    wait_for(Duration::from_secs(10), || {
+        s.lab.get("/extip/ips/198.51.100.20").is_some()
+    })
+    .expect("served");
+    let lists = || {
+        s.api
+            .requests()
+            .iter()
+            .filter(|r| r.starts_with("GET /api/v1/services?") && !r.contains("watch=true"))
+            .count()
+    };
+    let before = lists();
+    // The watch goes quiet, the Service changes, then history is compacted: the sync's
+    // next watch gets 410 Gone, and only a re-list can show it the change.
+    s.api.pause_watches();
+    s.api.kubectl(&[
+        "patch",
+        "svc",
+        "web",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"externalIPs":["198.51.100.21"]}}"#,
+    ]);
+    s.api.expire_watches();
+    let converged = wait_for(Duration::from_secs(20), || {
+        s.lab.get("/extip/ips/198.51.100.21").is_some()
+            && s.lab.get("/extip/ips/198.51.100.20").is_none()
+    });
+    assert!(
+        converged.is_some(),
+        "the change made while the watch was down was not picked up"
+    );
+    assert!(
+        lists() > before,
+        "no re-list after 410 Gone: {:?}",
+        s.api.requests()
+    );
+}

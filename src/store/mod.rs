@@ -352,10 +352,11 @@ impl Store {
         Ok(resp.succeeded().then_some(revision))
     }
 
-    /// Run a transaction built by the caller; whether its comparisons held.
-    pub async fn txn(&mut self, op: &'static str, txn: Txn) -> Result<bool, StoreError> {
+    /// Run a transaction built by the caller; its revision when its comparisons held.
+    pub async fn txn(&mut self, op: &'static str, txn: Txn) -> Result<Option<i64>, StoreError> {
         let resp = within(self.timeout, op, self.client.txn(txn)).await?;
-        Ok(resp.succeeded())
+        let revision = resp.header().map_or(0, |h| h.revision());
+        Ok(resp.succeeded().then_some(revision))
     }
 
     /// Put `key`, on `lease` when given.

@@ -14,7 +14,7 @@ use crate::model::{
 use crate::pools::{parse_pool, Pool};
 use crate::store::{Store, StoreError};
 
-use super::plan::{first_free, AllocationStep, ExistingKey, KeyWrite, Refusal};
+use super::plan::{free_ip, AllocationStep, ExistingKey, KeyWrite, Refusal};
 
 /// Attempts at one allocation before giving up for this round (each loses a race).
 const ALLOCATION_TRIES: usize = 64;
@@ -168,7 +168,6 @@ async fn take(
         if commit(store, keys, state, service, &wanted).await? {
             return Ok(None);
         }
-        read_allocations(store, keys, state).await?;
     }
     Ok(None)
 }
@@ -193,7 +192,7 @@ async fn allocate(
             return Ok(None);
         };
         let taken: BTreeSet<IpAddr> = state.ips.keys().copied().collect();
-        let Some(ip) = first_free(p, &taken) else {
+        let Some(ip) = free_ip(p, &taken, service) else {
             return Ok(Some(Refusal {
                 service: service.to_string(),
                 reason: "PoolExhausted",
@@ -209,13 +208,14 @@ async fn allocate(
         if commit(store, keys, state, service, &wanted).await? {
             return Ok(None);
         }
-        read_allocations(store, keys, state).await?;
     }
     Ok(None)
 }
 
 /// Write both allocation keys (no lease: they stay while the Service does) if nothing
 /// changed since `state` was read; frees the Service's previous IP in the same txn.
+/// `state` is updated in place on success and re-read on a lost race, so a reconcile
+/// of many Services reads the allocations once, not once per Service.
 async fn commit(
     store: &mut Store,
     keys: &Keys,
@@ -235,24 +235,37 @@ async fn commit(
         TxnOp::put(svc_key, json(wanted), None),
         TxnOp::put(ip_key, json(&owner), None),
     ];
-    if let Some((old, _)) = state
+    let previous = state
         .services
         .get(service)
-        .filter(|(a, _)| a.ip != wanted.ip)
+        .map(|(a, _)| a.ip)
+        .filter(|ip| *ip != wanted.ip);
+    let freed = previous.filter(|old| state.ips.get(old).is_some_and(|(o, _)| o == service));
+    if let Some(old) = freed {
+        let old_key = keys.ip_allocation(old);
+        compares.push(unchanged(&old_key, state.ips[&old].1));
+        ops.push(TxnOp::delete(old_key, None));
+    }
+    match store
+        .txn("allocation txn", Txn::new().when(compares).and_then(ops))
+        .await?
     {
-        if let Some((_, rev)) = state.ips.get(&old.ip).filter(|(o, _)| o == service) {
-            let old_key = keys.ip_allocation(old.ip);
-            compares.push(unchanged(&old_key, *rev));
-            ops.push(TxnOp::delete(old_key, None));
+        Some(rev) => {
+            if let Some(old) = freed {
+                state.ips.remove(&old);
+            }
+            state
+                .services
+                .insert(service.to_string(), (wanted.clone(), rev));
+            state.ips.insert(wanted.ip, (service.to_string(), rev));
+            Ok(true)
+        }
+        None => {
+            tracing::debug!(service, ip = %wanted.ip, "allocation lost a race; re-reading");
+            read_allocations(store, keys, state).await?;
+            Ok(false)
         }
     }
-    let committed = store
-        .txn("allocation txn", Txn::new().when(compares).and_then(ops))
-        .await?;
-    if committed {
-        read_allocations(store, keys, state).await?;
-    }
-    Ok(committed)
 }
 
 /// Keep a gone Service's IP for `retention` on a lease of that length, so the same
@@ -292,6 +305,7 @@ async fn release(
     if store
         .txn("release txn", Txn::new().when(compares).and_then(ops))
         .await?
+        .is_some()
     {
         tracing::info!(service, ip = %a.ip, ?retention, "Service gone: its IP is kept for it for the retention window");
     } else {
@@ -330,7 +344,7 @@ pub async fn write_keys(
             }
         };
         let txn = Txn::new().when([unchanged(&key, rev)]).and_then([op]);
-        if !store.txn("desired key txn", txn).await? {
+        if store.txn("desired key txn", txn).await?.is_none() {
             raced += 1;
         }
     }

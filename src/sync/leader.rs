@@ -120,7 +120,7 @@ async fn campaign(
             value.to_string(),
             Some(PutOptions::new().with_lease(lease)),
         )]);
-    if store.txn("election txn", txn).await? {
+    if store.txn("election txn", txn).await?.is_some() {
         return Ok(Some(lease));
     }
     store.revoke(lease).await?;

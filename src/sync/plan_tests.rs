@@ -122,16 +122,38 @@ fn no_auto_assign_pool_is_a_refusal_that_says_what_to_do() {
 }
 
 #[test]
-fn first_free_skips_network_broadcast_and_taken() {
+fn free_ip_skips_network_broadcast_and_taken_and_spreads_services() {
     let p = pools(&[("lb", "198.51.100.0/30", true)]);
-    let taken = BTreeSet::from([ip("198.51.100.1")]);
-    assert_eq!(first_free(&p["lb"], &taken), Some(ip("198.51.100.2")));
-    let all = BTreeSet::from([ip("198.51.100.1"), ip("198.51.100.2")]);
-    assert_eq!(first_free(&p["lb"], &all), None);
+    let usable = [ip("198.51.100.1"), ip("198.51.100.2")];
+    let first = free_ip(&p["lb"], &BTreeSet::new(), "default/web").unwrap();
+    assert!(usable.contains(&first), "{first}");
+    let other = free_ip(&p["lb"], &BTreeSet::from([first]), "default/web").unwrap();
+    assert!(usable.contains(&other) && other != first);
+    assert_eq!(
+        free_ip(&p["lb"], &BTreeSet::from(usable), "default/web"),
+        None
+    );
     let single = pools(&[("one", "198.51.100.9/32", true)]);
     assert_eq!(
-        first_free(&single["one"], &BTreeSet::new()),
+        free_ip(&single["one"], &BTreeSet::new(), "x/y"),
         Some(ip("198.51.100.9"))
+    );
+    let wide = pools(&[("v6", "2001:db8:7::/64", true)]);
+    let a = free_ip(&wide["v6"], &BTreeSet::new(), "default/a").unwrap();
+    assert!(wide["v6"].cidr.contains(&a));
+    let spread: BTreeSet<IpAddr> = (0..50)
+        .filter_map(|i| {
+            free_ip(
+                &pools(&[("lb", "198.51.100.0/24", true)])["lb"],
+                &BTreeSet::new(),
+                &format!("ns/s{i}"),
+            )
+        })
+        .collect();
+    assert!(
+        spread.len() > 30,
+        "{} distinct starting points for 50 names",
+        spread.len()
     );
 }
 

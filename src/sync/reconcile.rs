@@ -13,7 +13,9 @@ use crate::store::{Store, StoreError};
 use super::config::SyncConfig;
 use super::etcd::{read_state, run_step, write_keys};
 use super::kube::{ingress_ips, post_event, set_ingress, view_of, ServiceMap};
-use super::plan::{allocation_steps, desired_values, key_writes, Policy, Refusal, ServiceView};
+use super::plan::{
+    allocation_steps, desired_values, key_writes, order_for_replica, Policy, Refusal, ServiceView,
+};
 use super::{leader, Connector};
 
 /// The data lease and the task that keeps it alive.
@@ -111,7 +113,8 @@ impl Reconciler {
             pools: &pools,
             allow_external: &self.allow_external,
         };
-        let (steps, mut refusals) = allocation_steps(&views, &state.allocations(), &policy);
+        let (mut steps, mut refusals) = allocation_steps(&views, &state.allocations(), &policy);
+        order_for_replica(&mut steps, &self.identity);
         for step in &steps {
             debug!(?step, "allocation");
             refusals.extend(run_step(store, &keys, &mut state, step, self.retention).await?);
