@@ -220,7 +220,7 @@ pub fn free_ip(pool: &Pool, taken: &BTreeSet<IpAddr>, service: &str) -> Option<I
     let start = u128::from(name_hash(service)) % size;
     (0..size)
         .map(|k| (start + k) % size)
-        .filter(|&k| !(skip_first && k == 0) && !(skip_last && k == size - 1))
+        .filter(|&k| !(skip_first && k == 0 || skip_last && k == size - 1))
         .map(|k| match net {
             IpNet::V4(_) => IpAddr::from(std::net::Ipv4Addr::from((base + k) as u32)),
             IpNet::V6(_) => IpAddr::from(std::net::Ipv6Addr::from(base + k)),
