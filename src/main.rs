@@ -80,10 +80,13 @@ fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
     anyhow::bail!("{}: {} problem(s)", path.display(), problems.len())
 }
 
-/// One man page per command and subcommand (extip.1, extip-agent.1, extip-ip-add.1, …).
+/// One man page per command and subcommand (extip.1, extip-agent.1, extip-ip-add.1, …),
+/// and extip-sync.1.
 fn write_manpages(out: &std::path::Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(out)?;
     let cmd = Cli::command();
     clap_mangen::generate_to(cmd, out)?;
+    #[cfg(feature = "sync")]
+    clap_mangen::generate_to(extip::sync::SyncCli::command(), out)?;
     Ok(())
 }

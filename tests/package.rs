@@ -48,8 +48,12 @@ fn the_deb_installs_its_files_into_a_fresh_root() {
     let listed = run("dpkg", &["--root", &f, "-L", "extip"]);
     for file in [
         "/usr/bin/extip",
+        "/usr/bin/extip-sync",
         "/lib/systemd/system/extip-agent.service",
+        "/lib/systemd/system/extip-sync.service",
         "/etc/extip/agent.toml",
+        "/etc/extip/sync.toml",
+        "/usr/share/doc/extip/k8s/rbac.yaml",
         "/usr/share/bash-completion/completions/extip",
         "/usr/share/zsh/vendor-completions/_extip",
         "/usr/share/fish/vendor_completions.d/extip.fish",
@@ -72,6 +76,12 @@ fn the_deb_installs_its_files_into_a_fresh_root() {
         page.contains("--lease-ttl"),
         "the man page lacks the flags:\n{page}"
     );
+    let sync_man = listed
+        .lines()
+        .find(|l| l.starts_with("/usr/share/man/man1/extip-sync.1"))
+        .unwrap_or_else(|| panic!("no extip-sync man page:\n{listed}"));
+    let page = run("man", &["-l", &format!("{f}{sync_man}")]);
+    assert!(page.contains("--allow-external-ip"), "{page}");
 
     // The postinst creates the unprivileged user the unit runs as.
     let control = fresh.join("control");
@@ -85,5 +95,15 @@ fn the_deb_installs_its_files_into_a_fresh_root() {
     let binary = format!("{f}/usr/bin/extip");
     std::fs::write(&copy, unit.replace("/usr/bin/extip", &binary)).unwrap();
     run("systemd-analyze", &["verify", &copy.to_string_lossy()]);
+    let sync_unit =
+        std::fs::read_to_string(fresh.join("lib/systemd/system/extip-sync.service")).unwrap();
+    let sync_copy = fresh.join("extip-sync.service");
+    let sync_binary = format!("{f}/usr/bin/extip-sync");
+    std::fs::write(
+        &sync_copy,
+        sync_unit.replace("/usr/bin/extip-sync ", &format!("{sync_binary} ")),
+    )
+    .unwrap();
+    run("systemd-analyze", &["verify", &sync_copy.to_string_lossy()]);
     std::fs::remove_dir_all(&fresh).unwrap();
 }

@@ -251,6 +251,7 @@ fn external_ip_follows_kubectl_apply_and_delete_and_a_foreign_one_gets_an_event(
         1,
         "one Event per refusal, not one per reconcile"
     );
+    every_sync_request_is_allowed_by_the_shipped_cluster_role(&s.api, ("create", "events"));
 }
 
 #[test]
@@ -290,6 +291,75 @@ fn load_balancer_gets_a_pool_ip_in_its_status_and_keeps_it_when_recreated() {
     wait_for(Duration::from_secs(10), || !s.ingress("shop").is_empty()).expect("ingress IP again");
     assert_eq!(s.ingress("shop"), ip, "re-created Service got another IP");
     wait_for(Duration::from_secs(10), || s.lab.holders(&ip).len() == 1).expect("served again");
+    every_sync_request_is_allowed_by_the_shipped_cluster_role(&s.api, ("patch", "services/status"));
+}
+
+/// The ClusterRole in config/k8s/rbac.yaml allows every request the syncs made.
+/// `expected`: a request the test made the syncs do, so the check cannot pass empty.
+fn every_sync_request_is_allowed_by_the_shipped_cluster_role(
+    api: &ApiServer,
+    expected: (&str, &str),
+) {
+    let rbac = concat!(env!("CARGO_MANIFEST_DIR"), "/config/k8s/rbac.yaml");
+    // kubectl parses the file offline (--local) and prints one JSON document per object.
+    let text = api.kubectl(&["label", "--local", "-f", rbac, "checked=yes", "-o", "json"]);
+    let objects: Vec<serde_json::Value> = serde_json::Deserializer::from_str(&text)
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .expect("rbac.yaml");
+    let role = objects
+        .iter()
+        .find(|o| o["kind"] == "ClusterRole")
+        .expect("ClusterRole");
+    let allowed = |verb: &str, resource: &str| {
+        role["rules"].as_array().into_iter().flatten().any(|r| {
+            let has =
+                |field: &str, v: &str| r[field].as_array().into_iter().flatten().any(|x| x == v);
+            has("apiGroups", "") && has("resources", resource) && has("verbs", verb)
+        })
+    };
+    let mut used = std::collections::BTreeSet::new();
+    for line in api.requests() {
+        let mut parts = line.split(' ');
+        let (method, target, agent) = (
+            parts.next().unwrap_or(""),
+            parts.next().unwrap_or(""),
+            parts.next().unwrap_or(""),
+        );
+        if agent.starts_with("kubectl") || !target.starts_with("/api/v1/") {
+            continue;
+        }
+        let path = target.split('?').next().unwrap_or("");
+        let segments: Vec<&str> = path.trim_start_matches("/api/v1/").split('/').collect();
+        let (resource, named) = match segments.as_slice() {
+            ["namespaces", _, r, _, "status"] => (format!("{r}/status"), true),
+            ["namespaces", _, r, _] => (r.to_string(), true),
+            ["namespaces", _, r] | [r] => (r.to_string(), false),
+            _ => panic!("unexpected request {line}"),
+        };
+        let verb = match (method, named) {
+            ("GET", _) if target.contains("watch=true") => "watch",
+            ("GET", false) => "list",
+            ("GET", true) => "get",
+            ("POST", _) => "create",
+            ("PATCH", _) => "patch",
+            ("PUT", _) => "update",
+            ("DELETE", _) => "delete",
+            _ => panic!("unexpected request {line}"),
+        };
+        used.insert((verb, resource));
+    }
+    eprintln!("requests of extip-sync: {used:?}");
+    assert!(
+        used.contains(&(expected.0, expected.1.to_string())),
+        "{used:?}"
+    );
+    for (verb, resource) in &used {
+        assert!(
+            allowed(verb, resource),
+            "config/k8s/rbac.yaml does not allow {verb} {resource}"
+        );
+    }
 }
 
 #[test]

@@ -3,21 +3,9 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use extip::cli::{init_logging, LogFormat};
+use extip::cli::init_logging;
 use extip::config::hostname;
-use extip::sync::{SyncConfig, SyncSettings};
-
-/// Copies Kubernetes Service externalIPs and LoadBalancer IPs into extip's etcd keys,
-/// allocating LoadBalancer IPs from pools.
-#[derive(Debug, Parser)]
-#[command(name = "extip-sync", version, about)]
-struct SyncCli {
-    /// Log lines as `text` or `json`
-    #[arg(long, env = "EXTIP_LOG_FORMAT", value_enum, default_value_t)]
-    log_format: LogFormat,
-    #[command(flatten)]
-    settings: SyncSettings,
-}
+use extip::sync::{SyncCli, SyncConfig};
 
 fn main() -> ExitCode {
     let cli = SyncCli::parse();
@@ -33,6 +21,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if cli.check_config {
+        print_summary(&cfg);
+        println!("extip-sync: configuration OK");
+        return ExitCode::SUCCESS;
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -50,4 +43,43 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// What `--check-config` prints: a summary, not `Debug`, which would print the client key.
+fn print_summary(cfg: &SyncConfig) {
+    let d = humantime::format_duration;
+    println!(
+        "etcd: {} (TLS: {}, user: {})",
+        cfg.etcd.join(","),
+        cfg.etcd_auth.tls.is_some(),
+        cfg.etcd_auth
+            .user
+            .as_ref()
+            .map_or("none", |(u, _)| u.as_str())
+    );
+    println!("prefix: {}  identity: {}", cfg.prefix, cfg.identity);
+    println!(
+        "lease-ttl: {}  election-ttl: {}  retention: {}  resync: {}",
+        d(cfg.lease_ttl),
+        d(cfg.election_ttl),
+        d(cfg.retention),
+        d(cfg.resync)
+    );
+    let allow: Vec<String> = cfg.allow_external.iter().map(ToString::to_string).collect();
+    println!(
+        "allow-external-ip: {}",
+        if allow.is_empty() {
+            "none (every externalIP is refused)".into()
+        } else {
+            allow.join(",")
+        }
+    );
+    println!(
+        "namespaces: {}",
+        if cfg.namespaces.is_empty() {
+            "all".into()
+        } else {
+            cfg.namespaces.join(",")
+        }
+    );
 }

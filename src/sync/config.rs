@@ -7,6 +7,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Deserialize;
 
+use crate::cli::LogFormat;
 use crate::config::{
     invalid, parse_duration, validate_endpoints, validate_prefix, ConfigError, DEFAULT_ETCD,
     DEFAULT_PREFIX,
@@ -81,6 +82,21 @@ pub struct SyncSettings {
     #[arg(long, hide = true)]
     #[serde(skip)]
     pub assume_leader: bool,
+}
+
+/// Copies Kubernetes Service externalIPs and LoadBalancer IPs into extip's etcd keys,
+/// allocating LoadBalancer IPs from pools.
+#[derive(Debug, clap::Parser)]
+#[command(name = "extip-sync", version, about)]
+pub struct SyncCli {
+    /// Log lines as `text` or `json`
+    #[arg(long, env = "EXTIP_LOG_FORMAT", value_enum, default_value_t)]
+    pub log_format: LogFormat,
+    /// Check the settings (flags, environment, --config file), print them and exit
+    #[arg(long)]
+    pub check_config: bool,
+    #[command(flatten)]
+    pub settings: SyncSettings,
 }
 
 /// Validated extip-sync configuration.

@@ -27,7 +27,7 @@ use tracing::{info, warn};
 use crate::model::Keys;
 use crate::store::{EtcdAuth, Store, StoreError};
 
-pub use config::{SyncConfig, SyncSettings};
+pub use config::{SyncCli, SyncConfig, SyncSettings};
 use kube::{service_name, ServiceMap};
 use reconcile::Reconciler;
 

@@ -24,7 +24,7 @@ pub struct Shared {
     pub paused: AtomicBool,
     /// How often a watch that asked for bookmarks gets one.
     pub bookmark_every: Duration,
-    /// Every request as `METHOD path?query`, for tests that check what a client did.
+    /// Every request as `METHOD path?query user-agent`, for tests that check what a client did.
     pub requests: Mutex<Vec<String>>,
 }
 
@@ -115,8 +115,12 @@ pub async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let agent = headers
+        .get("user-agent")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-");
     let line = format!(
-        "{method} {}",
+        "{method} {} {agent}",
         uri.path_and_query().map_or("", |p| p.as_str())
     );
     shared.requests.lock().expect("requests").push(line);

@@ -180,7 +180,7 @@ impl ApiServer {
         self.shared.paused.store(false, Ordering::SeqCst);
     }
 
-    /// Every request so far, as `METHOD path?query`.
+    /// Every request so far, as `METHOD path?query user-agent`.
     pub fn requests(&self) -> Vec<String> {
         self.shared.requests.lock().expect("requests").clone()
     }
