@@ -129,3 +129,57 @@ fn kubectl_get_watch_prints_changes_as_they_happen() {
     let _ = watch.kill();
     let _ = watch.wait();
 }
+
+/// A watch as a raw client sees it: `curl` prints the chunked stream for `secs`.
+fn raw_watch(api: &ApiServer, query: &str, secs: &str) -> String {
+    let url = format!("http://{}/api/v1/services?watch=true&{query}", api.addr);
+    let out = std::process::Command::new("curl")
+        .args(["-sN", "--max-time", secs, &url])
+        .output()
+        .expect("curl");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn watches_get_bookmarks_when_asked_and_410_gone_after_compaction() {
+    let dir = scratch();
+    let api = ApiServer::start(None, "127.0.0.1", &dir.0);
+    api.apply(WEB);
+    let rv = api.service("default", "web").expect("web")["metadata"]["resourceVersion"]
+        .as_str()
+        .expect("resourceVersion")
+        .to_string();
+    let stream = raw_watch(
+        &api,
+        &format!("resourceVersion={rv}&allowWatchBookmarks=true"),
+        "2.5",
+    );
+    let bookmark = stream
+        .lines()
+        .find(|l| l.contains("\"BOOKMARK\""))
+        .unwrap_or_else(|| panic!("no bookmark in {stream:?}"));
+    let event: serde_json::Value = serde_json::from_str(bookmark).expect("event JSON");
+    assert_eq!(event["object"]["metadata"]["resourceVersion"], rv.as_str());
+    let quiet = raw_watch(&api, &format!("resourceVersion={rv}"), "1.5");
+    assert!(
+        !quiet.contains("BOOKMARK"),
+        "bookmark sent unasked: {quiet}"
+    );
+
+    api.kubectl(&[
+        "patch",
+        "svc",
+        "web",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"metadata":{"labels":{"v":"2"}}}"#,
+    ]);
+    api.expire_watches();
+    let gone = raw_watch(&api, &format!("resourceVersion={rv}"), "2");
+    let event: serde_json::Value =
+        serde_json::from_str(gone.lines().next().unwrap_or("")).expect("410 event");
+    assert_eq!(event["type"], "ERROR", "{gone}");
+    assert_eq!(event["object"]["code"], 410);
+    assert_eq!(event["object"]["reason"], "Expired");
+}

@@ -4,164 +4,13 @@
 
 mod kube;
 mod lab;
+mod synclab;
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use kube::ApiServer;
-use lab::{wait_for, Lab};
-
-const EXTIP_SYNC: &str = env!("CARGO_BIN_EXE_extip-sync");
-/// Election TTL of the lab's syncs: a dead leader leads this long.
-const ELECTION_TTL: Duration = Duration::from_secs(3);
-/// Data lease TTL of the lab's syncs: keys of a dead leader would vanish after this.
-const LEASE_TTL: Duration = Duration::from_secs(12);
-
-/// One extip-sync replica in etcd's namespace; killed on drop.
-struct SyncReplica {
-    child: Child,
-    log: std::path::PathBuf,
-}
-
-impl SyncReplica {
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for SyncReplica {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("---- {} ----\n{}", self.log.display(), self.log());
-        }
-    }
-}
-
-/// A lab with agents on `hosts` hosts, the stand-in API server and an auto-assign pool.
-struct SyncLab {
-    lab: Lab,
-    api: ApiServer,
-}
-
-impl SyncLab {
-    fn new(hosts: usize, agents: bool) -> Self {
-        let mut lab = Lab::new(hosts);
-        if agents {
-            lab.start_all();
-        }
-        let api = ApiServer::start(Some(&lab.etcd[0].ns), &lab.etcd[0].addr, lab.dir());
-        lab.extip(&["pool", "add", "lb", "198.51.100.128/25", "--auto-assign"]);
-        SyncLab { lab, api }
-    }
-
-    fn sync(&self, identity: &str, extra: &[&str]) -> SyncReplica {
-        let log = self.lab.dir().join(format!("sync-{identity}.log"));
-        let file = std::fs::File::create(&log).expect("sync log");
-        let ttl = |d: Duration| format!("{}s", d.as_secs());
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.lab.etcd[0].ns, EXTIP_SYNC])
-            .args(["--etcd", &self.lab.etcd_url(), "--identity", identity])
-            .arg("--kubeconfig")
-            .arg(self.api.kubeconfig())
-            .args([
-                "--lease-ttl",
-                &ttl(LEASE_TTL),
-                "--election-ttl",
-                &ttl(ELECTION_TTL),
-            ])
-            .args(["--allow-external-ip", "198.51.100.0/25"])
-            .args(extra)
-            .env("EXTIP_LOG", "info,extip=debug")
-            .stdout(file.try_clone().expect("log"))
-            .stderr(file)
-            .spawn()
-            .expect("start extip-sync");
-        SyncReplica { child, log }
-    }
-
-    /// The identity in the leader key, if any.
-    fn leader(&self) -> Option<String> {
-        let value = self.lab.get("/extip/sync/leader")?;
-        let json: serde_json::Value = serde_json::from_str(&value).ok()?;
-        json["identity"].as_str().map(str::to_string)
-    }
-
-    /// Desired keys under /extip/ips/ with their values.
-    fn desired(&self) -> Vec<(String, serde_json::Value)> {
-        let out = self
-            .lab
-            .etcdctl(&["get", "--prefix", "/extip/ips/"])
-            .unwrap_or_default();
-        let lines: Vec<&str> = out.lines().collect();
-        lines
-            .chunks(2)
-            .filter_map(|kv| Some((kv[0].to_string(), serde_json::from_str(kv.get(1)?).ok()?)))
-            .collect()
-    }
-
-    /// `status.loadBalancer.ingress[0].ip` as kubectl prints it.
-    fn ingress(&self, name: &str) -> String {
-        self.api.kubectl(&[
-            "get",
-            "svc",
-            name,
-            "-o",
-            "jsonpath={.status.loadBalancer.ingress[0].ip}",
-        ])
-    }
-}
-
-/// `etcdctl watch --prefix` in the background: every event under a prefix, for
-/// "never written" and "never deleted" checks that no sampling could miss.
-struct EtcdWatch {
-    child: Child,
-    out: std::path::PathBuf,
-}
-
-impl EtcdWatch {
-    fn start(lab: &Lab, prefix: &str, name: &str) -> Self {
-        let out = lab.dir().join(name);
-        let file = std::fs::File::create(&out).expect("watch file");
-        let child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &lab.etcd[0].ns,
-                "etcdctl",
-                "--endpoints",
-                &lab.etcd_url(),
-            ])
-            .args(["watch", "--prefix", prefix])
-            .env("ETCDCTL_API", "3")
-            .stdout(file)
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("etcdctl watch");
-        EtcdWatch { child, out }
-    }
-
-    fn text(&self) -> String {
-        std::fs::read_to_string(&self.out).unwrap_or_default()
-    }
-}
-
-impl Drop for EtcdWatch {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn service(name: &str, body: &str) -> String {
-    format!("apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n  ports:\n  - port: 80\n{body}")
-}
-
-fn wait_leader(s: &SyncLab) -> String {
-    wait_for(Duration::from_secs(15), || s.leader().is_some()).expect("a sync leads");
-    s.leader().expect("leader")
-}
+use lab::wait_for;
+use synclab::{service, wait_leader, EtcdWatch, SyncLab, ELECTION_TTL, LEASE_TTL};
 
 #[test]
 fn external_ip_follows_kubectl_apply_and_delete_and_a_foreign_one_gets_an_event() {
@@ -291,6 +140,20 @@ fn load_balancer_gets_a_pool_ip_in_its_status_and_keeps_it_when_recreated() {
     wait_for(Duration::from_secs(10), || !s.ingress("shop").is_empty()).expect("ingress IP again");
     assert_eq!(s.ingress("shop"), ip, "re-created Service got another IP");
     wait_for(Duration::from_secs(10), || s.lab.holders(&ip).len() == 1).expect("served again");
+
+    // An IP asked for by annotation: exactly that one; replicas from the annotation too.
+    let pinned = "apiVersion: v1\nkind: Service\nmetadata:\n  name: pinned\n  annotations:\n    \
+                  extip.io/ip: 198.51.100.200\n    extip.io/replicas: \"2\"\nspec:\n  \
+                  type: LoadBalancer\n  ports:\n  - port: 80\n";
+    s.api.apply(pinned);
+    wait_for(Duration::from_secs(10), || {
+        s.ingress("pinned") == "198.51.100.200"
+    })
+    .expect("the asked-for IP");
+    wait_for(Duration::from_secs(10), || {
+        s.lab.holders("198.51.100.200").len() == 2
+    })
+    .expect("on two hosts");
     every_sync_request_is_allowed_by_the_shipped_cluster_role(&s.api, ("patch", "services/status"));
 }
 
@@ -481,6 +344,13 @@ fn killing_the_leading_sync_loses_no_desired_key_and_the_standby_takes_over() {
 #[test]
 fn a_410_gone_watch_makes_the_sync_relist_and_pick_up_what_changed_meanwhile() {
     let s = SyncLab::new(1, false);
+    // Left over from an earlier sync, for a Service that no longer exists; and one of the
+    // operator's own. The first list removes the first and never touches the second.
+    s.lab.put(
+        "/extip/ips/198.51.100.99",
+        r#"{"managed_by":"extip-sync","source":"default/gone"}"#,
+    );
+    s.lab.extip(&["ip", "add", "198.51.100.98"]);
     let _a = s.sync("sync-a", &[]);
     wait_leader(&s);
     s.api
@@ -489,6 +359,17 @@ fn a_410_gone_watch_makes_the_sync_relist_and_pick_up_what_changed_meanwhile() {
         s.lab.get("/extip/ips/198.51.100.20").is_some()
     })
     .expect("served");
+    assert!(
+        s.lab.get("/extip/ips/198.51.100.99").is_none(),
+        "stale synced key kept"
+    );
+    assert_eq!(
+        s.lab.get("/extip/ips/198.51.100.98").as_deref(),
+        Some("{}"),
+        "the operator's key was touched"
+    );
+    let bookmarks = |r: &String| r.contains("watch=true") && r.contains("allowWatchBookmarks=true");
+    assert!(s.api.requests().iter().any(bookmarks));
     let lists = || {
         s.api
             .requests()

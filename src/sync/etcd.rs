@@ -132,7 +132,15 @@ pub async fn run_step(
                 requested: *requested,
                 released_at: None,
             };
-            take(store, keys, state, service, wanted).await
+            let refused = take(store, keys, state, service, wanted).await?;
+            // A returning Service whose kept IP was meanwhile asked for by another
+            // (explicitly): it gets a new one from its pool instead.
+            match (refused, pool) {
+                (Some(r), Some(pool)) if !requested && r.reason == "IPInUse" => {
+                    allocate(store, keys, state, service, pool).await
+                }
+                (refused, _) => Ok(refused),
+            }
         }
         AllocationStep::Allocate { service, pool } => {
             allocate(store, keys, state, service, pool).await

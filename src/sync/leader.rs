@@ -11,7 +11,7 @@ use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::store::{Store, StoreError};
+use crate::store::{Change, Store, StoreError, Watch};
 
 use super::Connector;
 
@@ -65,16 +65,22 @@ pub async fn run(
         return;
     }
     let key = connector.keys.sync_leader();
-    let poll = (ttl / 4).min(Duration::from_secs(1));
+    let retry = (ttl / 4).min(Duration::from_secs(1));
+    let mut connection: Option<Store> = None;
     loop {
-        let mut store = match connector.connect().await {
-            Ok(s) => s,
-            Err(e) => {
-                warn!(error = %e, "election: cannot reach etcd");
-                tokio::time::sleep(poll).await;
-                continue;
-            }
+        let mut store = match connection.take() {
+            Some(s) => s,
+            None => match connector.connect().await {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!(error = %e, "election: cannot reach etcd");
+                    tokio::time::sleep(retry).await;
+                    continue;
+                }
+            },
         };
+        // Watch before campaigning: a leader key deleted in between is still seen.
+        let watch = store.watch(&key, 0).await;
         match campaign(&mut store, &key, &identity, ttl).await {
             Ok(Some(lease)) => {
                 info!(identity, "leading: this replica writes the desired keys");
@@ -92,13 +98,38 @@ pub async fn run(
                     }
                 }
             }
-            Ok(None) => tokio::time::sleep(poll).await,
+            // Someone leads: campaign again as soon as the leader key goes.
+            Ok(None) => {
+                if let Ok(w) = watch {
+                    connection = Some(store);
+                    until_vacant(w, ttl).await;
+                } else {
+                    tokio::time::sleep(retry).await;
+                }
+            }
             Err(e) => {
                 warn!(error = %e, "election: etcd request failed");
-                tokio::time::sleep(poll).await;
+                tokio::time::sleep(retry).await;
             }
         }
     }
+}
+
+/// Wait until the leader key is deleted (resigned or expired), or one TTL in case
+/// the watch missed it.
+async fn until_vacant(mut watch: Watch, ttl: Duration) {
+    let deleted = async {
+        loop {
+            match watch.next().await {
+                Ok((_, changes)) if changes.iter().any(|c| matches!(c, Change::Delete { .. })) => {
+                    return
+                }
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(ttl, deleted).await;
 }
 
 /// One attempt: the election lease when this replica now holds the leader key.

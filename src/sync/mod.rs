@@ -35,8 +35,10 @@ use reconcile::Reconciler;
 const ETCD_TIMEOUT: Duration = Duration::from_secs(5);
 /// Changes arriving within this window cost one reconcile.
 const DEBOUNCE: Duration = Duration::from_millis(50);
-/// Wait before retrying a reconcile that failed.
+/// Wait before retrying a reconcile that failed; doubled per failure up to [`RETRY_MAX`].
 const RETRY: Duration = Duration::from_secs(1);
+/// Longest wait between retries while etcd or the API server is unreachable.
+const RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// How to reach etcd; each task opens its own connection.
 #[derive(Clone)]
@@ -196,6 +198,7 @@ pub async fn run(cfg: SyncConfig) -> anyhow::Result<()> {
     let mut reconciler = Reconciler::new(connector, client, &cfg);
     let mut resync = tokio::time::interval(cfg.resync);
     let mut due: Option<Instant> = None;
+    let mut failures: u32 = 0;
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         let ready = cache.complete() && *leading.borrow();
@@ -209,10 +212,15 @@ pub async fn run(cfg: SyncConfig) -> anyhow::Result<()> {
             _ = resync.tick() => due = due.or(Some(Instant::now())),
             () = tokio::time::sleep_until(at), if ready && due.is_some() => {
                 due = match reconciler.reconcile(&cache.map).await {
-                    Ok(()) => None,
+                    Ok(()) => {
+                        failures = 0;
+                        None
+                    }
                     Err(e) => {
-                        warn!(error = %e, "reconcile failed; retrying");
-                        Some(Instant::now() + RETRY)
+                        let wait = (RETRY * 2u32.saturating_pow(failures.min(5))).min(RETRY_MAX);
+                        failures += 1;
+                        warn!(error = %e, retry_in = ?wait, "reconcile failed");
+                        Some(Instant::now() + wait)
                     }
                 };
             }

@@ -1,0 +1,182 @@
+//! The extip-sync lab: agents, the stand-in API server and extip-sync replicas in the
+//! lab's etcd namespace. Shared by tests/sync.rs and benches/sync.rs.
+
+#![allow(dead_code)]
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::kube::ApiServer;
+use crate::lab::{wait_for, Lab};
+
+pub const EXTIP_SYNC: &str = env!("CARGO_BIN_EXE_extip-sync");
+/// Election TTL of the lab's syncs: a dead leader leads this long.
+pub const ELECTION_TTL: Duration = Duration::from_secs(3);
+/// Data lease TTL of the lab's syncs: keys of a dead leader would vanish after this.
+pub const LEASE_TTL: Duration = Duration::from_secs(12);
+
+/// One extip-sync replica in etcd's namespace; killed on drop.
+pub struct SyncReplica {
+    /// The process.
+    pub child: Child,
+    log: std::path::PathBuf,
+    identity: String,
+}
+
+impl SyncReplica {
+    /// Its `--identity`.
+    pub fn identity(&self) -> &str {
+        &self.identity
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for SyncReplica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("---- {} ----\n{}", self.log.display(), self.log());
+        }
+    }
+}
+
+/// A lab with agents on `hosts` hosts, the stand-in API server and an auto-assign pool.
+pub struct SyncLab {
+    /// Hosts, etcd, agents.
+    pub lab: Lab,
+    /// The stand-in API server.
+    pub api: ApiServer,
+}
+
+impl SyncLab {
+    /// `hosts` hosts (agents running if `agents`), the API server, pool `lb`.
+    pub fn new(hosts: usize, agents: bool) -> Self {
+        let mut lab = Lab::new(hosts);
+        if agents {
+            lab.start_all();
+        }
+        let api = ApiServer::start(Some(&lab.etcd[0].ns), &lab.etcd[0].addr, lab.dir());
+        lab.extip(&["pool", "add", "lb", "198.51.100.128/25", "--auto-assign"]);
+        SyncLab { lab, api }
+    }
+
+    /// Start a replica named `identity`; `extra` flags are appended.
+    pub fn sync(&self, identity: &str, extra: &[&str]) -> SyncReplica {
+        let log = self.lab.dir().join(format!("sync-{identity}.log"));
+        let file = std::fs::File::create(&log).expect("sync log");
+        let ttl = |d: Duration| format!("{}s", d.as_secs());
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.lab.etcd[0].ns, EXTIP_SYNC])
+            .args(["--etcd", &self.lab.etcd_url(), "--identity", identity])
+            .arg("--kubeconfig")
+            .arg(self.api.kubeconfig())
+            .args([
+                "--lease-ttl",
+                &ttl(LEASE_TTL),
+                "--election-ttl",
+                &ttl(ELECTION_TTL),
+            ])
+            .args(["--allow-external-ip", "198.51.100.0/25"])
+            .args(extra)
+            .env("EXTIP_LOG", "info,extip=debug")
+            .stdout(file.try_clone().expect("log"))
+            .stderr(file)
+            .spawn()
+            .expect("start extip-sync");
+        SyncReplica {
+            child,
+            log,
+            identity: identity.to_string(),
+        }
+    }
+
+    /// The identity in the leader key, if any.
+    pub fn leader(&self) -> Option<String> {
+        let value = self.lab.get("/extip/sync/leader")?;
+        let json: serde_json::Value = serde_json::from_str(&value).ok()?;
+        json["identity"].as_str().map(str::to_string)
+    }
+
+    /// Desired keys under /extip/ips/ with their values.
+    pub fn desired(&self) -> Vec<(String, serde_json::Value)> {
+        let out = self
+            .lab
+            .etcdctl(&["get", "--prefix", "/extip/ips/"])
+            .unwrap_or_default();
+        let lines: Vec<&str> = out.lines().collect();
+        lines
+            .chunks(2)
+            .filter_map(|kv| Some((kv[0].to_string(), serde_json::from_str(kv.get(1)?).ok()?)))
+            .collect()
+    }
+
+    /// `status.loadBalancer.ingress[0].ip` as kubectl prints it.
+    pub fn ingress(&self, name: &str) -> String {
+        self.api.kubectl(&[
+            "get",
+            "svc",
+            name,
+            "-o",
+            "jsonpath={.status.loadBalancer.ingress[0].ip}",
+        ])
+    }
+}
+
+/// `etcdctl watch --prefix` in the background: every event under a prefix, for
+/// "never written" and "never deleted" checks that no sampling could miss.
+pub struct EtcdWatch {
+    child: Child,
+    out: std::path::PathBuf,
+}
+
+impl EtcdWatch {
+    /// Watch `prefix`, writing events to the lab file `name`.
+    pub fn start(lab: &Lab, prefix: &str, name: &str) -> Self {
+        let out = lab.dir().join(name);
+        let file = std::fs::File::create(&out).expect("watch file");
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &lab.etcd[0].ns,
+                "etcdctl",
+                "--endpoints",
+                &lab.etcd_url(),
+            ])
+            .args(["watch", "--prefix", prefix])
+            .env("ETCDCTL_API", "3")
+            .stdout(file)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("etcdctl watch");
+        EtcdWatch { child, out }
+    }
+
+    /// Everything seen so far.
+    pub fn text(&self) -> String {
+        std::fs::read_to_string(&self.out).unwrap_or_default()
+    }
+}
+
+impl Drop for EtcdWatch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A Service manifest with port 80 and `body` appended under `spec`.
+pub fn service(name: &str, body: &str) -> String {
+    format!("apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n  ports:\n  - port: 80\n{body}")
+}
+
+/// Wait until some replica leads; its identity.
+pub fn wait_leader(s: &SyncLab) -> String {
+    wait_for(Duration::from_secs(15), || s.leader().is_some()).expect("a sync leads");
+    s.leader().expect("leader")
+}
