@@ -405,3 +405,40 @@ fn a_410_gone_watch_makes_the_sync_relist_and_pick_up_what_changed_meanwhile() {
         s.api.requests()
     );
 }
+
+#[test]
+fn a_sync_limited_to_namespaces_serves_only_their_services() {
+    let s = SyncLab::new(1, false);
+    let _a = s.sync("ns-only", &["--namespace", "shop,blog"]);
+    wait_leader(&s);
+    let svc = |ns: &str, ip: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: {ns}\nspec:\n  \
+             ports:\n  - port: 80\n  externalIPs: [{ip}]\n"
+        )
+    };
+    s.api.apply(&svc("default", "198.51.100.30"));
+    s.api.apply(&svc("shop", "198.51.100.31"));
+    s.api.apply(&svc("blog", "198.51.100.32"));
+    wait_for(Duration::from_secs(10), || {
+        s.lab.get("/extip/ips/198.51.100.31").is_some()
+            && s.lab.get("/extip/ips/198.51.100.32").is_some()
+    })
+    .expect("shop and blog served");
+    let key = s.lab.get("/extip/ips/198.51.100.31").unwrap();
+    assert!(key.contains("shop/web"), "{key}");
+    // default/web came first; had the sync watched default, its key would exist by now.
+    assert!(s.lab.get("/extip/ips/198.51.100.30").is_none());
+    let watched: Vec<String> = s
+        .api
+        .requests()
+        .into_iter()
+        .filter(|r| r.contains("watch=true"))
+        .collect();
+    assert!(
+        watched
+            .iter()
+            .all(|r| r.contains("/namespaces/shop/") || r.contains("/namespaces/blog/")),
+        "{watched:?}"
+    );
+}
