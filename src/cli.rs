@@ -166,8 +166,10 @@ pub struct NodeArgs {
     pub node: String,
 }
 
-/// Where the etcd cluster is; shared by every subcommand.
-#[derive(Debug, Clone, Args)]
+/// Where the etcd cluster is; shared by every subcommand and by extip-sync, whose TOML
+/// file has the same keys (`etcd`, `etcd-cacert`, …).
+#[derive(Debug, Clone, Default, Args, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub struct EtcdArgs {
     /// etcd endpoints, comma separated [default: http://127.0.0.1:2379]
     #[arg(long, env = "EXTIP_ETCD", value_delimiter = ',')]
@@ -193,6 +195,19 @@ pub struct EtcdArgs {
 }
 
 impl EtcdArgs {
+    /// Settings given here win; the rest come from `lower`.
+    pub fn over(self, lower: EtcdArgs) -> EtcdArgs {
+        EtcdArgs {
+            etcd: self.etcd.or(lower.etcd),
+            prefix: self.prefix.or(lower.prefix),
+            etcd_cacert: self.etcd_cacert.or(lower.etcd_cacert),
+            etcd_cert: self.etcd_cert.or(lower.etcd_cert),
+            etcd_key: self.etcd_key.or(lower.etcd_key),
+            etcd_user: self.etcd_user.or(lower.etcd_user),
+            etcd_password_file: self.etcd_password_file.or(lower.etcd_password_file),
+        }
+    }
+
     /// TLS and credentials as given, checked and read.
     pub fn auth(&self, endpoints: &[String]) -> anyhow::Result<crate::store::EtcdAuth> {
         crate::store::EtcdAuthSettings {

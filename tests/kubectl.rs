@@ -113,15 +113,7 @@ fn kubectl_get_watch_prints_changes_as_they_happen() {
         }
     };
     next("ADDED");
-    api.kubectl(&[
-        "patch",
-        "svc",
-        "web",
-        "--type",
-        "merge",
-        "-p",
-        r#"{"spec":{"externalIPs":["198.51.100.22"]}}"#,
-    ]);
+    api.merge_patch("web", r#"{"spec":{"externalIPs":["198.51.100.22"]}}"#);
     let line = next("MODIFIED");
     assert!(line.contains("198.51.100.22"), "{line}");
     api.kubectl(&["delete", "svc", "web"]);
@@ -166,15 +158,7 @@ fn watches_get_bookmarks_when_asked_and_410_gone_after_compaction() {
         "bookmark sent unasked: {quiet}"
     );
 
-    api.kubectl(&[
-        "patch",
-        "svc",
-        "web",
-        "--type",
-        "merge",
-        "-p",
-        r#"{"metadata":{"labels":{"v":"2"}}}"#,
-    ]);
+    api.merge_patch("web", r#"{"metadata":{"labels":{"v":"2"}}}"#);
     api.expire_watches();
     let gone = raw_watch(&api, &format!("resourceVersion={rv}"), "2");
     let event: serde_json::Value =

@@ -86,10 +86,7 @@ fn external_ip_follows_kubectl_apply_and_delete_and_a_foreign_one_gets_an_event(
     // A later change makes the leader reconcile again; the IP still must not appear.
     s.api
         .apply(&service("other", "  externalIPs: [198.51.100.21]\n"));
-    wait_for(Duration::from_secs(10), || {
-        s.lab.get("/extip/ips/198.51.100.21").is_some()
-    })
-    .expect("other served");
+    s.wait_desired("198.51.100.21");
     assert!(
         !watch.text().contains("203.0.113.50"),
         "refused IP reached etcd:\n{}",
@@ -355,10 +352,7 @@ fn a_410_gone_watch_makes_the_sync_relist_and_pick_up_what_changed_meanwhile() {
     wait_leader(&s);
     s.api
         .apply(&service("web", "  externalIPs: [198.51.100.20]\n"));
-    wait_for(Duration::from_secs(10), || {
-        s.lab.get("/extip/ips/198.51.100.20").is_some()
-    })
-    .expect("served");
+    s.wait_desired("198.51.100.20");
     assert!(
         s.lab.get("/extip/ips/198.51.100.99").is_none(),
         "stale synced key kept"
@@ -381,15 +375,8 @@ fn a_410_gone_watch_makes_the_sync_relist_and_pick_up_what_changed_meanwhile() {
     // The watch goes quiet, the Service changes, then history is compacted: the sync's
     // next watch gets 410 Gone, and only a re-list can show it the change.
     s.api.pause_watches();
-    s.api.kubectl(&[
-        "patch",
-        "svc",
-        "web",
-        "--type",
-        "merge",
-        "-p",
-        r#"{"spec":{"externalIPs":["198.51.100.21"]}}"#,
-    ]);
+    s.api
+        .merge_patch("web", r#"{"spec":{"externalIPs":["198.51.100.21"]}}"#);
     s.api.expire_watches();
     let converged = wait_for(Duration::from_secs(20), || {
         s.lab.get("/extip/ips/198.51.100.21").is_some()

@@ -7,7 +7,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use crate::cli::LogFormat;
+use crate::cli::{EtcdArgs, LogFormat};
 use crate::config::{
     invalid, parse_duration, validate_endpoints, validate_prefix, ConfigError, DEFAULT_ETCD,
     DEFAULT_PREFIX,
@@ -27,33 +27,16 @@ pub const DEFAULT_RESYNC: Duration = Duration::from_secs(60);
 
 /// Settings as given; `None` = not given. Flags and TOML keys have the same names.
 #[derive(Debug, Default, Clone, Deserialize, clap::Args)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+#[serde(rename_all = "kebab-case")]
 pub struct SyncSettings {
     /// TOML file with the same keys as these flags (e.g. `lease-ttl = "10m"`)
     #[arg(long, env = "EXTIP_CONFIG")]
     #[serde(skip)]
     pub config: Option<PathBuf>,
-    /// etcd endpoints, comma separated [default: http://127.0.0.1:2379]
-    #[arg(long, env = "EXTIP_ETCD", value_delimiter = ',')]
-    pub etcd: Option<Vec<String>>,
-    /// Key prefix [default: /extip]
-    #[arg(long, env = "EXTIP_PREFIX")]
-    pub prefix: Option<String>,
-    /// CA certificate (PEM) that signed etcd's server certificate
-    #[arg(long, env = "EXTIP_ETCD_CACERT")]
-    pub etcd_cacert: Option<PathBuf>,
-    /// Client certificate (PEM) for etcd's --client-cert-auth
-    #[arg(long, env = "EXTIP_ETCD_CERT")]
-    pub etcd_cert: Option<PathBuf>,
-    /// Key (PEM) of --etcd-cert
-    #[arg(long, env = "EXTIP_ETCD_KEY")]
-    pub etcd_key: Option<PathBuf>,
-    /// etcd user; the password comes from --etcd-password-file or $EXTIP_ETCD_PASSWORD
-    #[arg(long, env = "EXTIP_ETCD_USER")]
-    pub etcd_user: Option<String>,
-    /// File holding the etcd user's password
-    #[arg(long, env = "EXTIP_ETCD_PASSWORD_FILE")]
-    pub etcd_password_file: Option<PathBuf>,
+    /// etcd and its credentials, as for the agent.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub etcd: EtcdArgs,
     /// kubeconfig file [default: in-cluster, then $KUBECONFIG, then ~/.kube/config]
     #[arg(long, env = "EXTIP_KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
@@ -129,7 +112,7 @@ pub struct SyncConfig {
 }
 
 macro_rules! over {
-    ($high:expr, $low:expr, $($f:ident),*) => { SyncSettings { $($f: $high.$f.or($low.$f),)* config: $high.config, assume_leader: $high.assume_leader } };
+    ($high:expr, $low:expr, $($f:ident),*) => { SyncSettings { $($f: $high.$f.or($low.$f),)* etcd: $high.etcd.over($low.etcd), config: $high.config, assume_leader: $high.assume_leader } };
 }
 
 impl SyncSettings {
@@ -142,13 +125,6 @@ impl SyncSettings {
         Ok(over!(
             self,
             file,
-            etcd,
-            prefix,
-            etcd_cacert,
-            etcd_cert,
-            etcd_key,
-            etcd_user,
-            etcd_password_file,
             kubeconfig,
             namespace,
             lease_ttl,
@@ -160,15 +136,30 @@ impl SyncSettings {
         ))
     }
 
+    /// The file's settings; a key that is no flag of extip-sync is an error naming it
+    /// (the flags are the list of keys, so the two cannot drift apart).
     fn from_file(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
         })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        let parse_error = |e: toml::de::Error| ConfigError::Parse {
             path: path.to_path_buf(),
             message: e.to_string(),
-        })
+        };
+        let table: toml::Table = toml::from_str(&text).map_err(parse_error)?;
+        let flags = <SyncSettings as clap::Args>::augment_args(clap::Command::new("extip-sync"));
+        let not_in_file = ["config", "assume-leader"];
+        let known = |key: &str| {
+            !not_in_file.contains(&key) && flags.get_arguments().any(|a| a.get_long() == Some(key))
+        };
+        if let Some(key) = table.keys().find(|k| !known(k)) {
+            return Err(ConfigError::UnknownKey {
+                path: path.to_path_buf(),
+                key: key.clone(),
+            });
+        }
+        table.try_into().map_err(parse_error)
     }
 }
 
@@ -193,13 +184,17 @@ fn duration(
 impl SyncConfig {
     /// Validate merged settings; `hostname` is the default identity.
     pub fn from_settings(s: SyncSettings, hostname: &str) -> Result<Self, ConfigError> {
-        let etcd = validate_endpoints(s.etcd.unwrap_or_else(|| vec![DEFAULT_ETCD.to_string()]))?;
+        let etcd = validate_endpoints(
+            s.etcd
+                .etcd
+                .unwrap_or_else(|| vec![DEFAULT_ETCD.to_string()]),
+        )?;
         let etcd_auth = EtcdAuthSettings {
-            cacert: s.etcd_cacert.as_deref(),
-            cert: s.etcd_cert.as_deref(),
-            key: s.etcd_key.as_deref(),
-            user: s.etcd_user.as_deref(),
-            password_file: s.etcd_password_file.as_deref(),
+            cacert: s.etcd.etcd_cacert.as_deref(),
+            cert: s.etcd.etcd_cert.as_deref(),
+            key: s.etcd.etcd_key.as_deref(),
+            user: s.etcd.etcd_user.as_deref(),
+            password_file: s.etcd.etcd_password_file.as_deref(),
             password_env: std::env::var("EXTIP_ETCD_PASSWORD").ok(),
         }
         .load(&etcd)
@@ -233,7 +228,7 @@ impl SyncConfig {
         Ok(SyncConfig {
             etcd,
             etcd_auth,
-            prefix: validate_prefix(s.prefix.as_deref().unwrap_or(DEFAULT_PREFIX))?,
+            prefix: validate_prefix(s.etcd.prefix.as_deref().unwrap_or(DEFAULT_PREFIX))?,
             kubeconfig: s.kubeconfig,
             namespaces: s.namespace.unwrap_or_default(),
             lease_ttl,
@@ -277,5 +272,42 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("election-ttl:"), "{e}");
+    }
+
+    #[test]
+    fn the_file_takes_every_flag_name_and_refuses_others_and_flags_win() {
+        let dir = std::env::temp_dir().join(format!("extip-sync-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = dir.join("good.toml");
+        std::fs::write(
+            &good,
+            "etcd = [\"http://192.0.2.9:2379\"]\nprefix = \"/x\"\nretention = \"2h\"\n",
+        )
+        .unwrap();
+        let flags = SyncSettings {
+            config: Some(good),
+            etcd: EtcdArgs {
+                prefix: Some("/flag".into()),
+                ..Default::default()
+            },
+            ..settings()
+        };
+        let cfg = SyncConfig::from_settings(flags.merged().unwrap(), "host").unwrap();
+        assert_eq!(cfg.etcd, vec!["http://192.0.2.9:2379".to_string()]);
+        assert_eq!(
+            (cfg.prefix.as_str(), cfg.retention),
+            ("/flag", Duration::from_secs(7200))
+        );
+        let bad = dir.join("bad.toml");
+        std::fs::write(&bad, "lease_ttl = \"5m\"\n").unwrap();
+        let e = SyncSettings {
+            config: Some(bad),
+            ..settings()
+        }
+        .merged()
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("lease_ttl: unknown key"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

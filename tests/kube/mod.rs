@@ -149,6 +149,11 @@ impl ApiServer {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// `kubectl patch svc NAME --type merge -p PATCH`.
+    pub fn merge_patch(&self, name: &str, patch: &str) -> String {
+        self.kubectl(&["patch", "svc", name, "--type", "merge", "-p", patch])
+    }
+
     /// A Service as the server holds it.
     pub fn service(&self, ns: &str, name: &str) -> Option<Value> {
         self.shared

@@ -115,6 +115,13 @@ impl SyncLab {
             .collect()
     }
 
+    /// Wait until etcd has the desired key of `ip`.
+    pub fn wait_desired(&self, ip: &str) {
+        let key = format!("/extip/ips/{ip}");
+        wait_for(Duration::from_secs(10), || self.lab.get(&key).is_some())
+            .unwrap_or_else(|| panic!("{key} never written"));
+    }
+
     /// `status.loadBalancer.ingress[0].ip` as kubectl prints it.
     pub fn ingress(&self, name: &str) -> String {
         self.api.kubectl(&[
