@@ -58,27 +58,20 @@ fn external_ip_follows_kubectl_apply_and_delete_and_a_foreign_one_gets_an_event(
     // Outside --allow-external-ip: refused, with an Event kubectl shows.
     s.api
         .apply(&service("hijack", "  externalIPs: [203.0.113.50]\n"));
+    let events = || {
+        let args = [
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=hijack",
+        ];
+        s.api.kubectl(&[&args[..], &["-o", "json"]].concat())
+    };
     let event = wait_for(Duration::from_secs(10), || {
-        s.api
-            .kubectl(&[
-                "get",
-                "events",
-                "--field-selector",
-                "involvedObject.name=hijack",
-                "-o",
-                "json",
-            ])
-            .contains("ExternalIPRefused")
+        events().contains("ExternalIPRefused")
     });
     assert!(event.is_some(), "no ExternalIPRefused event");
-    let events = s.api.kubectl(&[
-        "get",
-        "events",
-        "--field-selector",
-        "involvedObject.name=hijack",
-        "-o",
-        "json",
-    ]);
+    let events = events();
     assert!(
         events.contains("203.0.113.50") && events.contains("CVE-2020-8554"),
         "{events}"
