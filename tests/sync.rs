@@ -13,9 +13,8 @@ use lab::wait_for;
 use synclab::{service, wait_leader, EtcdWatch, SyncLab, ELECTION_TTL, LEASE_TTL};
 
 #[test]
-fn external_ip_follows_kubectl_apply_and_delete_and_a_foreign_one_gets_an_event() {
+fn external_ip_follows_kubectl_apply_and_delete() {
     let s = SyncLab::new(3, true);
-    let watch = EtcdWatch::start(&s.lab, "/extip/ips/", "ips.watch");
     let (_a, _b) = (s.sync("sync-a", &[]), s.sync("sync-b", &[]));
     wait_leader(&s);
     // Let both replicas finish their first list so the clock below measures one change.
@@ -54,8 +53,15 @@ fn external_ip_follows_kubectl_apply_and_delete_and_a_foreign_one_gets_an_event(
     eprintln!("kubectl delete -> IP gone: {:?}", start.elapsed());
     assert!(gone <= Duration::from_secs(2), "took {gone:?}");
     assert!(s.lab.get("/extip/ips/198.51.100.20").is_none());
+}
 
-    // Outside --allow-external-ip: refused, with an Event kubectl shows.
+#[test]
+fn an_external_ip_outside_the_allowlist_never_reaches_etcd_and_gets_an_event() {
+    let s = SyncLab::new(1, false);
+    let watch = EtcdWatch::start(&s.lab, "/extip/ips/", "ips.watch");
+    let _a = s.sync("sync-a", &[]);
+    wait_leader(&s);
+    // Outside --allow-external-ip (198.51.100.0/25): refused, with an Event kubectl shows.
     s.api
         .apply(&service("hijack", "  externalIPs: [203.0.113.50]\n"));
     let events = || {
