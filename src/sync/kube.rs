@@ -121,3 +121,54 @@ pub async fn post_event(
 
 /// The Services the sync watches, keyed by `namespace/name`.
 pub type ServiceMap = BTreeMap<String, Service>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::ServiceSpec;
+
+    fn svc(annotations: &[(&str, &str)], lb_ip: Option<&str>) -> Service {
+        Service {
+            metadata: ObjectMeta {
+                name: Some("web".into()),
+                namespace: Some("shop".into()),
+                annotations: Some(
+                    annotations
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                ),
+                ..Default::default()
+            },
+            spec: Some(ServiceSpec {
+                type_: Some("LoadBalancer".into()),
+                load_balancer_ip: lb_ip.map(str::to_string),
+                external_ips: Some(vec!["198.51.100.20".into()]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_annotation_wins_over_load_balancer_ip_and_blanks_count_as_unset() {
+        let v = view_of(&svc(
+            &[(ANNOTATION_IP, "198.51.100.7")],
+            Some("198.51.100.8"),
+        ));
+        assert_eq!(v.name, "shop/web");
+        assert!(v.load_balancer);
+        assert_eq!(v.requested_ip.as_deref(), Some("198.51.100.7"));
+        assert_eq!(v.external_ips, vec!["198.51.100.20".to_string()]);
+        let v = view_of(&svc(&[(ANNOTATION_IP, " ")], Some("198.51.100.8")));
+        assert_eq!(v.requested_ip.as_deref(), Some("198.51.100.8"));
+        let v = view_of(&svc(
+            &[(ANNOTATION_POOL, "lb"), (ANNOTATION_REPLICAS, "2")],
+            Some(""),
+        ));
+        assert_eq!(
+            (v.requested_ip, v.pool.as_deref(), v.replicas.as_deref()),
+            (None, Some("lb"), Some("2"))
+        );
+    }
+}
