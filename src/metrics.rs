@@ -167,37 +167,49 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     scrape: Arc<dyn Scrape>,
 ) -> std::io::Result<()> {
+    let m = metrics.clone();
+    let render = move || {
+        m.lease_deadline
+            .set(scrape.lease_deadline_seconds().unwrap_or(0.0));
+        m.render()
+    };
+    let ready = move || {
+        metrics
+            .ready
+            .load(Ordering::Relaxed)
+            .then_some(())
+            .ok_or("not ready: no lease or no watch\n")
+    };
+    serve_endpoints(addr, render, ready).await
+}
+
+/// Serve `/metrics` (what `render` returns), `/healthz` and `/readyz` (200, or 503 with
+/// the reason `ready` gives) on `addr`, bound now, served in the background.
+pub async fn serve_endpoints(
+    addr: SocketAddr,
+    render: impl Fn() -> String + Clone + Send + Sync + 'static,
+    ready: impl Fn() -> Result<(), &'static str> + Clone + Send + Sync + 'static,
+) -> std::io::Result<()> {
+    use axum::http::StatusCode;
     use axum::routing::get;
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    let m = metrics.clone();
     let app = axum::Router::new()
         .route(
             "/metrics",
             get(move || {
-                let m = m.clone();
-                let s = scrape.clone();
-                async move {
-                    let left = s.lease_deadline_seconds().unwrap_or(0.0);
-                    m.lease_deadline.set(left);
-                    m.render()
-                }
+                let text = render();
+                async move { text }
             }),
         )
         .route("/healthz", get(|| async { "ok\n" }))
         .route(
             "/readyz",
             get(move || {
-                let m = metrics.clone();
-                async move {
-                    if m.ready.load(Ordering::Relaxed) {
-                        (axum::http::StatusCode::OK, "ready\n")
-                    } else {
-                        (
-                            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                            "not ready: no lease or no watch\n",
-                        )
-                    }
-                }
+                let status = match ready() {
+                    Ok(()) => (StatusCode::OK, "ready\n"),
+                    Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
+                };
+                async move { status }
             }),
         );
     tokio::spawn(async move {

@@ -59,7 +59,7 @@ fn external_ip_follows_kubectl_apply_and_delete() {
 fn an_external_ip_outside_the_allowlist_never_reaches_etcd_and_gets_an_event() {
     let s = SyncLab::new(1, false);
     let watch = EtcdWatch::start(&s.lab, "/extip/ips/", "ips.watch");
-    let _a = s.sync("sync-a", &[]);
+    let a = s.sync("sync-a", &[]);
     wait_leader(&s);
     // Outside --allow-external-ip (198.51.100.0/25): refused, with an Event kubectl shows.
     s.api
@@ -96,13 +96,14 @@ fn an_external_ip_outside_the_allowlist_never_reaches_etcd_and_gets_an_event() {
         1,
         "one Event per refusal, not one per reconcile"
     );
+    assert_eq!(a.metric("extip_sync_refusals"), Some(1.0));
     every_sync_request_is_allowed_by_the_shipped_cluster_role(&s.api, ("create", "events"));
 }
 
 #[test]
 fn load_balancer_gets_a_pool_ip_in_its_status_and_keeps_it_when_recreated() {
     let s = SyncLab::new(3, true);
-    let (_a, _b) = (s.sync("sync-a", &[]), s.sync("sync-b", &[]));
+    let (a, b) = (s.sync("sync-a", &[]), s.sync("sync-b", &[]));
     wait_leader(&s);
     let lb = service("shop", "  type: LoadBalancer\n");
     s.api.apply(&lb);
@@ -151,6 +152,33 @@ fn load_balancer_gets_a_pool_ip_in_its_status_and_keeps_it_when_recreated() {
     })
     .expect("on two hosts");
     every_sync_request_is_allowed_by_the_shipped_cluster_role(&s.api, ("patch", "services/status"));
+
+    // What an operator's Prometheus sees: one leader, its counts, both replicas ready.
+    let (leader, standby) = if s.leader().as_deref() == Some(a.identity()) {
+        (&a, &b)
+    } else {
+        (&b, &a)
+    };
+    let counts = || {
+        (
+            leader.metric("extip_sync_desired_keys"),
+            leader.metric("extip_sync_allocations"),
+        )
+    };
+    wait_for(Duration::from_secs(10), || {
+        counts() == (Some(3.0), Some(3.0))
+    })
+    .unwrap_or_else(|| panic!("desired keys, allocations: {:?}", counts()));
+    assert_eq!(leader.metric("extip_sync_leader"), Some(1.0));
+    assert_eq!(standby.metric("extip_sync_leader"), Some(0.0));
+    assert_eq!(standby.metric("extip_sync_services"), Some(3.0));
+    assert_eq!(leader.http("/readyz").0, 200);
+    assert_eq!(standby.http("/readyz").0, 200);
+    let (_, text) = leader.http("/metrics");
+    assert!(
+        text.contains("extip_sync_reconciles_total{result=\"ok\"}"),
+        "{text}"
+    );
 }
 
 /// The ClusterRole in config/k8s/rbac.yaml allows every request the syncs made.
@@ -258,6 +286,16 @@ fn two_racing_leaders_hand_200_load_balancers_200_distinct_ips() {
     let done = wait_for(Duration::from_secs(60), || ips().len() == 200);
     done.unwrap_or_else(|| panic!("only {} of 200 Services got an IP", ips().len()));
     let races = a.log().matches("lost a race").count() + b.log().matches("lost a race").count();
+    let counted = || {
+        let total = |r: &synclab::SyncReplica| {
+            r.metric("extip_sync_allocation_races_total")
+                .unwrap_or(-1.0)
+        };
+        total(&a) + total(&b)
+    };
+    // The metric is set after the reconcile's allocations: wait for the last one.
+    wait_for(Duration::from_secs(10), || counted() == races as f64)
+        .unwrap_or_else(|| panic!("races: {} in the metric, {races} in the logs", counted()));
     eprintln!(
         "200 LoadBalancer IPs from two racing syncs in {:?}; {races} allocation txns lost a race",
         start.elapsed()

@@ -74,6 +74,8 @@ fn print_summary(cfg: &SyncConfig) {
             allow.join(",")
         }
     );
+    let listen = cfg.listen.map_or("none".to_string(), |a| a.to_string());
+    println!("listen: {listen}");
     println!(
         "namespaces: {}",
         if cfg.namespaces.is_empty() {

@@ -22,6 +22,9 @@ pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(600);
 pub const DEFAULT_ELECTION_TTL: Duration = Duration::from_secs(10);
 /// Default time a deleted Service's IP is kept for it.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(3600);
+/// Default address of `/metrics`, `/healthz`, `/readyz` (the agent's port plus one, so
+/// both can run on one host).
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9479";
 /// Default period of the full reconcile with etcd.
 pub const DEFAULT_RESYNC: Duration = Duration::from_secs(60);
 
@@ -58,6 +61,9 @@ pub struct SyncSettings {
     /// Period of the full reconcile with etcd [default: 60s]
     #[arg(long, env = "EXTIP_RESYNC")]
     pub resync: Option<String>,
+    /// Serve /metrics, /healthz and /readyz here; `none` turns it off [default: 127.0.0.1:9479]
+    #[arg(long, env = "EXTIP_LISTEN")]
+    pub listen: Option<String>,
     /// Name of this replica in the election [default: the host name]
     #[arg(long, env = "EXTIP_IDENTITY")]
     pub identity: Option<String>,
@@ -105,6 +111,8 @@ pub struct SyncConfig {
     pub retention: Duration,
     /// Full reconcile period.
     pub resync: Duration,
+    /// Where the metrics are served; `None`: nowhere.
+    pub listen: Option<std::net::SocketAddr>,
     /// This replica's name.
     pub identity: String,
     /// Lead without an election (tests).
@@ -132,6 +140,7 @@ impl SyncSettings {
             allow_external_ip,
             retention,
             resync,
+            listen,
             identity
         ))
     }
@@ -236,6 +245,15 @@ impl SyncConfig {
             allow_external,
             retention: duration("retention", s.retention.as_deref(), DEFAULT_RETENTION)?,
             resync: duration("resync", s.resync.as_deref(), DEFAULT_RESYNC)?,
+            listen: match s.listen.as_deref().unwrap_or(DEFAULT_LISTEN) {
+                "none" => None,
+                text => Some(text.parse().map_err(|_| {
+                    invalid(
+                        "listen",
+                        format!("`{text}` is neither host:port (e.g. 127.0.0.1:9479) nor `none`"),
+                    )
+                })?),
+            },
             identity,
             assume_leader: s.assume_leader,
         })

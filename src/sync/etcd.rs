@@ -30,6 +30,8 @@ pub struct EtcdState {
     pub ips: BTreeMap<IpAddr, (String, i64)>,
     /// Desired keys, parsed enough to diff.
     pub desired: BTreeMap<IpAddr, ExistingKey>,
+    /// Allocation transactions that lost a race since this state was read.
+    pub races: u64,
 }
 
 impl EtcdState {
@@ -270,6 +272,7 @@ async fn commit(
         }
         None => {
             tracing::debug!(service, ip = %wanted.ip, "allocation lost a race; re-reading");
+            state.races += 1;
             read_allocations(store, keys, state).await?;
             Ok(false)
         }

@@ -9,10 +9,13 @@ pub mod config;
 mod etcd;
 pub mod kube;
 mod leader;
+pub mod metrics;
 pub mod plan;
 mod reconcile;
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ::kube::runtime::watcher::{self, Event};
@@ -29,6 +32,7 @@ use crate::store::{EtcdAuth, Store, StoreError};
 
 pub use config::{SyncCli, SyncConfig, SyncSettings};
 use kube::{service_name, ServiceMap};
+use metrics::SyncMetrics;
 use reconcile::Reconciler;
 
 /// Bound on connecting to etcd and on every request.
@@ -195,23 +199,41 @@ pub async fn run(cfg: SyncConfig) -> anyhow::Result<()> {
     ));
     let mut streams = service_streams(&client, &cfg.namespaces);
     let mut cache = ServiceCache::new(&cfg.namespaces);
-    let mut reconciler = Reconciler::new(connector, client, &cfg);
+    let metrics = Arc::new(SyncMetrics::new());
+    if let Some(addr) = cfg.listen {
+        metrics::serve(addr, metrics.clone())
+            .await
+            .map_err(|e| anyhow::anyhow!("listen: cannot serve metrics on {addr}: {e}"))?;
+    }
+    let mut reconciler = Reconciler::new(connector, client, &cfg, metrics.clone());
     let mut resync = tokio::time::interval(cfg.resync);
     let mut due: Option<Instant> = None;
     let mut failures: u32 = 0;
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         let ready = cache.complete() && *leading.borrow();
+        if !*leading.borrow() {
+            // A standby is ready once it could take over: its view of the Services is whole.
+            metrics.ready.store(cache.complete(), Ordering::Relaxed);
+        }
         let at = due.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
         tokio::select! {
             Some((i, event)) = streams.next() => match event {
-                Ok(e) => if cache.apply(i, e) { due = due.or(Some(Instant::now() + DEBOUNCE)) },
+                Ok(e) => if cache.apply(i, e) {
+                    metrics.services.set(cache.map.len() as i64);
+                    due = due.or(Some(Instant::now() + DEBOUNCE));
+                },
                 Err(e) => warn!(error = %e, "Service watch failed; kube-rs retries with back-off"),
             },
-            Ok(()) = leading.changed() => due = Some(Instant::now()),
+            Ok(()) = leading.changed() => {
+                metrics.leader.set(i64::from(*leading.borrow()));
+                due = Some(Instant::now());
+            }
             _ = resync.tick() => due = due.or(Some(Instant::now())),
             () = tokio::time::sleep_until(at), if ready && due.is_some() => {
-                due = match reconciler.reconcile(&cache.map).await {
+                let outcome = reconciler.reconcile(&cache.map).await;
+                metrics.ready.store(outcome.is_ok(), Ordering::Relaxed);
+                due = match outcome {
                     Ok(()) => {
                         failures = 0;
                         None

@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ::kube::Client;
@@ -13,6 +14,7 @@ use crate::store::{Store, StoreError};
 use super::config::SyncConfig;
 use super::etcd::{read_state, run_step, write_keys};
 use super::kube::{ingress_ips, post_event, set_ingress, view_of, ServiceMap};
+use super::metrics::{ResultLabel, SyncMetrics};
 use super::plan::{
     allocation_steps, desired_values, key_writes, order_for_replica, Policy, Refusal, ServiceView,
 };
@@ -36,11 +38,17 @@ pub struct Reconciler {
     identity: String,
     /// Refusals already reported, so each gets one Event and one log line.
     reported: BTreeSet<Refusal>,
+    metrics: Arc<SyncMetrics>,
 }
 
 impl Reconciler {
     /// A reconciler for `cfg`; connects lazily.
-    pub fn new(connector: Connector, client: Client, cfg: &SyncConfig) -> Self {
+    pub fn new(
+        connector: Connector,
+        client: Client,
+        cfg: &SyncConfig,
+        metrics: Arc<SyncMetrics>,
+    ) -> Self {
         Reconciler {
             connector,
             client,
@@ -51,6 +59,7 @@ impl Reconciler {
             allow_external: cfg.allow_external.clone(),
             identity: cfg.identity.clone(),
             reported: BTreeSet::new(),
+            metrics,
         }
     }
 
@@ -92,7 +101,15 @@ impl Reconciler {
             Some(s) => s,
             None => self.connector.connect().await?,
         };
+        let started = std::time::Instant::now();
         let result = self.reconcile_with(&mut store, services).await;
+        let m = &self.metrics;
+        m.reconcile_duration
+            .observe(started.elapsed().as_secs_f64());
+        let label = ResultLabel {
+            result: if result.is_ok() { "ok" } else { "error" },
+        };
+        m.reconciles.get_or_create(&label).inc();
         if result.is_ok() {
             self.store = Some(store);
         }
@@ -125,7 +142,12 @@ impl Reconciler {
             .filter(|(_, (a, _))| a.released_at.is_none())
             .map(|(svc, (a, _))| (svc.clone(), a.ip))
             .collect();
+        self.metrics
+            .allocation_races
+            .inc_by(std::mem::take(&mut state.races));
+        self.metrics.allocations.set(lb_ips.len() as i64);
         let (desired, more) = desired_values(&views, &lb_ips, &policy);
+        self.metrics.desired_keys.set(desired.len() as i64);
         refusals.extend(more);
         let writes = key_writes(&desired, &state.desired, lease);
         let raced = write_keys(store, &keys, &writes, lease).await?;
@@ -177,6 +199,7 @@ impl Reconciler {
                 }
             }
         }
+        self.metrics.refusals.set(now.len() as i64);
         self.reported = now;
     }
 }

@@ -21,12 +21,43 @@ pub struct SyncReplica {
     pub child: Child,
     log: std::path::PathBuf,
     identity: String,
+    /// Namespace it runs in and its `--listen` address.
+    ns: String,
+    listen: String,
 }
 
 impl SyncReplica {
     /// Its `--identity`.
     pub fn identity(&self) -> &str {
         &self.identity
+    }
+
+    /// `GET path` on its metrics listener: HTTP status and body, read with curl.
+    pub fn http(&self, path: &str) -> (u16, String) {
+        let url = format!("http://{}{path}", self.listen);
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.ns,
+                "curl",
+                "-s",
+                "-w",
+                "\n%{http_code}",
+                &url,
+            ])
+            .output()
+            .expect("curl");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        (code.trim().parse().unwrap_or(0), body.to_string())
+    }
+
+    /// The value of metric `name` (no labels) on its `/metrics`.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        let (_, body) = self.http("/metrics");
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
     }
 
     /// Its log so far.
@@ -51,6 +82,7 @@ pub struct SyncLab {
     pub lab: Lab,
     /// The stand-in API server.
     pub api: ApiServer,
+    replicas_started: std::cell::Cell<u16>,
 }
 
 impl SyncLab {
@@ -62,12 +94,20 @@ impl SyncLab {
         }
         let api = ApiServer::start(Some(&lab.etcd[0].ns), &lab.etcd[0].addr, lab.dir());
         lab.extip(&["pool", "add", "lb", "198.51.100.128/25", "--auto-assign"]);
-        SyncLab { lab, api }
+        SyncLab {
+            lab,
+            api,
+            replicas_started: std::cell::Cell::new(0),
+        }
     }
 
     /// Start a replica named `identity`; `extra` flags are appended.
     pub fn sync(&self, identity: &str, extra: &[&str]) -> SyncReplica {
         let log = self.lab.dir().join(format!("sync-{identity}.log"));
+        // Replicas share etcd's namespace: each gets its own metrics port.
+        let n = self.replicas_started.get();
+        self.replicas_started.set(n + 1);
+        let listen = format!("127.0.0.1:{}", 9480 + n);
         let file = std::fs::File::create(&log).expect("sync log");
         let ttl = |d: Duration| format!("{}s", d.as_secs());
         let child = Command::new("ip")
@@ -82,6 +122,7 @@ impl SyncLab {
                 &ttl(ELECTION_TTL),
             ])
             .args(["--allow-external-ip", "198.51.100.0/25"])
+            .args(["--listen", &listen])
             .args(extra)
             .env("EXTIP_LOG", "info,extip=debug")
             .stdout(file.try_clone().expect("log"))
@@ -92,6 +133,8 @@ impl SyncLab {
             child,
             log,
             identity: identity.to_string(),
+            ns: self.lab.etcd[0].ns.clone(),
+            listen,
         }
     }
 
