@@ -5,7 +5,8 @@
 //! `EXTIP_BENCH_RUNS` rounds (default 10): `kubectl apply` of a Service with an
 //! externalIP until the IP is on a host, `kubectl delete` until it is gone, a
 //! LoadBalancer Service until `kubectl get` shows its IP; and over 3 rounds: SIGKILL of
-//! the leading replica until the other leads. Prints a Markdown table.
+//! the leading replica until the other leads; then `EXTIP_BENCH_SERVICES` (default 1000)
+//! LoadBalancer Services in one apply. Prints a Markdown table and a line.
 
 #[path = "../tests/kube/mod.rs"]
 mod kube;
@@ -86,6 +87,7 @@ fn main() {
         }));
         replicas.push(s.sync(&format!("r{round}"), &[]));
     }
+    let scale = many_load_balancers(&s, &replicas);
     println!("| measure (median, min–max) | extip-sync |");
     println!("|---|---|");
     println!(
@@ -109,4 +111,68 @@ fn main() {
         "| leader SIGKILLed → standby leads (`--election-ttl 3s`), 3 runs | {} |",
         stats(failover)
     );
+    println!("{scale}");
+}
+
+/// `EXTIP_BENCH_SERVICES` (default 1000) LoadBalancer Services in one `kubectl apply`,
+/// from an IPv6 pool big enough for them: seconds until kubectl shows every IP, and the
+/// leader's reconcile times while it worked through them.
+fn many_load_balancers(s: &SyncLab, replicas: &[SyncReplica]) -> String {
+    let n: usize = std::env::var("EXTIP_BENCH_SERVICES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    s.lab.extip(&["pool", "rm", "lb"]);
+    s.lab.extip(&[
+        "pool",
+        "add",
+        "scale",
+        "2001:db8:100::/112",
+        "--auto-assign",
+    ]);
+    let list: String = (0..n)
+        .map(|i| {
+            format!(
+                "---\n{}",
+                service(&format!("many-{i:05}"), "  type: LoadBalancer\n")
+            )
+        })
+        .collect();
+    let start = Instant::now();
+    s.api.apply(&list);
+    let applied = start.elapsed();
+    let shown = || {
+        let out = s.api.kubectl(&[
+            "get",
+            "svc",
+            "-o",
+            "jsonpath={range .items[*]}{.status.loadBalancer.ingress[0].ip}{\"\\n\"}{end}",
+        ]);
+        out.lines()
+            .filter(|l| l.starts_with("2001:db8:100:"))
+            .count()
+    };
+    let all = timed(Duration::from_secs(600), "every IP shown", || {
+        std::thread::sleep(Duration::from_millis(200));
+        shown() == n
+    });
+    let leader = s.leader().expect("leader");
+    let r = replicas
+        .iter()
+        .find(|r| r.identity() == leader)
+        .expect("leader runs");
+    let sum = r
+        .metric("extip_sync_reconcile_duration_seconds_sum")
+        .unwrap_or(0.0);
+    let count = r
+        .metric("extip_sync_reconcile_duration_seconds_count")
+        .unwrap_or(0.0);
+    format!(
+        "\n{n} LoadBalancer Services in one `kubectl apply` ({:.1} s for kubectl): every IP \
+         shown by kubectl {:.1} s after the apply started; the leader ran {count} reconciles, \
+         {:.0} ms each on average.",
+        applied.as_secs_f64(),
+        all.as_secs_f64(),
+        1000.0 * sum / count.max(1.0)
+    )
 }
