@@ -43,6 +43,16 @@ fn external_ip_follows_kubectl_apply_and_delete() {
         .expect("desired key");
     assert_eq!(key.1["source"], "default/web");
     assert_eq!(key.1["managed_by"], "extip-sync");
+    // `extip status` tells the operator which Service an IP is for.
+    let table = s.lab.extip(&["status"]);
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("198.51.100.20 "))
+        .expect("status row");
+    assert!(
+        table.contains("SOURCE") && row.ends_with("default/web"),
+        "{table}"
+    );
 
     let start = Instant::now();
     s.api.kubectl(&["delete", "svc", "web"]);

@@ -76,6 +76,8 @@ pub struct IpStatus {
     pub interface: Option<String>,
     /// The pool the IP belongs to, if any.
     pub pool: Option<String>,
+    /// Who asked for it (`namespace/name` of Services for extip-sync's keys); empty: nobody said.
+    pub source: Vec<String>,
     /// Holders by slot.
     pub holders: Vec<HolderStatus>,
     /// Why the agents skip this key, when they do.
@@ -178,6 +180,11 @@ fn ip_status(ip: IpAddr, raw: &[u8], pools: &BTreeMap<String, Pool>) -> IpStatus
                 replicas: desired.replicas.to_string(),
                 interface: desired.interface,
                 pool: desired.pool,
+                source: match desired.source {
+                    Some(model::Source::One(one)) => vec![one],
+                    Some(model::Source::Many(many)) => many,
+                    None => Vec::new(),
+                },
                 ..Default::default()
             }
         }
@@ -197,6 +204,7 @@ pub(super) fn ips_table(status: &Status) -> String {
         "HOLDER".into(),
         "SINCE".into(),
         "HISTORY".into(),
+        "SOURCE".into(),
     ]];
     for ip in &status.ips {
         let mask = ip.prefix_len.map_or("-".into(), |l| format!("/{l}"));
@@ -227,6 +235,11 @@ pub(super) fn ips_table(status: &Status) -> String {
             holder,
             since,
             history,
+            if ip.source.is_empty() {
+                "-".into()
+            } else {
+                ip.source.join(",")
+            },
         ]);
     }
     render(&rows)
