@@ -142,13 +142,8 @@ fn many_load_balancers(s: &SyncLab, replicas: &[SyncReplica]) -> String {
     s.api.apply(&list);
     let applied = start.elapsed();
     let shown = || {
-        let out = s.api.kubectl(&[
-            "get",
-            "svc",
-            "-o",
-            "jsonpath={range .items[*]}{.status.loadBalancer.ingress[0].ip}{\"\\n\"}{end}",
-        ]);
-        out.lines()
+        let ips = s.ingress_ips();
+        ips.iter()
             .filter(|l| l.starts_with("2001:db8:100:"))
             .count()
     };

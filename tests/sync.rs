@@ -281,18 +281,7 @@ fn two_racing_leaders_hand_200_load_balancers_200_distinct_ips() {
         s.sync("race-a", &["--assume-leader"]),
         s.sync("race-b", &["--assume-leader"]),
     );
-    let ips = || -> Vec<String> {
-        let out = s.api.kubectl(&[
-            "get",
-            "svc",
-            "-o",
-            "jsonpath={range .items[*]}{.status.loadBalancer.ingress[0].ip}{\"\\n\"}{end}",
-        ]);
-        out.lines()
-            .filter(|l| !l.is_empty())
-            .map(str::to_string)
-            .collect()
-    };
+    let ips = || s.ingress_ips();
     let done = wait_for(Duration::from_secs(60), || ips().len() == 200);
     done.unwrap_or_else(|| panic!("only {} of 200 Services got an IP", ips().len()));
     let races = a.log().matches("lost a race").count() + b.log().matches("lost a race").count();

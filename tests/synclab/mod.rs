@@ -165,6 +165,16 @@ impl SyncLab {
             .unwrap_or_else(|| panic!("{key} never written"));
     }
 
+    /// The ingress IP of every Service that has one, as kubectl prints them.
+    pub fn ingress_ips(&self) -> Vec<String> {
+        let each = "jsonpath={range .items[*]}{.status.loadBalancer.ingress[0].ip}{\"\\n\"}{end}";
+        let out = self.api.kubectl(&["get", "svc", "-o", each]);
+        out.lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+
     /// `status.loadBalancer.ingress[0].ip` as kubectl prints it.
     pub fn ingress(&self, name: &str) -> String {
         self.api.kubectl(&[
