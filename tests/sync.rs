@@ -465,3 +465,34 @@ fn a_sync_limited_to_namespaces_serves_only_their_services() {
         "{watched:?}"
     );
 }
+
+#[test]
+fn a_load_balancer_waiting_for_a_pool_gets_its_ip_as_soon_as_one_is_added() {
+    let s = SyncLab::new(1, false);
+    s.lab.extip(&["pool", "rm", "lb"]);
+    let _a = s.sync("sync-a", &[]);
+    wait_leader(&s);
+    s.api.apply(&service("shop", "  type: LoadBalancer\n"));
+    let no_pool = || {
+        let args = [
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=shop",
+            "-o",
+            "json",
+        ];
+        s.api.kubectl(&args).contains("\"NoPool\"")
+    };
+    wait_for(Duration::from_secs(10), no_pool).expect("a NoPool Event");
+    let pending = s.api.kubectl(&["get", "svc", "shop"]);
+    assert!(pending.contains("<pending>"), "{pending}");
+    let added = Instant::now();
+    s.lab
+        .extip(&["pool", "add", "late", "198.51.100.64/28", "--auto-assign"]);
+    // The resync is 60 s: only the watch on the pools makes this quick.
+    let took = wait_for(Duration::from_secs(10), || !s.ingress("shop").is_empty()).expect("an IP");
+    eprintln!("pool added -> ingress IP after {:?}", added.elapsed());
+    assert!(took <= Duration::from_secs(5), "took {took:?}");
+    assert!(s.ingress("shop").starts_with("198.51.100."));
+}

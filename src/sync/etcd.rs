@@ -361,3 +361,29 @@ pub async fn write_keys(
     }
     Ok(raced)
 }
+
+/// Send on `changed` whenever a pool is written or removed (and after each (re)start of
+/// the watch, which may have missed some): a Service waiting for a pool gets its IP at
+/// once instead of at the next resync.
+pub async fn watch_pools(connector: super::Connector, changed: tokio::sync::mpsc::Sender<()>) {
+    loop {
+        let Err(why) = pool_changes(&connector, &changed).await;
+        warn!(error = %why, "pool watch ended; restarting");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+async fn pool_changes(
+    connector: &super::Connector,
+    changed: &tokio::sync::mpsc::Sender<()>,
+) -> Result<std::convert::Infallible, StoreError> {
+    let mut store = connector.connect().await?;
+    let mut watch = store.watch(&connector.keys.pools(), 0).await?;
+    let _ = changed.try_send(());
+    loop {
+        let (_, changes) = watch.next().await?;
+        if !changes.is_empty() {
+            let _ = changed.try_send(());
+        }
+    }
+}

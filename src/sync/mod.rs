@@ -197,6 +197,8 @@ pub async fn run(cfg: SyncConfig) -> anyhow::Result<()> {
         leading_tx,
         stop_rx,
     ));
+    let (pools_tx, mut pools_changed) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(etcd::watch_pools(connector.clone(), pools_tx));
     let mut streams = service_streams(&client, &cfg.namespaces);
     let mut cache = ServiceCache::new(&cfg.namespaces);
     let metrics = Arc::new(SyncMetrics::new());
@@ -230,6 +232,7 @@ pub async fn run(cfg: SyncConfig) -> anyhow::Result<()> {
                 due = Some(Instant::now());
             }
             _ = resync.tick() => due = due.or(Some(Instant::now())),
+            Some(()) = pools_changed.recv() => due = due.or(Some(Instant::now() + DEBOUNCE)),
             () = tokio::time::sleep_until(at), if ready && due.is_some() => {
                 let outcome = reconciler.reconcile(&cache.map).await;
                 metrics.ready.store(outcome.is_ok(), Ordering::Relaxed);
