@@ -496,3 +496,43 @@ fn a_load_balancer_waiting_for_a_pool_gets_its_ip_as_soon_as_one_is_added() {
     assert!(took <= Duration::from_secs(5), "took {took:?}");
     assert!(s.ingress("shop").starts_with("198.51.100."));
 }
+
+#[test]
+fn a_desired_key_that_is_not_json_is_logged_once_and_never_overwritten() {
+    let s = SyncLab::new(1, false);
+    s.lab.put("/extip/ips/198.51.100.97", "not json");
+    let a = s.sync("sync-a", &[]);
+    wait_leader(&s);
+    s.api
+        .apply(&service("junk", "  externalIPs: [198.51.100.97]\n"));
+    s.api
+        .apply(&service("fine", "  externalIPs: [198.51.100.96]\n"));
+    s.wait_desired("198.51.100.96");
+    // More reconciles: each must leave the key alone and not log it again.
+    s.api
+        .merge_patch("fine", r#"{"metadata":{"labels":{"touched":"yes"}}}"#);
+    let ok_reconciles = || {
+        let (_, text) = a.http("/metrics");
+        text.lines()
+            .find_map(|l| l.strip_prefix("extip_sync_reconciles_total{result=\"ok\"} "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    wait_for(Duration::from_secs(10), || ok_reconciles() >= 3.0).expect("three good reconciles");
+    assert_eq!(
+        s.lab.get("/extip/ips/198.51.100.97").as_deref(),
+        Some("not json")
+    );
+    let log = a.log();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("bad data in etcd"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{log}");
+    assert!(
+        lines[0].contains("/extip/ips/198.51.100.97"),
+        "{}",
+        lines[0]
+    );
+    assert!(!log.contains("reconcile failed"), "{log}");
+}

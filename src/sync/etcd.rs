@@ -32,6 +32,9 @@ pub struct EtcdState {
     pub desired: BTreeMap<IpAddr, ExistingKey>,
     /// Allocation transactions that lost a race since this state was read.
     pub races: u64,
+    /// Records that could not be read, as (key, what is wrong): skipped, and the
+    /// reconciler logs each once.
+    pub bad: Vec<(String, String)>,
 }
 
 impl EtcdState {
@@ -53,7 +56,9 @@ pub async fn read_state(store: &mut Store, keys: &Keys) -> Result<EtcdState, Sto
             Ok((pool, _)) => {
                 state.pools.insert(name, pool);
             }
-            Err(e) => warn!(key = %kv.key, error = %e, "skipping bad pool"),
+            Err(e) => state
+                .bad
+                .push((kv.key.clone(), format!("bad pool, skipped: {e}"))),
         }
     }
     read_allocations(store, keys, &mut state).await?;
@@ -61,15 +66,19 @@ pub async fn read_state(store: &mut Store, keys: &Keys) -> Result<EtcdState, Sto
         let Ok(Some(KeyKind::Desired(ip))) = keys.parse(&kv.key) else {
             continue;
         };
-        // Unparsable values are not ours to fix; keep them out of the diff.
-        if let Ok(value) = serde_json::from_slice(&kv.value) {
-            let existing = ExistingKey {
-                value,
-                lease: kv.lease,
-                mod_revision: kv.mod_revision,
-            };
-            state.desired.insert(ip, existing);
-        }
+        // An unparsable value is not ours (we write JSON): it stays as it is, and a
+        // Service asking for its IP does not overwrite it.
+        let value = serde_json::from_slice(&kv.value).unwrap_or_else(|e| {
+            let why = format!("desired value is not JSON, left alone: {e}");
+            state.bad.push((kv.key.clone(), why));
+            serde_json::Value::Null
+        });
+        let existing = ExistingKey {
+            value,
+            lease: kv.lease,
+            mod_revision: kv.mod_revision,
+        };
+        state.desired.insert(ip, existing);
     }
     Ok(state)
 }
@@ -98,7 +107,8 @@ async fn read_allocations(
             None => Ok(()),
         };
         if let Err(e) = parsed {
-            warn!(key = %kv.key, error = %e, "skipping bad allocation record");
+            let why = format!("bad allocation record, skipped: {e}");
+            state.bad.push((kv.key.clone(), why));
         }
     }
     Ok(())

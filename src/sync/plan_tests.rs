@@ -230,6 +230,7 @@ fn writes_reattach_to_our_lease_delete_only_our_keys_and_leave_foreign_ones() {
     };
     let ours_json = serde_json::to_value(&ours).unwrap();
     let desired = BTreeMap::from([
+        (ip("198.51.100.6"), ours.clone()),
         (ip("198.51.100.1"), ours.clone()),
         (ip("198.51.100.2"), ours.clone()),
         (ip("198.51.100.3"), ours),
@@ -243,6 +244,8 @@ fn writes_reattach_to_our_lease_delete_only_our_keys_and_leave_foreign_ones() {
             ip("198.51.100.5"),
             existing(serde_json::json!({"source": "ops"}), 0),
         ),
+        // Not JSON at all (read as null): someone else's, left alone like the others.
+        (ip("198.51.100.6"), existing(serde_json::Value::Null, 0)),
     ]);
     let writes = key_writes(&desired, &have, 11);
     assert_eq!(

@@ -38,6 +38,8 @@ pub struct Reconciler {
     identity: String,
     /// Refusals already reported, so each gets one Event and one log line.
     reported: BTreeSet<Refusal>,
+    /// Bad records in etcd already logged (key and reason), so each is logged once.
+    bad_logged: BTreeSet<(String, String)>,
     metrics: Arc<SyncMetrics>,
 }
 
@@ -59,6 +61,7 @@ impl Reconciler {
             allow_external: cfg.allow_external.clone(),
             identity: cfg.identity.clone(),
             reported: BTreeSet::new(),
+            bad_logged: BTreeSet::new(),
             metrics,
         }
     }
@@ -124,6 +127,11 @@ impl Reconciler {
         let keys = self.connector.keys.clone();
         let lease = self.lease(store).await?;
         let mut state = read_state(store, &keys).await?;
+        let bad: BTreeSet<(String, String)> = std::mem::take(&mut state.bad).into_iter().collect();
+        for (key, why) in bad.difference(&self.bad_logged) {
+            warn!(%key, "bad data in etcd: {why}");
+        }
+        self.bad_logged = bad;
         let views: Vec<ServiceView> = services.values().map(view_of).collect();
         let pools = state.pools.clone();
         let policy = Policy {
