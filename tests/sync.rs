@@ -536,3 +536,37 @@ fn a_desired_key_that_is_not_json_is_logged_once_and_never_overwritten() {
     );
     assert!(!log.contains("reconcile failed"), "{log}");
 }
+
+#[test]
+fn the_sync_rides_out_an_etcd_restart_and_keeps_serving_changes() {
+    let mut s = SyncLab::new(1, false);
+    let a = s.sync("sync-a", &[]);
+    wait_leader(&s);
+    s.api
+        .apply(&service("before", "  externalIPs: [198.51.100.40]\n"));
+    s.wait_desired("198.51.100.40");
+    s.lab.kill_member(0);
+    // A change while etcd is down waits for it; nothing is lost.
+    s.api
+        .apply(&service("during", "  externalIPs: [198.51.100.41]\n"));
+    std::thread::sleep(Duration::from_secs(2));
+    s.lab.start_member(0);
+    let back = wait_for(Duration::from_secs(30), || {
+        s.lab.get("/extip/ips/198.51.100.41").is_some()
+    });
+    let back = back.unwrap_or_else(|| {
+        panic!(
+            "the change made during the outage never arrived:\n{}",
+            a.log()
+        )
+    });
+    eprintln!("etcd back -> change written after {back:?}");
+    assert!(
+        s.lab.get("/extip/ips/198.51.100.40").is_some(),
+        "a key was lost"
+    );
+    s.api
+        .apply(&service("after", "  externalIPs: [198.51.100.42]\n"));
+    s.wait_desired("198.51.100.42");
+    assert_eq!(s.leader().as_deref(), Some("sync-a"));
+}
