@@ -569,4 +569,10 @@ fn the_sync_rides_out_an_etcd_restart_and_keeps_serving_changes() {
         .apply(&service("after", "  externalIPs: [198.51.100.42]\n"));
     s.wait_desired("198.51.100.42");
     assert_eq!(s.leader().as_deref(), Some("sync-a"));
+    // It led on with its own election lease rather than waiting for that lease to expire.
+    assert!(
+        a.log().contains("the leader key is still ours"),
+        "{}",
+        a.log()
+    );
 }

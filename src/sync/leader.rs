@@ -67,6 +67,8 @@ pub async fn run(
     let key = connector.keys.sync_leader();
     let retry = (ttl / 4).min(Duration::from_secs(1));
     let mut connection: Option<Store> = None;
+    // The election lease of a leadership lost only because etcd was out of reach.
+    let mut last_lease: Option<i64> = None;
     loop {
         let mut store = match connection.take() {
             Some(s) => s,
@@ -81,22 +83,17 @@ pub async fn run(
         };
         // Watch before campaigning: a leader key deleted in between is still seen.
         let watch = store.watch(&key, 0).await;
-        match campaign(&mut store, &key, &identity, ttl).await {
+        let attempt = match last_lease.take() {
+            Some(lease) if still_leader(&mut store, &key, lease).await => Ok(Some(lease)),
+            _ => campaign(&mut store, &key, &identity, ttl).await,
+        };
+        match attempt {
             Ok(Some(lease)) => {
-                info!(identity, "leading: this replica writes the desired keys");
-                let _ = leading.send(true);
-                // Stop writing a third of the TTL before etcd could hand the key to another.
-                tokio::select! {
-                    why = keep_alive(&mut store, lease, ttl, ttl * 2 / 3) => {
-                        let _ = leading.send(false);
-                        warn!(error = %why, "lost leadership");
-                    }
-                    _ = shutdown.changed() => {
-                        let _ = leading.send(false);
-                        resign(&connector, lease).await;
-                        return;
-                    }
+                let stop = &mut shutdown;
+                if !lead(&mut store, lease, ttl, &leading, stop, &connector).await {
+                    return;
                 }
+                last_lease = Some(lease);
             }
             // Someone leads: campaign again as soon as the leader key goes.
             Ok(None) => {
@@ -130,6 +127,57 @@ async fn until_vacant(mut watch: Watch, ttl: Duration) {
         }
     };
     let _ = tokio::time::timeout(ttl, deleted).await;
+}
+
+/// Lead on `lease` until it can no longer be renewed (true: campaign on) or shutdown
+/// (false: resigned).
+async fn lead(
+    store: &mut Store,
+    lease: i64,
+    ttl: Duration,
+    leading: &watch::Sender<bool>,
+    shutdown: &mut watch::Receiver<bool>,
+    connector: &Connector,
+) -> bool {
+    info!("leading: this replica writes the desired keys");
+    let _ = leading.send(true);
+    // Stop writing a third of the TTL before etcd could hand the key to another.
+    tokio::select! {
+        why = keep_alive(store, lease, ttl, ttl * 2 / 3) => {
+            let _ = leading.send(false);
+            warn!(error = %why, "lost leadership");
+            true
+        }
+        _ = shutdown.changed() => {
+            let _ = leading.send(false);
+            resign(connector, lease).await;
+            false
+        }
+    }
+}
+
+/// After etcd was out of reach: the leader key still hangs on `lease` and the lease
+/// can be renewed, so nobody else can have led meanwhile and this replica leads on (an
+/// etcd restart gives leases a fresh TTL; without this the replica would wait for its
+/// own old lease to run out before campaigning).
+async fn still_leader(store: &mut Store, key: &str, lease: i64) -> bool {
+    let on_lease = Txn::new().when([Compare::lease(key, CompareOp::Equal, lease)]);
+    if !matches!(store.txn("election check", on_lease).await, Ok(Some(_))) {
+        return false;
+    }
+    let renewed = async {
+        let mut stream = store.keep_alive(lease).await?;
+        stream.send().await?;
+        stream.recv().await
+    };
+    let alive = matches!(renewed.await, Ok(ttl) if ttl > 0);
+    if alive {
+        info!(
+            lease = format!("{lease:x}"),
+            "etcd reachable again and the leader key is still ours"
+        );
+    }
+    alive
 }
 
 /// One attempt: the election lease when this replica now holds the leader key.
