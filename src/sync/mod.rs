@@ -18,7 +18,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ::kube::runtime::watcher::{self, Event};
+use ::kube::runtime::watcher::{self, watcher, Event};
 use ::kube::runtime::WatchStreamExt;
 use ::kube::{Api, Client};
 use futures::{Stream, StreamExt};
@@ -106,8 +106,6 @@ fn service_streams(
     });
     futures::stream::select_all(streams)
 }
-
-use ::kube::runtime::watcher::watcher;
 
 /// The Services as the watchers report them, swapped in whole after each (re-)list.
 struct ServiceCache {
@@ -257,4 +255,39 @@ pub async fn run(cfg: SyncConfig) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(ETCD_TIMEOUT, election).await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn svc(ns: &str, name: &str) -> Service {
+        let mut s = Service::default();
+        s.metadata.namespace = Some(ns.into());
+        s.metadata.name = Some(name.into());
+        s
+    }
+
+    #[test]
+    fn the_cache_is_complete_only_between_lists_and_a_relist_replaces_only_its_namespace() {
+        let mut cache = ServiceCache::new(&["a".into(), "b".into()]);
+        assert!(!cache.complete());
+        for (i, ns) in [(0, "a"), (1, "b")] {
+            cache.apply(i, Event::Init);
+            cache.apply(i, Event::InitApply(svc(ns, "web")));
+            assert!(cache.apply(i, Event::InitDone));
+        }
+        assert!(cache.complete());
+        // A re-list of `a` (after 410 Gone): incomplete until it is done, then `a/web`
+        // is gone because the new list lacks it, and `b/web` is untouched.
+        cache.apply(0, Event::Init);
+        cache.apply(0, Event::InitApply(svc("a", "api")));
+        assert!(!cache.complete());
+        cache.apply(0, Event::InitDone);
+        assert!(cache.complete());
+        let names: Vec<&String> = cache.map.keys().collect();
+        assert_eq!(names, ["a/api", "b/web"]);
+        assert!(cache.apply(1, Event::Delete(svc("b", "web"))));
+        assert_eq!(cache.map.len(), 1);
+    }
 }
