@@ -157,6 +157,25 @@ fn load_balancer_gets_a_pool_ip_in_its_status_and_keeps_it_when_recreated() {
         s.ingress("pinned") == "198.51.100.200"
     })
     .expect("the asked-for IP");
+    // `kubectl describe svc pinned` tells its owner where the IP came from.
+    let allocated = || {
+        let args = [
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=pinned",
+        ];
+        s.api.kubectl(&[&args[..], &["-o", "json"]].concat())
+    };
+    wait_for(Duration::from_secs(10), || {
+        allocated().contains("IPAllocated")
+    })
+    .expect("IPAllocated Event");
+    let described = s.api.kubectl(&["describe", "svc", "pinned"]);
+    assert!(
+        described.contains("IPAllocated") && described.contains("198.51.100.200"),
+        "{described}"
+    );
     wait_for(Duration::from_secs(10), || {
         s.lab.holders("198.51.100.200").len() == 2
     })

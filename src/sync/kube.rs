@@ -10,7 +10,7 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::Client;
 
 use super::plan::{
-    Refusal, ServiceView, ANNOTATION_INTERFACE, ANNOTATION_IP, ANNOTATION_POOL, ANNOTATION_REPLICAS,
+    ServiceView, ANNOTATION_INTERFACE, ANNOTATION_IP, ANNOTATION_POOL, ANNOTATION_REPLICAS,
 };
 
 /// `namespace/name` of a Service.
@@ -70,11 +70,20 @@ pub async fn set_ingress(client: &Client, svc: &Service, ip: Option<IpAddr>) -> 
         .map(|_| ())
 }
 
+/// `type` of an Event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventType {
+    /// Something worked (an IP was allocated).
+    Normal,
+    /// Something was refused.
+    Warning,
+}
+
 /// Post a core/v1 Event on the Service: `kubectl describe svc` and `kubectl get events` show it.
 pub async fn post_event(
     client: &Client,
     svc: &Service,
-    refusal: &Refusal,
+    (reason, message, kind): (&str, &str, EventType),
     identity: &str,
 ) -> kube::Result<()> {
     let ns = svc
@@ -99,9 +108,9 @@ pub async fn post_event(
             resource_version: svc.metadata.resource_version.clone(),
             ..Default::default()
         },
-        reason: Some(refusal.reason.to_string()),
-        message: Some(refusal.message.clone()),
-        type_: Some("Warning".into()),
+        reason: Some(reason.to_string()),
+        message: Some(message.to_string()),
+        type_: Some(format!("{kind:?}")),
         count: Some(1),
         first_timestamp: Some(now.clone()),
         last_timestamp: Some(now),

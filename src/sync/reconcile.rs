@@ -13,7 +13,7 @@ use crate::store::{Store, StoreError};
 
 use super::config::SyncConfig;
 use super::etcd::{read_state, run_step, write_keys};
-use super::kube::{ingress_ips, post_event, set_ingress, view_of, ServiceMap};
+use super::kube::{ingress_ips, post_event, set_ingress, view_of, EventType, ServiceMap};
 use super::metrics::{ResultLabel, SyncMetrics};
 use super::plan::{
     allocation_steps, desired_values, key_writes, order_for_replica, Policy, Refusal, ServiceView,
@@ -185,7 +185,18 @@ impl Reconciler {
                 if have != want.iter().map(ToString::to_string).collect::<Vec<_>>() {
                     match set_ingress(&self.client, svc, want).await {
                         Ok(()) => {
-                            info!(service = %name, ip = ?want, "load-balancer status updated")
+                            info!(service = %name, ip = ?want, "load-balancer status updated");
+                            if let Some(ip) = want {
+                                let text = format!(
+                                    "IP {ip} allocated; written to status.loadBalancer.ingress"
+                                );
+                                let event = ("IPAllocated", text.as_str(), EventType::Normal);
+                                if let Err(e) =
+                                    post_event(&self.client, svc, event, &self.identity).await
+                                {
+                                    warn!(service = %name, error = %e, "cannot post Event");
+                                }
+                            }
                         }
                         Err(e) => {
                             warn!(service = %name, error = %e, "cannot update load-balancer status")
@@ -202,7 +213,8 @@ impl Reconciler {
         for r in now.difference(&self.reported) {
             warn!(service = %r.service, reason = r.reason, "{}", r.message);
             if let Some(svc) = services.get(&r.service) {
-                if let Err(e) = post_event(&self.client, svc, r, &self.identity).await {
+                let event = (r.reason, r.message.as_str(), EventType::Warning);
+                if let Err(e) = post_event(&self.client, svc, event, &self.identity).await {
                     warn!(service = %r.service, error = %e, "cannot post Event");
                 }
             }
