@@ -283,7 +283,7 @@ impl AgentConfig {
         };
         let labels = parse_labels(s.label.unwrap_or_default());
         let export_routes = s.export_routes.unwrap_or(false);
-        let listen = parse_listen(s.listen.as_deref());
+        let listen = parse_listen(s.listen.as_deref(), DEFAULT_LISTEN);
         match (
             etcd,
             prefix,
@@ -358,13 +358,17 @@ impl AgentConfig {
 /// Default address of `/metrics`, `/healthz` and `/readyz`.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9478";
 
-fn parse_listen(text: Option<&str>) -> Result<Option<std::net::SocketAddr>, ConfigError> {
-    match text.unwrap_or(DEFAULT_LISTEN) {
+/// `listen`: `host:port`, or `none` for no listener; `default` when not given.
+pub(crate) fn parse_listen(
+    text: Option<&str>,
+    default: &str,
+) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+    match text.unwrap_or(default) {
         "none" => Ok(None),
         text => text.parse().map(Some).map_err(|_| {
             invalid(
                 "listen",
-                format!("`{text}` is neither host:port (e.g. 127.0.0.1:9478) nor `none`"),
+                format!("`{text}` is neither host:port (e.g. {default}) nor `none`"),
             )
         }),
     }
@@ -457,13 +461,21 @@ fn parse_cidrs(given: Vec<String>) -> Result<Vec<IpNet>, ConfigError> {
     if given.is_empty() {
         return Err(invalid("allowed-cidr", ALLOW_ALL_HINT));
     }
+    parse_cidr_list("allowed-cidr", &given)
+}
+
+/// CIDRs of setting `field`, host bits cleared; the first that does not parse is the error.
+pub(crate) fn parse_cidr_list(
+    field: &'static str,
+    given: &[String],
+) -> Result<Vec<IpNet>, ConfigError> {
     given
         .iter()
         .map(|c| {
             c.trim()
                 .parse::<IpNet>()
                 .map(|n| n.trunc())
-                .map_err(|_| invalid("allowed-cidr", format!("`{c}` is not a CIDR")))
+                .map_err(|_| invalid(field, format!("`{c}` is not a CIDR")))
         })
         .collect()
 }

@@ -9,8 +9,8 @@ use serde::Deserialize;
 
 use crate::cli::{EtcdArgs, LogFormat};
 use crate::config::{
-    invalid, parse_duration, validate_endpoints, validate_prefix, ConfigError, DEFAULT_ETCD,
-    DEFAULT_PREFIX,
+    invalid, parse_cidr_list, parse_duration, parse_listen, validate_endpoints, validate_prefix,
+    ConfigError, DEFAULT_ETCD, DEFAULT_PREFIX,
 };
 use crate::store::{EtcdAuth, EtcdAuthSettings};
 
@@ -219,17 +219,8 @@ impl SyncConfig {
                 "{} must be at least 2s and at most a third of lease-ttl ({}), so a new leader re-attaches the keys before the old lease expires",
                 humantime::format_duration(election_ttl), humantime::format_duration(lease_ttl))));
         }
-        let allow_external = s
-            .allow_external_ip
-            .unwrap_or_default()
-            .iter()
-            .map(|c| {
-                c.trim()
-                    .parse::<IpNet>()
-                    .map(|n| n.trunc())
-                    .map_err(|e| invalid("allow-external-ip", format!("`{c}`: {e}")))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let given = s.allow_external_ip.unwrap_or_default();
+        let allow_external = parse_cidr_list("allow-external-ip", &given)?;
         let identity = s.identity.unwrap_or_else(|| hostname.to_string());
         if identity.is_empty() {
             return Err(invalid("identity", "must not be empty"));
@@ -245,15 +236,7 @@ impl SyncConfig {
             allow_external,
             retention: duration("retention", s.retention.as_deref(), DEFAULT_RETENTION)?,
             resync: duration("resync", s.resync.as_deref(), DEFAULT_RESYNC)?,
-            listen: match s.listen.as_deref().unwrap_or(DEFAULT_LISTEN) {
-                "none" => None,
-                text => Some(text.parse().map_err(|_| {
-                    invalid(
-                        "listen",
-                        format!("`{text}` is neither host:port (e.g. 127.0.0.1:9479) nor `none`"),
-                    )
-                })?),
-            },
+            listen: parse_listen(s.listen.as_deref(), DEFAULT_LISTEN)?,
             identity,
             assume_leader: s.assume_leader,
         })
