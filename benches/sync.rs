@@ -8,6 +8,9 @@
 //! the leading replica until the other leads; then `EXTIP_BENCH_SERVICES` (default 1000)
 //! LoadBalancer Services in one apply. Prints a Markdown table and a line.
 
+// The lab and the stand-in API server both include the one-function tests/common/netns.rs.
+#![allow(clippy::duplicate_mod)]
+
 #[path = "../tests/kube/mod.rs"]
 mod kube;
 #[path = "../tests/lab/mod.rs"]

@@ -2,6 +2,9 @@
 //! real etcd, two sync replicas and agents in lab namespaces. Results are read with
 //! `ip`, `etcdctl` and `kubectl`, never with extip's code.
 
+// The lab and the stand-in API server both include the one-function tests/common/netns.rs.
+#![allow(clippy::duplicate_mod)]
+
 mod kube;
 mod lab;
 mod synclab;
@@ -74,15 +77,7 @@ fn an_external_ip_outside_the_allowlist_never_reaches_etcd_and_gets_an_event() {
     // Outside --allow-external-ip (198.51.100.0/25): refused, with an Event kubectl shows.
     s.api
         .apply(&service("hijack", "  externalIPs: [203.0.113.50]\n"));
-    let events = || {
-        let args = [
-            "get",
-            "events",
-            "--field-selector",
-            "involvedObject.name=hijack",
-        ];
-        s.api.kubectl(&[&args[..], &["-o", "json"]].concat())
-    };
+    let events = || s.api.events_of("hijack");
     let event = wait_for(Duration::from_secs(10), || {
         events().contains("ExternalIPRefused")
     });
@@ -158,15 +153,7 @@ fn load_balancer_gets_a_pool_ip_in_its_status_and_keeps_it_when_recreated() {
     })
     .expect("the asked-for IP");
     // `kubectl describe svc pinned` tells its owner where the IP came from.
-    let allocated = || {
-        let args = [
-            "get",
-            "events",
-            "--field-selector",
-            "involvedObject.name=pinned",
-        ];
-        s.api.kubectl(&[&args[..], &["-o", "json"]].concat())
-    };
+    let allocated = || s.api.events_of("pinned");
     wait_for(Duration::from_secs(10), || {
         allocated().contains("IPAllocated")
     })
@@ -492,17 +479,7 @@ fn a_load_balancer_waiting_for_a_pool_gets_its_ip_as_soon_as_one_is_added() {
     let _a = s.sync("sync-a", &[]);
     wait_leader(&s);
     s.api.apply(&service("shop", "  type: LoadBalancer\n"));
-    let no_pool = || {
-        let args = [
-            "get",
-            "events",
-            "--field-selector",
-            "involvedObject.name=shop",
-            "-o",
-            "json",
-        ];
-        s.api.kubectl(&args).contains("\"NoPool\"")
-    };
+    let no_pool = || s.api.events_of("shop").contains("\"NoPool\"");
     wait_for(Duration::from_secs(10), no_pool).expect("a NoPool Event");
     let pending = s.api.kubectl(&["get", "svc", "shop"]);
     assert!(pending.contains("<pending>"), "{pending}");

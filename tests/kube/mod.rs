@@ -8,6 +8,8 @@
 
 mod http;
 mod json;
+#[path = "../common/netns.rs"]
+mod netns;
 mod store;
 
 use std::net::SocketAddr;
@@ -55,7 +57,7 @@ impl ApiServer {
         let state = shared.clone();
         let thread = std::thread::spawn(move || {
             if let Some(ns) = &ns {
-                enter_namespace(ns);
+                netns::enter_namespace(ns);
             }
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -154,6 +156,12 @@ impl ApiServer {
         self.kubectl(&["patch", "svc", name, "--type", "merge", "-p", patch])
     }
 
+    /// `kubectl get events -o json` for the object named `name`, as kubectl prints it.
+    pub fn events_of(&self, name: &str) -> String {
+        let selector = format!("involvedObject.name={name}");
+        self.kubectl(&["get", "events", "--field-selector", &selector, "-o", "json"])
+    }
+
     /// A Service as the server holds it.
     pub fn service(&self, ns: &str, name: &str) -> Option<Value> {
         self.shared
@@ -223,12 +231,4 @@ async fn serve(
         served = axum::serve(listener, app) => served.expect("serve"),
         _ = stop => {}
     }
-}
-
-fn enter_namespace(ns: &str) {
-    use std::os::fd::AsRawFd;
-    let file = std::fs::File::open(format!("/var/run/netns/{ns}")).expect("netns file");
-    // SAFETY: setns(2) on a valid namespace descriptor; affects only this thread.
-    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-    assert_eq!(rc, 0, "setns {ns}: {}", std::io::Error::last_os_error());
 }

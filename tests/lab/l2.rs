@@ -228,15 +228,6 @@ pub fn unsolicited_nas(lines: &[String], mac: &str, ip: &str) -> usize {
         .count()
 }
 
-/// Move the calling thread into network namespace `ns` (namespaces are per thread).
-fn enter_namespace(ns: &str) {
-    use std::os::fd::AsRawFd;
-    let file = std::fs::File::open(format!("/var/run/netns/{ns}")).expect("netns file");
-    // SAFETY: setns(2) on a valid namespace descriptor; affects only this thread.
-    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-    assert_eq!(rc, 0, "setns {ns}: {}", std::io::Error::last_os_error());
-}
-
 /// A TCP server on port 8080 in a namespace that accepts and closes, until dropped.
 pub struct TcpServer {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -251,7 +242,7 @@ impl TcpServer {
         let ns = ns.to_string();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let thread = std::thread::spawn(move || {
-            enter_namespace(&ns);
+            super::netns::enter_namespace(&ns);
             let listener = std::net::TcpListener::bind("0.0.0.0:8080").expect("bind 8080");
             listener.set_nonblocking(true).expect("nonblocking");
             ready_tx.send(()).expect("ready");
@@ -296,7 +287,7 @@ impl TcpProbe {
             .parse()
             .unwrap_or_else(|_| format!("[{ip}]:8080").parse().expect("address"));
         let thread = std::thread::spawn(move || {
-            enter_namespace(&ns);
+            super::netns::enter_namespace(&ns);
             let (mut ok, mut tries) = (Vec::new(), 0);
             while !flag.load(std::sync::atomic::Ordering::Relaxed) {
                 let at = std::time::Instant::now();

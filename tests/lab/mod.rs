@@ -19,6 +19,8 @@ mod etcd;
 pub mod fleet;
 pub mod l2;
 pub mod monitor;
+#[path = "../common/netns.rs"]
+pub mod netns;
 pub mod routing;
 pub mod secure;
 pub mod vrrp;
