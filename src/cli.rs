@@ -173,6 +173,7 @@ pub struct NodeArgs {
 pub struct EtcdArgs {
     /// etcd endpoints, comma separated [default: http://127.0.0.1:2379]
     #[arg(long, env = "EXTIP_ETCD", value_delimiter = ',')]
+    #[serde(default, deserialize_with = "crate::config::one_or_many")]
     pub etcd: Option<Vec<String>>,
     /// Key prefix [default: /extip]
     #[arg(long, env = "EXTIP_PREFIX")]

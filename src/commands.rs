@@ -12,7 +12,7 @@ use crate::cli::{
 use crate::config::{validate_prefix, DEFAULT_ETCD, DEFAULT_PREFIX};
 use crate::model::{self, DesiredValue, KeyKind, Keys};
 use crate::pools::{self, Pool};
-use crate::store::{Snapshot, Store};
+use crate::store::{Snapshot, Store, StoreError};
 
 mod status;
 pub use status::{build_status, status, HolderStatus, IpStatus, Status};
@@ -28,9 +28,27 @@ async fn connect(args: &EtcdArgs) -> anyhow::Result<(Store, Keys)> {
     let prefix = validate_prefix(args.prefix.as_deref().unwrap_or(DEFAULT_PREFIX))?;
     let auth = args.auth(&endpoints)?;
     let keys = Keys::new(&prefix);
-    let (store, _) =
-        Store::connect_any(&endpoints, 0, CLI_TIMEOUT, CLI_TIMEOUT, &auth, &keys.root()).await?;
-    Ok((store, keys))
+    let connected =
+        Store::connect_any(&endpoints, 0, CLI_TIMEOUT, CLI_TIMEOUT, &auth, &keys.root()).await;
+    match connected {
+        Ok((store, _)) => Ok((store, keys)),
+        Err(StoreError::Unreachable { tried, last }) => {
+            Err(anyhow::anyhow!("{}", unreachable_advice(&tried, &last)))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// One plain line for a newcomer whose etcd is not where extip looks.
+fn unreachable_advice(tried: &str, last: &str) -> String {
+    let cause = last
+        .strip_prefix(tried)
+        .and_then(|c| c.strip_prefix(": "))
+        .unwrap_or(last);
+    format!(
+        "cannot reach etcd at {tried} ({cause}); start etcd there, or point extip at yours \
+         with --etcd URL or EXTIP_ETCD=URL"
+    )
 }
 
 /// Parse `IP` or `IP/LEN` as typed by an operator.
@@ -57,6 +75,9 @@ pub fn parse_ip_arg(text: &str) -> anyhow::Result<(IpAddr, Option<u8>)> {
 /// `extip ip add`.
 pub async fn ip_add(args: IpAddArgs) -> anyhow::Result<()> {
     let (ip, prefix_len) = parse_ip_arg(&args.ip)?;
+    if let Some(class) = model::special_purpose(ip) {
+        bail!("{ip} is a special-purpose address ({class}): every agent refuses it");
+    }
     let replicas = args
         .replicas
         .as_deref()

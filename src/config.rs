@@ -62,6 +62,7 @@ pub(crate) fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigE
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct AgentSettings {
     /// etcd endpoints.
+    #[serde(default, deserialize_with = "one_or_many")]
     pub etcd: Option<Vec<String>>,
     /// Key prefix.
     pub prefix: Option<String>,
@@ -83,6 +84,7 @@ pub struct AgentSettings {
     /// Lease TTL, humantime text.
     pub lease_ttl: Option<String>,
     /// CIDRs the agent may configure.
+    #[serde(default, deserialize_with = "one_or_many")]
     pub allowed_cidr: Option<Vec<String>>,
     /// Full re-list period, humantime text.
     pub resync: Option<String>,
@@ -95,6 +97,7 @@ pub struct AgentSettings {
     /// How long a new or returning node must be up before IPs move to it.
     pub stabilization: Option<String>,
     /// Node labels, `key=value`.
+    #[serde(default, deserialize_with = "one_or_many")]
     pub label: Option<Vec<String>>,
     /// Announcements per takeover (0: none).
     pub announce_count: Option<u32>,
@@ -103,6 +106,7 @@ pub struct AgentSettings {
     /// Re-announce every held IP this often (humantime; `0s`: never).
     pub announce_refresh: Option<String>,
     /// Ethernet interfaces that announce IPs held on `lo` or other non-ARP interfaces.
+    #[serde(default, deserialize_with = "one_or_many")]
     pub announce_interface: Option<Vec<String>>,
     /// How long to listen for another owner before adding an exclusive IP (`0s`: no probe).
     pub conflict_probe: Option<String>,
@@ -136,24 +140,31 @@ impl AgentSettings {
             path: path.to_path_buf(),
             message,
         };
-        let mut table: toml::Table =
+        let table: toml::Table =
             toml::from_str(&text).map_err(|e| vec![parse_error(e.to_string())])?;
+        // Each key on its own, so one wrong type does not hide the problems after it.
         let mut problems = Vec::new();
-        loop {
-            match AgentSettings::deserialize(table.clone()) {
-                Ok(settings) => return Ok((settings, problems)),
-                Err(e) => match unknown_field(&e.to_string()) {
-                    Some(key) if table.remove(&key).is_some() => {
-                        problems.push(ConfigError::UnknownKey {
-                            path: path.to_path_buf(),
-                            key,
-                        });
-                    }
-                    _ => {
-                        problems.push(parse_error(e.to_string()));
-                        return Err(problems);
-                    }
-                },
+        let mut good = toml::Table::new();
+        for (key, value) in table {
+            let alone = toml::Table::from_iter([(key.clone(), value.clone())]);
+            match AgentSettings::deserialize(alone) {
+                Ok(_) => {
+                    good.insert(key, value);
+                }
+                Err(e) if unknown_field(&e.to_string()).is_some() => {
+                    problems.push(ConfigError::UnknownKey {
+                        path: path.to_path_buf(),
+                        key,
+                    });
+                }
+                Err(e) => problems.push(invalid_key(path, &key, &e.to_string())),
+            }
+        }
+        match AgentSettings::deserialize(good) {
+            Ok(settings) => Ok((settings, problems)),
+            Err(e) => {
+                problems.push(parse_error(e.to_string()));
+                Err(problems)
             }
         }
     }
@@ -395,14 +406,28 @@ fn validate_state_dir(dir: PathBuf) -> Result<PathBuf, ConfigError> {
     Ok(dir)
 }
 
+/// A key of the file whose value has the wrong type.
+fn invalid_key(path: &Path, key: &str, message: &str) -> ConfigError {
+    ConfigError::Parse {
+        path: path.to_path_buf(),
+        message: format!(
+            "{key}: {}",
+            message.lines().next().unwrap_or(message).trim()
+        ),
+    }
+}
+
 /// The key serde names in an "unknown field `x`" error.
 fn unknown_field(message: &str) -> Option<String> {
     let rest = message.split("unknown field `").nth(1)?;
     Some(rest.split('`').next()?.to_string())
 }
 
-/// `interface = "eth0"` and `interface = ["lo", "eth0"]` both read as a list.
-fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+/// `interface = "eth0"` and `interface = ["lo", "eth0"]` both read as a list; so does
+/// every other list setting (`etcd = "http://192.0.2.250:2379"`).
+pub(crate) fn one_or_many<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Vec<String>>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum OneOrMany {

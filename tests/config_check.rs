@@ -42,3 +42,51 @@ fn config_check_names_each_bad_key_and_passes_the_example() {
     assert!(ok && out.contains(": ok"), "{out}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn config_check_takes_a_string_for_a_list_and_reports_every_problem() {
+    let dir = std::env::temp_dir().join(format!("extip-cfgcheck2-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("agent.toml");
+    std::fs::write(
+        &bad,
+        "etcd = \"http://192.0.2.250:2379\"\nlease-ttl = \"1s\"\n\
+         announce-count = \"three\"\nallowed-cidr = \"10.0.0.0/33\"\n",
+    )
+    .unwrap();
+    let (ok, out) = check(&bad);
+    assert!(!ok, "a bad file passed: {out}");
+    for want in [
+        "lease-ttl: `1s` is below etcd's minimum lease TTL of 2s",
+        "allowed-cidr: `10.0.0.0/33` is not a CIDR",
+        "announce-count: invalid type: string \"three\", expected u32",
+        "3 problem(s)",
+    ] {
+        assert!(out.contains(want), "missing {want:?} in:\n{out}");
+    }
+    assert!(
+        !out.contains("etcd:"),
+        "the string etcd was refused:\n{out}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn status_without_etcd_says_once_what_failed_and_what_to_do() {
+    // Port 1 on loopback: nothing listens there, the connection is refused at once.
+    let out = Command::new(env!("CARGO_BIN_EXE_extip"))
+        .args(["status", "--etcd", "http://127.0.0.1:1"])
+        .env_remove("EXTIP_ETCD")
+        .output()
+        .expect("run extip");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "not one line:\n{err}");
+    assert!(
+        err.contains("cannot reach etcd at http://127.0.0.1:1 (connection refused)")
+            && err.contains("--etcd")
+            && err.contains("EXTIP_ETCD"),
+        "{err}"
+    );
+    assert!(!err.contains("tonic"), "internals leak:\n{err}");
+}

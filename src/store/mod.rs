@@ -4,7 +4,9 @@
 //! a dead member in a balanced channel made a share of requests fail, while one
 //! endpoint at a time with a timeout on every call never stalls on a dead member.
 
+mod endpoint;
 mod security;
+pub use endpoint::{endpoint_addresses, endpoint_host};
 pub use security::{EtcdAuth, EtcdAuthSettings, Password, Tls};
 
 use std::future::Future;
@@ -119,16 +121,52 @@ fn end_of_prefix(prefix: &str) -> Vec<u8> {
 }
 
 /// An error and its sources, for a log line that shows the root cause (a TLS
-/// handshake error is several levels down in tonic's transport error).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
+/// handshake error is several levels down in tonic's transport error). When the root
+/// cause is an OS error (connection refused, no route), that alone says it plainly;
+/// otherwise each level is said once (gRPC errors repeat their sources in their text).
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut levels = vec![e];
+    while let Some(level) = levels.last().and_then(|l| deeper(*l)) {
+        levels.push(level);
+    }
+    if let Some(io) = levels
+        .iter()
+        .find_map(|l| l.downcast_ref::<std::io::Error>())
+    {
+        return plain_io_error(io);
+    }
+    let mut text = String::new();
+    for level in levels {
+        let said = level.to_string();
+        if !text.contains(&said) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&said);
+        }
     }
     text
+}
+
+/// The source of an error; etcd-client's gRPC status error hides its status' source.
+fn deeper<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a (dyn std::error::Error + 'static)> {
+    match e.downcast_ref::<etcd_client::Error>() {
+        Some(etcd_client::Error::GRpcStatus(status)) => std::error::Error::source(status),
+        _ => e.source(),
+    }
+}
+
+/// "connection refused" rather than "Connection refused (os error 111)".
+fn plain_io_error(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    let text = text.split(" (os error").next().unwrap_or(&text);
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_lowercase().chain(chars).collect(),
+        None => text.to_string(),
+    }
 }
 
 impl Store {
@@ -350,6 +388,24 @@ impl Store {
         let resp = within(self.timeout, "release txn", self.client.txn(txn)).await?;
         let revision = resp.header().map_or(0, |h| h.revision());
         Ok(resp.succeeded().then_some(revision))
+    }
+
+    /// Delete `key` only if it still holds `value`, written at `mod_revision`, on no
+    /// lease; the revision of the deletion, or `None` when the key changed meanwhile.
+    pub async fn delete_if_unchanged_leaseless(
+        &mut self,
+        key: &str,
+        value: &[u8],
+        mod_revision: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        let txn = Txn::new()
+            .when([
+                Compare::mod_revision(key, CompareOp::Equal, mod_revision),
+                Compare::value(key, CompareOp::Equal, value),
+                Compare::lease(key, CompareOp::Equal, 0),
+            ])
+            .and_then([TxnOp::delete(key, None)]);
+        self.txn("forged claim delete txn", txn).await
     }
 
     /// Run a transaction built by the caller; its revision when its comparisons held.

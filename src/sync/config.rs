@@ -45,6 +45,7 @@ pub struct SyncSettings {
     pub kubeconfig: Option<PathBuf>,
     /// Namespace to watch; repeatable [default: all namespaces]
     #[arg(long, env = "EXTIP_NAMESPACE", value_delimiter = ',')]
+    #[serde(default, deserialize_with = "crate::config::one_or_many")]
     pub namespace: Option<Vec<String>>,
     /// TTL of the lease the desired keys hang on: how long IPs outlive every sync replica [default: 10m]
     #[arg(long, env = "EXTIP_LEASE_TTL")]
@@ -54,6 +55,7 @@ pub struct SyncSettings {
     pub election_ttl: Option<String>,
     /// CIDR that spec.externalIPs may use; repeatable; none: every externalIP is refused (CVE-2020-8554)
     #[arg(long, env = "EXTIP_ALLOW_EXTERNAL_IP", value_delimiter = ',')]
+    #[serde(default, deserialize_with = "crate::config::one_or_many")]
     pub allow_external_ip: Option<Vec<String>>,
     /// How long a deleted Service's IP is kept for a Service of the same namespace/name [default: 1h]
     #[arg(long, env = "EXTIP_RETENTION")]
