@@ -12,9 +12,11 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 mod allocation;
+mod refusal;
 pub use allocation::{
     parse_allocation_key, AllocationKey, IpAllocation, ServiceAllocation, MANAGED_BY_SYNC,
 };
+pub use refusal::{publishable_host_address, special_purpose, MemberAddresses, Refusal};
 
 /// Largest value the agent accepts under the prefix; anything bigger is bad data.
 pub const MAX_VALUE_BYTES: usize = 64 * 1024;
@@ -462,6 +464,12 @@ pub struct NodeValue {
     /// When the agent started, RFC 3339.
     #[serde(default)]
     pub started: String,
+    /// The host's own addresses (not added by extip): no agent takes them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub host_addresses: Vec<IpAddr>,
+    /// The addresses of the etcd endpoints this agent uses: no agent takes them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub etcd_addresses: Vec<IpAddr>,
 }
 
 impl NodeValue {
@@ -476,6 +484,8 @@ impl NodeValue {
             draining: false,
             version: String::new(),
             started: String::new(),
+            host_addresses: Vec::new(),
+            etcd_addresses: Vec::new(),
         }
     }
 }

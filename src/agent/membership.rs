@@ -36,7 +36,27 @@ impl Agent {
             draining: self.draining(),
             version: env!("CARGO_PKG_VERSION").into(),
             started: self.started.clone(),
+            host_addresses: self.host_addresses.clone(),
+            etcd_addresses: self.etcd_addresses.clone(),
         }
+    }
+
+    /// Read the host's own addresses again if they may have changed, and let the view
+    /// refuse them (and the etcd endpoints) before etcd echoes this node's record.
+    pub(super) async fn note_host_addresses(&mut self) {
+        if self.host_addresses_stale {
+            match self.net.host_addresses().await {
+                Ok(found) => {
+                    self.host_addresses = found
+                        .into_iter()
+                        .filter(|&ip| crate::model::publishable_host_address(ip))
+                        .collect();
+                    self.host_addresses_stale = false;
+                }
+                Err(e) => tracing::error!(error = %e, "cannot list the host's own addresses"),
+            }
+        }
+        self.view.set_local(self.node_record());
     }
 
     /// Whether an operator drained this node (`extip node drain`).

@@ -89,6 +89,12 @@ pub struct Agent {
     lease_file: state::LeaseFile,
     /// The node record last put in etcd.
     published: Option<NodeValue>,
+    /// This host's own addresses (without extip's mark), as last read.
+    host_addresses: Vec<IpAddr>,
+    /// Whether an address event came since `host_addresses` was read.
+    host_addresses_stale: bool,
+    /// The addresses of the etcd endpoints this agent uses.
+    etcd_addresses: Vec<IpAddr>,
     /// Since when each free slot has been free, for the placement grace.
     free_since: std::collections::BTreeMap<(IpAddr, u32), std::time::Instant>,
     /// Free slots past the grace: any eligible host may claim them.
@@ -156,6 +162,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let mut signals = signal_channel()?;
     let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
     let mut agent = Agent::new(cfg, net, links, metrics.clone());
+    agent.etcd_addresses = crate::store::endpoint_addresses(&agent.cfg.etcd).await;
     if let Some(addr) = agent.cfg.listen {
         let scrape = std::sync::Arc::new(LeaseScrape(agent.clock.clone()));
         crate::metrics::serve(addr, metrics, scrape)
@@ -271,6 +278,9 @@ impl Agent {
             started: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
             lease_file: state::LeaseFile::new(&cfg.state_dir),
             published: None,
+            host_addresses: Vec::new(),
+            host_addresses_stale: true,
+            etcd_addresses: Vec::new(),
             free_since: Default::default(),
             overdue: Default::default(),
             first_seen: Default::default(),
@@ -514,7 +524,10 @@ impl Agent {
                 r = conn.watch.next() => self.apply_watch(r, &mut conn.watch),
                 Some(event) = conn.lease_events.recv() => self.lease_event(event).await,
                 _ = resync.tick() => self.resync(&mut conn.store).await.map(|()| true).map_err(|e| e.to_string()),
-                Some(()) = events.changed() => Ok(true),
+                Some(()) = events.changed() => {
+                    self.host_addresses_stale = true;
+                    Ok(true)
+                }
             };
             match wake {
                 Ok(true) => {
@@ -606,6 +619,7 @@ impl Agent {
     }
 
     async fn resync(&mut self, store: &mut Store) -> Result<(), StoreError> {
+        self.host_addresses_stale = true;
         let snapshot = store.list(&self.keys.root()).await?;
         self.view.replace(&snapshot);
         Ok(())

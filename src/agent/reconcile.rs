@@ -124,6 +124,9 @@ impl Agent {
         mut store: Option<&mut Store>,
     ) -> Result<(), StoreError> {
         let started = std::time::Instant::now();
+        if let Some(store) = store.as_deref_mut() {
+            self.remove_leaseless_claims(store).await?;
+        }
         let converged = self.converge(store.as_deref_mut()).await;
         self.sync_export_routes().await;
         if let Some(store) = store {
@@ -134,6 +137,25 @@ impl Agent {
         let took = started.elapsed().as_secs_f64();
         self.metrics.reconcile_duration.observe(took);
         converged
+    }
+
+    /// A claim key without a lease is nobody's claim (an agent's claims always hang on
+    /// its lease) and would block its IP forever: delete it, unless it changed since read.
+    async fn remove_leaseless_claims(&mut self, store: &mut Store) -> Result<(), StoreError> {
+        let forged: Vec<_> = std::mem::take(&mut self.view.leaseless)
+            .into_iter()
+            .collect();
+        for ((ip, slot), kv) in forged {
+            let deleted = store
+                .delete_if_unchanged_leaseless(&kv.key, &kv.value, kv.mod_revision)
+                .await?;
+            if deleted.is_some() {
+                let value = String::from_utf8_lossy(&kv.value);
+                warn!(key = %kv.key, %value, "claim without a lease deleted: no agent wrote it");
+                self.view.released(ip, slot, deleted);
+            }
+        }
+        Ok(())
     }
 
     /// Before a graceful stop: withdraw every export route and give the routing daemon
@@ -190,6 +212,7 @@ impl Agent {
     /// Plan and execute until converged (or [`MAX_ROUNDS`]).
     async fn converge(&mut self, mut store: Option<&mut Store>) -> Result<(), StoreError> {
         self.check_interfaces().await;
+        self.note_host_addresses().await;
         self.check_announce_ports().await;
         self.conflicts.expire(tokio::time::Instant::now());
         self.report_ineligible();

@@ -5,7 +5,9 @@ use std::net::IpAddr;
 
 use tracing::{debug, warn};
 
-use crate::model::{self, DesiredIp, KeyKind, Keys, NodeValue, ParsedDesired};
+use crate::model::{
+    self, DesiredIp, KeyKind, Keys, MemberAddresses, NodeValue, ParsedDesired, Refusal,
+};
 use crate::plan::{Claims, Holder};
 use crate::pools::{self, Pool};
 use crate::store::{Change, RawKv, Snapshot};
@@ -13,14 +15,26 @@ use crate::store::{Change, RawKv, Snapshot};
 /// Desired IPs, claims and nodes as last seen in etcd.
 pub struct ClusterView {
     keys: Keys,
-    /// Valid desired IPs, with their pool's settings applied.
+    /// Valid desired IPs that no agent refuses, with their pool's settings applied.
     pub desired: BTreeMap<IpAddr, DesiredIp>,
+    /// Valid desired IPs that every agent refuses, and why.
+    pub refused: BTreeMap<IpAddr, Refusal>,
+    /// The members' own addresses (host addresses, etcd endpoints), from the node
+    /// records and this agent's own, possibly not yet published, record.
+    members: MemberAddresses,
+    /// This agent's record as it is now.
+    local: Option<NodeValue>,
+    /// True while a list is being loaded: derived state is computed once at its end.
+    loading: bool,
     /// Each desired IP's own value, before pools.
     own: BTreeMap<IpAddr, ParsedDesired>,
     /// Valid pools.
     pub pools: BTreeMap<String, Pool>,
     /// Claims, valid or not: an existing claim key takes its slot whatever its value.
     pub claims: Claims,
+    /// Claim keys written without a lease (by hand): nobody's claim, so they are
+    /// deleted; with the value and revision that the delete compares against.
+    pub leaseless: BTreeMap<(IpAddr, u32), RawKv>,
     /// Live nodes.
     pub nodes: BTreeMap<String, NodeValue>,
     /// Nodes an operator drained.
@@ -45,9 +59,14 @@ impl ClusterView {
         ClusterView {
             keys,
             desired: BTreeMap::new(),
+            refused: BTreeMap::new(),
+            members: MemberAddresses::default(),
+            local: None,
+            loading: false,
             own: BTreeMap::new(),
             pools: BTreeMap::new(),
             claims: Claims::new(),
+            leaseless: BTreeMap::new(),
             nodes: BTreeMap::new(),
             drains: BTreeSet::new(),
             history: BTreeMap::new(),
@@ -64,13 +83,16 @@ impl ClusterView {
         self.own.clear();
         self.pools.clear();
         self.claims.clear();
+        self.leaseless.clear();
         self.nodes.clear();
         self.drains.clear();
         self.history.clear();
         self.known.retain(|_, rev| *rev > snapshot.revision);
+        self.loading = true;
         for kv in &snapshot.kvs {
             self.put(kv);
         }
+        self.loading = false;
         self.resolve_all();
         self.revision = snapshot.revision;
     }
@@ -127,6 +149,7 @@ impl ClusterView {
     }
 
     fn remove_claim(&mut self, ip: IpAddr, slot: u32) {
+        self.leaseless.remove(&(ip, slot));
         if let Some(slots) = self.claims.get_mut(&ip) {
             slots.remove(&slot);
             if slots.is_empty() {
@@ -159,9 +182,10 @@ impl ClusterView {
                         let fields = parsed.ignored_fields.join(", ");
                         self.report(kv, &format!("ignoring unknown fields: {fields}"));
                     }
-                    self.desired
-                        .insert(ip, pools::resolve(ip, &parsed, &self.pools));
                     self.own.insert(ip, parsed);
+                    if !self.loading {
+                        self.resolve(ip);
+                    }
                 }
                 // Keep the last good value: a typo in a write must not withdraw the IP.
                 Err(e) => self.report(kv, &e.to_string()),
@@ -169,10 +193,22 @@ impl ClusterView {
             Ok(Some(KeyKind::Claim(ip, slot))) => {
                 let holder = self.holder_of(kv);
                 self.set_claim(ip, slot, holder);
+                if kv.lease == 0 {
+                    self.leaseless.insert((ip, slot), kv.clone());
+                } else {
+                    self.leaseless.remove(&(ip, slot));
+                }
             }
             Ok(Some(KeyKind::Node(name))) => match model::parse_node(&kv.value) {
                 Ok(node) => {
+                    let addresses_changed = self.nodes.get(&name).is_none_or(|old| {
+                        old.host_addresses != node.host_addresses
+                            || old.etcd_addresses != node.etcd_addresses
+                    });
                     self.nodes.insert(name, node);
+                    if addresses_changed {
+                        self.resolve_all();
+                    }
                 }
                 Err(e) => self.report(kv, &e.to_string()),
             },
@@ -218,13 +254,57 @@ impl ClusterView {
         }
     }
 
-    /// Apply the pools again to every desired IP (a pool changed).
+    /// Set this agent's own record: its addresses are refused before etcd echoes them.
+    pub fn set_local(&mut self, record: NodeValue) {
+        if self.local.as_ref() != Some(&record) {
+            self.local = Some(record);
+            self.resolve_all();
+        }
+    }
+
+    /// Index the members' addresses again, then apply refusals and pools to every
+    /// desired IP (a node's addresses or a pool changed). Each new refusal is logged once.
     fn resolve_all(&mut self) {
-        self.desired = self
-            .own
-            .iter()
-            .map(|(&ip, parsed)| (ip, pools::resolve(ip, parsed, &self.pools)))
+        if self.loading {
+            return;
+        }
+        self.members = MemberAddresses::of(self.nodes.values().chain(self.local.as_ref()));
+        let before = std::mem::take(&mut self.refused);
+        self.desired.clear();
+        for ip in self.own.keys().copied().collect::<Vec<_>>() {
+            self.resolve_one(ip, &before);
+        }
+    }
+
+    /// Apply refusals and pools to one desired IP.
+    fn resolve(&mut self, ip: IpAddr) {
+        let before: BTreeMap<IpAddr, Refusal> = self
+            .refused
+            .remove(&ip)
+            .into_iter()
+            .map(|r| (ip, r))
             .collect();
+        self.desired.remove(&ip);
+        self.resolve_one(ip, &before);
+    }
+
+    fn resolve_one(&mut self, ip: IpAddr, before: &BTreeMap<IpAddr, Refusal>) {
+        let Some(parsed) = self.own.get(&ip) else {
+            return;
+        };
+        match self.members.refusal(ip) {
+            Some(refusal) => {
+                if before.get(&ip) != Some(&refusal) {
+                    let key = self.keys.desired(ip);
+                    warn!(%key, reason = %refusal, "desired IP refused by every agent: not served");
+                }
+                self.refused.insert(ip, refusal);
+            }
+            None => {
+                self.desired
+                    .insert(ip, pools::resolve(ip, parsed, &self.pools));
+            }
+        }
     }
 
     fn delete(&mut self, key: &str) {
@@ -233,6 +313,7 @@ impl ClusterView {
         match self.keys.parse(key) {
             Ok(Some(KeyKind::Desired(ip))) => {
                 self.desired.remove(&ip);
+                self.refused.remove(&ip);
                 self.own.remove(&ip);
             }
             Ok(Some(KeyKind::Pool(name))) => {
@@ -241,7 +322,12 @@ impl ClusterView {
             }
             Ok(Some(KeyKind::Claim(ip, slot))) => self.remove_claim(ip, slot),
             Ok(Some(KeyKind::Node(name))) => {
-                self.nodes.remove(&name);
+                let removed = self.nodes.remove(&name);
+                if removed
+                    .is_some_and(|n| !(n.host_addresses.is_empty() && n.etcd_addresses.is_empty()))
+                {
+                    self.resolve_all();
+                }
             }
             Ok(Some(KeyKind::Drain(name))) => {
                 self.drains.remove(&name);
@@ -361,5 +447,55 @@ mod tests {
             revision: 7,
         });
         assert_eq!(view.claims[&ip][&0].lease, 9);
+    }
+
+    #[test]
+    fn members_addresses_and_special_ones_are_refused_and_freed_again() {
+        let mut view = ClusterView::new(Keys::new("/extip"));
+        let h2 = r#"{"node":"h2","interfaces":["lo"],"host_addresses":["192.0.2.2"]}"#;
+        view.replace(&Snapshot {
+            revision: 10,
+            kvs: vec![
+                kv("/extip/ips/127.0.0.5", "{}", 3),
+                kv("/extip/ips/192.0.2.2", "{}", 4),
+                kv("/extip/ips/198.51.100.1", "{}", 5),
+                kv("/extip/nodes/h2", h2, 6),
+            ],
+        });
+        fn ips<T>(m: &BTreeMap<IpAddr, T>) -> Vec<String> {
+            m.keys().map(|i| i.to_string()).collect()
+        }
+        assert_eq!(ips(&view.desired), ["198.51.100.1"]);
+        assert_eq!(ips(&view.refused), ["127.0.0.5", "192.0.2.2"]);
+        // This agent's own address is refused before its record comes back from etcd.
+        let mut me = NodeValue::new("h1", &["lo"]);
+        me.etcd_addresses = vec!["198.51.100.1".parse().unwrap()];
+        view.set_local(me);
+        assert!(view.desired.is_empty());
+        // h2 goes: its address is no longer a member's.
+        view.apply(&Change::Delete {
+            key: "/extip/nodes/h2".into(),
+            revision: 11,
+        });
+        assert_eq!(ips(&view.desired), ["192.0.2.2"]);
+    }
+
+    #[test]
+    fn a_claim_without_a_lease_is_kept_for_deletion() {
+        let mut view = ClusterView::new(Keys::new("/extip"));
+        let mut forged = kv("/extip/claims/198.51.100.60/0", "h1", 3);
+        forged.lease = 0;
+        view.apply(&Change::Put(forged.clone()));
+        let ip: IpAddr = "198.51.100.60".parse().unwrap();
+        assert_eq!(view.leaseless.get(&(ip, 0)), Some(&forged));
+        assert!(
+            view.claims[&ip].contains_key(&0),
+            "it takes its slot until deleted"
+        );
+        view.apply(&Change::Delete {
+            key: forged.key.clone(),
+            revision: 4,
+        });
+        assert!(view.leaseless.is_empty());
     }
 }

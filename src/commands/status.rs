@@ -82,6 +82,8 @@ pub struct IpStatus {
     pub holders: Vec<HolderStatus>,
     /// Why the agents skip this key, when they do.
     pub error: Option<String>,
+    /// Why every agent refuses this IP (special-purpose, a member's own address), if so.
+    pub refused: Option<String>,
     /// A foreign host on the segment answers for this IP: agents stay away from it.
     pub conflict: Option<model::ConflictValue>,
     /// The last holders, oldest first (at most `model::MAX_HISTORY`).
@@ -97,6 +99,9 @@ pub struct HolderStatus {
     pub node: String,
     /// When it was claimed.
     pub since: String,
+    /// The lease the claim hangs on, in hex as etcdctl shows it; `None`: no lease, a
+    /// forged claim that agents delete.
+    pub lease: Option<String>,
 }
 
 pub(super) async fn fetch_status(args: &EtcdArgs) -> anyhow::Result<Status> {
@@ -131,6 +136,7 @@ pub fn build_status(keys: &Keys, snapshot: &Snapshot) -> Status {
                     slot,
                     node: claim.as_ref().map_or("?".into(), |c| c.node.clone()),
                     since: claim.map_or(String::new(), |c| c.since),
+                    lease: (kv.lease != 0).then(|| format!("{:x}", kv.lease)),
                 });
             }
             Ok(Some(KeyKind::Node(_))) => {
@@ -158,7 +164,11 @@ pub fn build_status(keys: &Keys, snapshot: &Snapshot) -> Status {
             _ => {}
         }
     }
+    let members = model::MemberAddresses::of(status.nodes.iter().map(|n| &n.record));
     for (ip, mut entry) in ips {
+        if entry.error.is_none() {
+            entry.refused = members.refusal(ip).map(|r| r.to_string());
+        }
         entry.holders = claims.remove(&ip).unwrap_or_default();
         entry.conflict = conflicts.remove(&ip);
         entry.history = history.remove(&ip).unwrap_or_default();
@@ -210,6 +220,9 @@ pub(super) fn ips_table(status: &Status) -> String {
         let mask = ip.prefix_len.map_or("-".into(), |l| format!("/{l}"));
         let holder = match (&ip.error, ip.holders.is_empty(), &ip.conflict) {
             (Some(e), _, _) => format!("(skipped: {e})"),
+            _ if ip.refused.is_some() && ip.holders.is_empty() => {
+                format!("(refused: {})", ip.refused.as_deref().unwrap_or_default())
+            }
             (None, true, Some(c)) => format!(
                 "(none: conflict, {} answers for it, seen by {} at {})",
                 c.mac, c.node, c.since
@@ -218,7 +231,10 @@ pub(super) fn ips_table(status: &Status) -> String {
             (None, false, _) => ip
                 .holders
                 .iter()
-                .map(|h| h.node.clone())
+                .map(|h| match h.lease {
+                    Some(_) => h.node.clone(),
+                    None => format!("{} (no lease: forged, being removed)", h.node),
+                })
                 .collect::<Vec<_>>()
                 .join(","),
         };

@@ -198,19 +198,33 @@ impl Netlink {
 
     /// Every address on this host that carries extip's mark, on any interface.
     pub async fn owned_addresses(&self) -> Result<Vec<OwnedAddress>, NetError> {
-        let dump: Vec<AddressMessage> = self
-            .handle
+        Ok(self
+            .dump()
+            .await?
+            .iter()
+            .filter_map(owned_address)
+            .collect())
+    }
+
+    /// The host's own addresses: every address without extip's mark, on any interface.
+    pub async fn host_addresses(&self) -> Result<BTreeSet<IpAddr>, NetError> {
+        let dump = self.dump().await?;
+        let foreign = dump.iter().filter(|m| owned_address(m).is_none());
+        Ok(foreign.filter_map(address_of).collect())
+    }
+
+    async fn dump(&self) -> Result<Vec<AddressMessage>, NetError> {
+        self.handle
             .address()
             .get()
             .execute()
             .try_collect()
             .await
             .map_err(|source| NetError::Request {
-            op: "list addresses",
-            target: "all interfaces".into(),
-            source,
-        })?;
-        Ok(dump.iter().filter_map(owned_address).collect())
+                op: "list addresses",
+                target: "all interfaces".into(),
+                source,
+            })
     }
 
     /// The owned addresses alone, as the planner wants them.
@@ -290,6 +304,20 @@ fn marked_message(address: LocalAddress, lifetime: Option<u32>) -> AddressMessag
     message
 }
 
+/// The address a dump entry is about. IFA_LOCAL is the address itself; IFA_ADDRESS is
+/// the peer on point-to-point links, and the address itself elsewhere.
+fn address_of(message: &AddressMessage) -> Option<IpAddr> {
+    let local = message.attributes.iter().find_map(|a| match a {
+        AddressAttribute::Local(ip) => Some(*ip),
+        _ => None,
+    });
+    let address = message.attributes.iter().find_map(|a| match a {
+        AddressAttribute::Address(ip) => Some(*ip),
+        _ => None,
+    });
+    local.or(address)
+}
+
 fn build_message(address: LocalAddress) -> AddressMessage {
     match address.ip {
         IpAddr::V4(ip) => AddressMessageBuilder::<Ipv4Addr>::new()
@@ -312,15 +340,6 @@ fn owned_address(message: &AddressMessage) -> Option<OwnedAddress> {
     if !marked {
         return None;
     }
-    // IFA_LOCAL is the address itself; IFA_ADDRESS is the peer on point-to-point links.
-    let local = message.attributes.iter().find_map(|a| match a {
-        AddressAttribute::Local(ip) => Some(*ip),
-        _ => None,
-    });
-    let address = message.attributes.iter().find_map(|a| match a {
-        AddressAttribute::Address(ip) => Some(*ip),
-        _ => None,
-    });
     let valid_left = message.attributes.iter().find_map(|a| match a {
         AddressAttribute::CacheInfo(c) if c.ifa_valid != INFINITE => Some(c.ifa_valid),
         _ => None,
@@ -328,7 +347,7 @@ fn owned_address(message: &AddressMessage) -> Option<OwnedAddress> {
     Some(OwnedAddress {
         address: LocalAddress {
             ifindex: message.header.index,
-            ip: local.or(address)?,
+            ip: address_of(message)?,
             prefix_len: message.header.prefix_len,
         },
         valid_left,
