@@ -349,4 +349,41 @@ mod tests {
             "{table}"
         );
     }
+
+    #[test]
+    fn status_shows_refusals_and_claims_without_a_lease() {
+        let kv = |k: &str, v: &str, lease: i64| RawKv {
+            key: k.into(),
+            value: v.into(),
+            lease,
+            mod_revision: 1,
+        };
+        let snapshot = Snapshot {
+            revision: 1,
+            kvs: vec![
+                kv("/extip/ips/127.0.0.5", "{}", 0),
+                kv("/extip/ips/198.51.100.60", "{}", 0),
+                kv(
+                    "/extip/claims/198.51.100.60/0",
+                    r#"{"node":"h1","since":""}"#,
+                    0,
+                ),
+            ],
+        };
+        let status = build_status(&Keys::new("/extip"), &snapshot);
+        assert_eq!(
+            status.ips[0].refused.as_deref(),
+            Some("special-purpose address (loopback)")
+        );
+        assert_eq!(status.ips[1].holders[0].lease, None);
+        let table = ips_table(&status);
+        assert!(
+            table.contains("(refused: special-purpose address (loopback))"),
+            "{table}"
+        );
+        assert!(
+            table.contains("h1 (no lease: forged, being removed)"),
+            "{table}"
+        );
+    }
 }
