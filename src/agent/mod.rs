@@ -2,6 +2,7 @@
 //! address events, a periodic resync, the lease deadline and shutdown signals.
 
 mod announce;
+mod fencing;
 mod history;
 mod keepalive;
 mod lease;
@@ -95,6 +96,14 @@ pub struct Agent {
     host_addresses_stale: bool,
     /// The addresses of the etcd endpoints this agent uses.
     etcd_addresses: Vec<IpAddr>,
+    /// extip's nftables tables: fenced IPs go dark when the lease is not renewed.
+    fence: crate::net::fence::Fence,
+    /// The IPs behind the fence, as last written.
+    fenced_ips: std::collections::BTreeSet<IpAddr>,
+    /// Whether `fenced_ips` was written whole since the start.
+    fence_synced: bool,
+    /// The lease deadline the fence was last armed for.
+    armed_for: Option<std::time::Instant>,
     /// Since when each free slot has been free, for the placement grace.
     free_since: std::collections::BTreeMap<(IpAddr, u32), std::time::Instant>,
     /// Free slots past the grace: any eligible host may claim them.
@@ -161,7 +170,8 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let mut events = Netlink::address_events()?;
     let mut signals = signal_channel()?;
     let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
-    let mut agent = Agent::new(cfg, net, links, metrics.clone());
+    let fence = crate::net::fence::Fence::install().context("the fence (nftables)")?;
+    let mut agent = Agent::new(cfg, net, links, fence, metrics.clone());
     agent.etcd_addresses = crate::store::endpoint_addresses(&agent.cfg.etcd).await;
     if let Some(addr) = agent.cfg.listen {
         let scrape = std::sync::Arc::new(LeaseScrape(agent.clock.clone()));
@@ -251,6 +261,7 @@ impl Agent {
         cfg: AgentConfig,
         net: Netlink,
         links: Vec<crate::plan::Link>,
+        fence: crate::net::fence::Fence,
         metrics: std::sync::Arc<crate::metrics::Metrics>,
     ) -> Self {
         if cfg.lease_ttl < MIN_TTL_FOR_LIFETIMES {
@@ -281,6 +292,10 @@ impl Agent {
             host_addresses: Vec::new(),
             host_addresses_stale: true,
             etcd_addresses: Vec::new(),
+            fence,
+            fenced_ips: Default::default(),
+            fence_synced: false,
+            armed_for: None,
             free_since: Default::default(),
             overdue: Default::default(),
             first_seen: Default::default(),
@@ -334,6 +349,7 @@ impl Agent {
 
     async fn fence(&mut self) {
         self.fenced = true;
+        self.close_fence();
         self.drop_addresses("lease deadline reached without renewal", false)
             .await;
     }
@@ -387,6 +403,7 @@ impl Agent {
         .await?;
         self.endpoint = idx;
         let keepalive = self.attach_lease(&mut store).await?;
+        self.arm_fence();
         let lease = self.lease.unwrap_or_default();
         self.published = None;
         self.publish_node(&mut store).await?;
@@ -460,6 +477,7 @@ impl Agent {
     async fn lease_lost(&mut self) {
         warn!(lease = ?self.lease.map(|l| format!("{l:x}")), "lease expired in etcd");
         self.lease = None;
+        self.close_fence();
         self.conflicts.lease_lost();
         self.clock().forget();
         self.drop_addresses("lease expired", false).await;
@@ -566,6 +584,7 @@ impl Agent {
     async fn lease_event(&mut self, event: keepalive::LeaseEvent) -> Result<bool, String> {
         match event {
             keepalive::LeaseEvent::Renewed => {
+                self.arm_fence();
                 self.refresh_due = self.next_refresh();
                 Ok(false)
             }
@@ -608,6 +627,7 @@ impl Agent {
     /// its refresh timer afterwards, and the kernel would remove addresses of a healthy
     /// agent. Refreshes that only lengthen lifetimes wait for the main loop.
     pub(super) async fn refresh_if_urgent(&mut self) {
+        self.arm_fence_if_renewed();
         let now = std::time::Instant::now();
         let due = self.refresh_due.is_some_and(|at| at <= Instant::now());
         let urgent = self
@@ -648,6 +668,10 @@ impl Agent {
                 }
             },
             _ => warn!("exiting without etcd; other hosts take over when the lease expires"),
+        }
+        match crate::net::fence::Fence::uninstall() {
+            Ok(()) => info!("fence tables removed"),
+            Err(e) => error!(error = %e, "cannot remove the fence tables"),
         }
     }
 }

@@ -231,6 +231,7 @@ impl Agent {
             let actions = plan(&self.me(self.current_mode()), &world);
             if actions.is_empty() {
                 self.count_held(&owned);
+                self.sync_fence(&owned.iter().map(|a| a.ip).collect());
                 return Ok(());
             }
             self.added_now.clear();
@@ -303,6 +304,9 @@ impl Agent {
 
     /// Add an address; whether it is there now.
     async fn add_address(&mut self, a: LocalAddress) -> bool {
+        if !self.fence_before_adding(a.ip) {
+            return false;
+        }
         let Ok(lifetime) = self.lifetime_for(a.ip) else {
             warn!(address = %a, "lease deadline too close to add an address safely");
             return false;

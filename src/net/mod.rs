@@ -20,6 +20,8 @@ use thiserror::Error;
 use crate::plan::LocalAddress;
 
 pub mod announce;
+pub mod fence;
+mod nft;
 pub mod packets;
 mod routes;
 pub use routes::ExportRoute;

@@ -94,7 +94,7 @@ fn require_root() {
         "0",
         "lab tests need root for network namespaces: run `scripts/test` as root"
     );
-    for tool in ["ip", "etcd", "etcdctl"] {
+    for tool in ["ip", "etcd", "etcdctl", "nft"] {
         let found = Command::new("sh")
             .args(["-c", &format!("command -v {tool}")])
             .output()
