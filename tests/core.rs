@@ -144,7 +144,8 @@ fn hand_added_address_survives_start_stop_resync_and_delete() {
         .get("/extip/nodes/h1")
         .is_some())
     .is_some());
-    // Desired by etcd too: the agent claims it but must not take it over.
+    // Desired by etcd too: it is the host's own address, so every agent refuses it
+    // (claiming it would let another host take an address this host already has).
     lab.put("/extip/ips/198.51.100.99", "{}");
     lab.put(&format!("/extip/ips/{VIP}"), "{}");
     lab.put("/extip/ips/198.51.100.30", r#"{"replicas":2}"#);
@@ -153,7 +154,13 @@ fn hand_added_address_survives_start_stop_resync_and_delete() {
         lab.holders("198.51.100.30") == vec![0]
     });
     assert!(shared.is_some());
-    assert_eq!(node_of_claim(&lab, "198.51.100.99").as_deref(), Some("h1"));
+    assert_eq!(node_of_claim(&lab, "198.51.100.99"), None);
+    assert!(
+        lab.agent_log(0)
+            .contains("key=/extip/ips/198.51.100.99 reason=an own address of host h1"),
+        "{}",
+        lab.agent_log(0)
+    );
     std::thread::sleep(Duration::from_millis(2500)); // two resyncs
     assert!(lab.addresses(0, "lo").contains(&hand.to_string()));
     lab.del("/extip/ips/198.51.100.99");
