@@ -250,19 +250,18 @@ fn member_ops(ips: &BTreeSet<IpAddr>, add: bool) -> Vec<ElementOp> {
 }
 
 fn tables_exist() -> Result<bool, FenceError> {
-    let inet = Command::new("nft")
-        .args(["list", "table", "inet", TABLE])
-        .stdout(Stdio::null())
+    let out = Command::new("nft")
+        .args(["list", "tables"])
         .stderr(Stdio::null())
-        .status()
+        .output()
         .map_err(FenceError::NoNft)?;
-    let arp = Command::new("nft")
-        .args(["list", "table", "arp", TABLE])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map_err(FenceError::NoNft)?;
-    match (inet.success(), arp.success()) {
+    let listed = String::from_utf8_lossy(&out.stdout);
+    let has = |family: &str| {
+        listed
+            .lines()
+            .any(|l| l.trim() == format!("table {family} {TABLE}"))
+    };
+    match (has("inet"), has("arp")) {
         (true, true) => Ok(true),
         (false, false) => Ok(false),
         // Half a fence (someone deleted one table): start over.
