@@ -470,6 +470,10 @@ pub struct NodeValue {
     /// The addresses of the etcd endpoints this agent uses: no agent takes them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub etcd_addresses: Vec<IpAddr>,
+    /// The agent is stopping and has removed its addresses already: its IPs may be
+    /// taken without a conflict probe (it held them until a moment ago).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub leaving: bool,
 }
 
 impl NodeValue {
@@ -486,6 +490,7 @@ impl NodeValue {
             started: String::new(),
             host_addresses: Vec::new(),
             etcd_addresses: Vec::new(),
+            leaving: false,
         }
     }
 }

@@ -19,6 +19,9 @@ use crate::store::{Store, StoreError};
 /// probe again (the foreign host may have been fixed).
 pub const CONFLICT_BACKOFF: Duration = Duration::from_secs(30);
 
+/// How long after a stopping peer gave an IP up it may be taken without a probe.
+const HANDED_OVER_FRESH: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// A foreign owner seen by this agent's probe.
 #[derive(Debug, Clone)]
 pub struct Conflict {
@@ -114,14 +117,17 @@ impl Agent {
         self.unusable_announce_ports = unusable;
     }
 
-    /// Whether adding `a` needs a probe first: exclusive IPs, when probing is on.
-    fn needs_probe(&self, a: &LocalAddress) -> bool {
+    /// Whether adding `a` needs a probe first: exclusive IPs, when probing is on, unless
+    /// an extip peer handed the IP over while stopping (it removed its address first).
+    fn needs_probe(&mut self, a: &LocalAddress) -> bool {
         let exclusive = self
             .view
             .desired
             .get(&a.ip)
             .is_some_and(|d| d.replicas == Replicas::EXCLUSIVE);
-        exclusive && self.cfg.announce.probe.is_some()
+        exclusive
+            && self.cfg.announce.probe.is_some()
+            && !self.view.just_handed_over(a.ip, HANDED_OVER_FRESH)
     }
 
     /// Probe for every exclusive address about to be added, all at once (a failover of
@@ -131,12 +137,17 @@ impl Agent {
         let Some(wait) = self.cfg.announce.probe else {
             return;
         };
-        let probes = actions.iter().filter_map(|action| match action {
-            Action::AddAddress(a) if self.needs_probe(a) => Some(*a),
-            _ => None,
-        });
-        let probes =
-            probes.flat_map(|a| self.ports_for(a.ifindex).into_iter().map(move |p| (a, p)));
+        let adds: Vec<LocalAddress> = actions
+            .iter()
+            .filter_map(|action| match action {
+                Action::AddAddress(a) => Some(*a),
+                _ => None,
+            })
+            .collect();
+        let probes: Vec<LocalAddress> = adds.into_iter().filter(|a| self.needs_probe(a)).collect();
+        let probes = probes
+            .into_iter()
+            .flat_map(|a| self.ports_for(a.ifindex).into_iter().map(move |p| (a, p)));
         let answers = futures::future::join_all(probes.map(|(a, port)| async move {
             let answer = announce::probe(&port, a.ip, wait).await;
             (a, port, answer)

@@ -33,11 +33,12 @@ impl Agent {
             default_interface: self.links.first().map(|l| l.name.clone()),
             allowed_cidrs: self.cfg.allowed.clone(),
             labels: self.cfg.labels.clone(),
-            draining: self.draining(),
+            draining: self.draining() || self.leaving,
             version: env!("CARGO_PKG_VERSION").into(),
             started: self.started.clone(),
             host_addresses: self.host_addresses.clone(),
             etcd_addresses: self.etcd_addresses.clone(),
+            leaving: self.leaving,
         }
     }
 

@@ -104,6 +104,8 @@ pub struct Agent {
     fence_synced: bool,
     /// The lease deadline the fence was last armed for.
     armed_for: Option<std::time::Instant>,
+    /// Stopping: addresses are gone, the record says so before the lease is revoked.
+    leaving: bool,
     /// Since when each free slot has been free, for the placement grace.
     free_since: std::collections::BTreeMap<(IpAddr, u32), std::time::Instant>,
     /// Free slots past the grace: any eligible host may claim them.
@@ -296,6 +298,7 @@ impl Agent {
             fenced_ips: Default::default(),
             fence_synced: false,
             armed_for: None,
+            leaving: false,
             free_since: Default::default(),
             overdue: Default::default(),
             first_seen: Default::default(),
@@ -653,12 +656,39 @@ impl Agent {
         self.watches += 1;
     }
 
+    /// Tell the others that this agent's addresses are gone (its record, `leaving`), so
+    /// they take its IPs without a conflict probe; then revoke the lease.
+    async fn say_leaving(&mut self, store: &mut Store, lease: i64) -> Result<(), StoreError> {
+        self.leaving = true;
+        let record = serde_json::to_vec(&self.node_record()).expect("node value serializes");
+        let mine: Vec<String> = self
+            .view
+            .claims
+            .iter()
+            .flat_map(|(&ip, slots)| {
+                slots
+                    .iter()
+                    .filter(|(_, h)| h.lease == lease)
+                    .map(move |(&slot, _)| (ip, slot))
+            })
+            .map(|(ip, slot)| self.keys.claim(ip, slot))
+            .collect();
+        let node_key = self.keys.node(&self.cfg.node);
+        if let Err(e) = store
+            .put_and_release(&node_key, &record, lease, &mine)
+            .await
+        {
+            warn!(error = %e, "cannot hand over ahead of the revoke; others take over after it");
+        }
+        store.revoke(lease).await
+    }
+
     /// Shutdown: addresses first, then the lease, so the next holder never overlaps.
     async fn leave(&mut self, store: Option<Store>) {
         self.withdraw_export_routes().await;
         self.drop_addresses("shutting down", true).await;
         match (store, self.lease) {
-            (Some(mut store), Some(lease)) => match store.revoke(lease).await {
+            (Some(mut store), Some(lease)) => match self.say_leaving(&mut store, lease).await {
                 Ok(()) => {
                     self.lease_file.clear();
                     info!("lease revoked; other hosts take over now")

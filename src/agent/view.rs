@@ -26,6 +26,10 @@ pub struct ClusterView {
     local: Option<NodeValue>,
     /// True while a list is being loaded: derived state is computed once at its end.
     loading: bool,
+    /// Nodes seen leaving (addresses already removed), and when.
+    leaving: HashMap<String, std::time::Instant>,
+    /// IPs whose claim a leaving node gave up, and when: taken without a probe.
+    pub handed_over: HashMap<IpAddr, std::time::Instant>,
     /// Each desired IP's own value, before pools.
     own: BTreeMap<IpAddr, ParsedDesired>,
     /// Valid pools.
@@ -63,6 +67,8 @@ impl ClusterView {
             members: MemberAddresses::default(),
             local: None,
             loading: false,
+            leaving: HashMap::new(),
+            handed_over: HashMap::new(),
             own: BTreeMap::new(),
             pools: BTreeMap::new(),
             claims: Claims::new(),
@@ -118,6 +124,17 @@ impl ClusterView {
             self.keys.parse(key),
             Ok(Some(KeyKind::History(_) | KeyKind::Conflict(_)))
         )
+    }
+
+    /// Whether a leaving node gave `ip` up within `within`: it had removed its address
+    /// first, so no probe is needed. Old entries are forgotten here.
+    pub fn just_handed_over(&mut self, ip: IpAddr, within: std::time::Duration) -> bool {
+        let now = std::time::Instant::now();
+        self.leaving
+            .retain(|_, at| now.duration_since(*at) < within * 10);
+        self.handed_over
+            .retain(|_, at| now.duration_since(*at) < within);
+        self.handed_over.contains_key(&ip)
     }
 
     /// Live nodes as placement sees them: a drain key drains a node even if its
@@ -205,6 +222,9 @@ impl ClusterView {
                         old.host_addresses != node.host_addresses
                             || old.etcd_addresses != node.etcd_addresses
                     });
+                    if node.leaving {
+                        self.leaving.insert(name.clone(), std::time::Instant::now());
+                    }
                     self.nodes.insert(name, node);
                     if addresses_changed {
                         self.resolve_all();
@@ -320,7 +340,14 @@ impl ClusterView {
                 self.pools.remove(&name);
                 self.resolve_all();
             }
-            Ok(Some(KeyKind::Claim(ip, slot))) => self.remove_claim(ip, slot),
+            Ok(Some(KeyKind::Claim(ip, slot))) => {
+                let holder = self.claims.get(&ip).and_then(|s| s.get(&slot));
+                let node = holder.and_then(|h| h.node.as_deref());
+                if node.is_some_and(|n| self.leaving.contains_key(n)) {
+                    self.handed_over.insert(ip, std::time::Instant::now());
+                }
+                self.remove_claim(ip, slot);
+            }
             Ok(Some(KeyKind::Node(name))) => {
                 let removed = self.nodes.remove(&name);
                 if removed
@@ -497,5 +524,35 @@ mod tests {
             revision: 4,
         });
         assert!(view.leaseless.is_empty());
+    }
+
+    #[test]
+    fn a_claim_given_up_by_a_leaving_node_is_handed_over() {
+        let mut view = ClusterView::new(Keys::new("/extip"));
+        let ip: IpAddr = "198.51.100.7".parse().unwrap();
+        let other: IpAddr = "198.51.100.8".parse().unwrap();
+        let claim = |ip: IpAddr, node: &str, rev| {
+            kv(
+                &format!("/extip/claims/{ip}/0"),
+                &format!(r#"{{"node":"{node}","since":""}}"#),
+                rev,
+            )
+        };
+        view.apply(&Change::Put(claim(ip, "h1", 1)));
+        view.apply(&Change::Put(claim(other, "h2", 2)));
+        let leaving = r#"{"node":"h1","interfaces":["lo"],"draining":true,"leaving":true}"#;
+        view.apply(&Change::Put(kv("/extip/nodes/h1", leaving, 3)));
+        for (ip, rev) in [(ip, 3), (other, 4)] {
+            view.apply(&Change::Delete {
+                key: format!("/extip/claims/{ip}/0"),
+                revision: rev,
+            });
+        }
+        let fresh = std::time::Duration::from_secs(2);
+        assert!(view.just_handed_over(ip, fresh), "h1 left: no probe needed");
+        assert!(
+            !view.just_handed_over(other, fresh),
+            "h2's claim vanished without a word (crash, expiry): probe"
+        );
     }
 }

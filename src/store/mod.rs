@@ -408,6 +408,49 @@ impl Store {
         self.txn("forged claim delete txn", txn).await
     }
 
+    /// A stopping agent's last words, before it revokes its lease: put its record
+    /// (`leaving`) and delete its claims in the same transactions, so other agents learn
+    /// both at once and take over without waiting for the revoke. Each claim is deleted
+    /// only while it still hangs on `lease`; etcd's limit of 128 operations per
+    /// transaction splits a long list.
+    pub async fn put_and_release(
+        &mut self,
+        record_key: &str,
+        record: &[u8],
+        lease: i64,
+        claims: &[String],
+    ) -> Result<(), StoreError> {
+        let put = TxnOp::put(
+            record_key,
+            record,
+            Some(PutOptions::new().with_lease(lease)),
+        );
+        let mut batches: Vec<&[String]> = claims.chunks(100).collect();
+        if batches.is_empty() {
+            batches.push(&[]);
+        }
+        for (i, batch) in batches.into_iter().enumerate() {
+            let compares = batch
+                .iter()
+                .map(|k| Compare::lease(k.as_str(), CompareOp::Equal, lease));
+            let mut ops: Vec<TxnOp> = batch
+                .iter()
+                .map(|k| TxnOp::delete(k.as_str(), None))
+                .collect();
+            if i == 0 {
+                ops.insert(0, put.clone());
+            }
+            let txn = Txn::new().when(compares.collect::<Vec<_>>()).and_then(ops);
+            if self.txn("leave txn", txn).await?.is_none() {
+                // Some claim is no longer ours: release the rest one by one.
+                for key in batch {
+                    self.delete_if_lease(key, lease).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Run a transaction built by the caller; its revision when its comparisons held.
     pub async fn txn(&mut self, op: &'static str, txn: Txn) -> Result<Option<i64>, StoreError> {
         let resp = within(self.timeout, op, self.client.txn(txn)).await?;
