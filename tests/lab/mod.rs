@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 mod etcd;
+pub mod fence;
 pub mod fleet;
 pub mod l2;
 pub mod monitor;

@@ -1,0 +1,232 @@
+//! The precise fence as a client sees it: a 2 ms pinger, the fence deadline read from a
+//! host's nftables set, and one fault run (shared by tests/fence.rs and benches/fence.rs).
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::{run, wait_for, Lab};
+
+pub const VIP: &str = "198.51.100.10";
+
+fn epoch() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64()
+}
+
+/// `1s832ms`, `832ms`, `2s` as nft prints them, in seconds.
+fn nft_duration(text: &str) -> f64 {
+    let (mut total, mut number) = (0.0, String::new());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c.is_ascii_digit() {
+            number.push(c);
+            continue;
+        }
+        let mut unit = c.to_string();
+        while chars.peek().is_some_and(|c| c.is_ascii_alphabetic()) {
+            unit.push(chars.next().unwrap());
+        }
+        let n: f64 = number.parse().unwrap_or(0.0);
+        number.clear();
+        total += n * match unit.as_str() {
+            "d" => 86400.0,
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 0.001,
+            other => panic!("unit {other} in {text}"),
+        };
+    }
+    total
+}
+
+/// When (epoch seconds) the fence of namespace `ns` closes: now + the `expires` of its
+/// `alive` element, read with `nft`.
+pub fn fence_deadline(ns: &str) -> f64 {
+    let before = epoch();
+    let out = run(
+        "ip",
+        &[
+            "netns", "exec", ns, "nft", "list", "set", "inet", "extip", "alive",
+        ],
+    );
+    let after = epoch();
+    let expires = out
+        .split("expires ")
+        .nth(1)
+        .and_then(|rest| rest.split([' ', ',', '}', '\n']).next())
+        .unwrap_or_else(|| panic!("no expiring alive element in:\n{out}"));
+    (before + after) / 2.0 + nft_duration(expires)
+}
+
+/// `ping -D` every 2 ms from the client: reply times and whether any reply was a DUP.
+pub struct FastPing {
+    child: Child,
+    reader: std::thread::JoinHandle<(Vec<f64>, usize)>,
+}
+
+impl FastPing {
+    pub fn start(client: &str) -> Self {
+        Self::start_to(client, VIP)
+    }
+
+    pub fn start_to(client: &str, ip: &str) -> Self {
+        let mut child = Command::new("ip")
+            .args([
+                "netns", "exec", client, "ping", "-n", "-D", "-i", "0.002", "-W", "1", ip,
+            ])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("ping");
+        let out = child.stdout.take().expect("stdout");
+        let reader = std::thread::spawn(move || {
+            let (mut stamps, mut dups) = (Vec::new(), 0);
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if line.contains("DUP!") {
+                    dups += 1;
+                }
+                if line.contains("bytes from") {
+                    let stamp = line.trim_start_matches('[').split(']').next().unwrap_or("");
+                    if let Ok(t) = stamp.parse::<f64>() {
+                        stamps.push(t);
+                    }
+                }
+            }
+            (stamps, dups)
+        });
+        FastPing { child, reader }
+    }
+
+    pub fn stop(mut self) -> (Vec<f64>, usize) {
+        run("kill", &["-INT", &self.child.id().to_string()]);
+        let _ = self.child.wait();
+        self.reader.join().expect("ping reader")
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum Fault {
+    /// SIGSTOP the holder's agent.
+    Freeze,
+    /// SIGKILL it.
+    Kill,
+    /// Blackhole its routes to etcd.
+    CutFromEtcd,
+}
+
+/// One run: how long after its fence deadline the old holder's last reply came (negative:
+/// before), and how long after the deadline the new holder's first reply came.
+pub fn one_run(fault: Fault) -> (f64, f64) {
+    let mut lab = Lab::new(2);
+    let client = lab.add_client();
+    super::l2::route_vips_on_link(&client);
+    // IPs on lo, announced on eth0: the client learns the new holder at once.
+    for i in 0..2 {
+        lab.start_agent(i, &["--announce-interface", "eth0"]);
+    }
+    lab.put(&format!("/extip/ips/{VIP}"), "{}");
+    assert!(wait_for(Duration::from_secs(10), || lab.holders(VIP).len() == 1).is_some());
+    let old = lab.holders(VIP)[0];
+    let ping = FastPing::start(&client);
+    std::thread::sleep(Duration::from_millis(300));
+    let ns = lab.hosts[old].ns.clone();
+    match fault {
+        Fault::Freeze => lab.signal(old, "STOP"),
+        Fault::Kill => lab.signal(old, "KILL"),
+        Fault::CutFromEtcd => lab.isolate_from_etcd(old),
+    }
+    // A renewal already on its way may still land: read the deadline once it cannot.
+    std::thread::sleep(Duration::from_millis(50));
+    let deadline = fence_deadline(&ns);
+    let other = 1 - old;
+    let moved = wait_for(Duration::from_secs(10), || {
+        lab.holders(VIP).contains(&other)
+    });
+    assert!(moved.is_some(), "{fault:?}: the IP did not move");
+    std::thread::sleep(Duration::from_millis(300));
+    let (stamps, dups) = ping.stop();
+    assert_eq!(dups, 0, "{fault:?}: two hosts answered");
+    // The old holder's last reply is the one before the long gap of the takeover.
+    let gap = stamps
+        .windows(2)
+        .position(|w| w[1] - w[0] > 0.1)
+        .unwrap_or_else(|| {
+            let last = stamps.last().map_or(0.0, |l| l - deadline);
+            panic!(
+                "{fault:?}: no gap in {} replies, the last {last:+.3} s from the deadline",
+                stamps.len()
+            )
+        });
+    let (last_old, first_new) = (stamps[gap], stamps[gap + 1]);
+    if let Fault::Freeze = fault {
+        lab.signal(old, "CONT");
+    }
+    (last_old - deadline, first_new - deadline)
+}
+
+/// The longest time between two replies.
+pub fn longest_gap(stamps: &[f64]) -> f64 {
+    stamps.windows(2).map(|w| w[1] - w[0]).fold(0.0, f64::max)
+}
+
+/// Stop the holder gracefully `rounds` times (a new IP each time, the stopped agent
+/// started again); the longest gap between replies of each round, pinging every 2 ms.
+pub fn graceful_stop_gaps(rounds: usize) -> Vec<f64> {
+    let mut lab = Lab::new(2);
+    let client = lab.add_client();
+    super::l2::route_vips_on_link(&client);
+    for i in 0..2 {
+        lab.start_agent(i, &["--announce-interface", "eth0"]);
+    }
+    let mut gaps = Vec::new();
+    for round in 0..rounds {
+        let vip = format!("198.51.100.{}", 20 + round);
+        lab.put(&format!("/extip/ips/{vip}"), "{}");
+        assert!(wait_for(Duration::from_secs(10), || lab.holders(&vip).len() == 1).is_some());
+        let old = lab.holders(&vip)[0];
+        let ping = FastPing::start_to(&client, &vip);
+        std::thread::sleep(Duration::from_millis(300));
+        lab.signal(old, "TERM");
+        let moved = wait_for(Duration::from_secs(5), || lab.holders(&vip) == [1 - old]);
+        assert!(moved.is_some(), "{vip} did not move");
+        std::thread::sleep(Duration::from_millis(300));
+        let (stamps, dups) = ping.stop();
+        assert_eq!(dups, 0, "two hosts answered");
+        assert!(stamps.len() > 100, "only {} replies", stamps.len());
+        let gap = longest_gap(&stamps);
+        println!(
+            "graceful stop of h{}: longest ping gap {:.1} ms",
+            old + 1,
+            gap * 1000.0
+        );
+        gaps.push(gap);
+        let taker = lab.agent_log(1 - old);
+        if std::env::var("EXTIP_TEST_VERBOSE").is_ok() {
+            let said = |log: String| -> Vec<String> {
+                log.lines()
+                    .filter(|l| l.contains(&vip) || l.contains("SIGTERM") || l.contains("revoked"))
+                    .map(str::to_string)
+                    .collect()
+            };
+            println!(
+                "{}\n{}",
+                said(lab.agent_log(old)).join("\n"),
+                said(taker.clone()).join("\n")
+            );
+        }
+        assert!(
+            taker.contains(&format!("address added address={vip}/32")),
+            "{taker}"
+        );
+        assert_eq!(lab.wait_exit(old, Duration::from_secs(5)), Some(0));
+        lab.start_agent(old, &["--announce-interface", "eth0"]);
+        assert!(wait_for(Duration::from_secs(10), || {
+            lab.get(&format!("/extip/nodes/h{}", old + 1)).is_some()
+        })
+        .is_some());
+    }
+    gaps
+}
