@@ -573,7 +573,8 @@ impl Agent {
         let mut next = Some(first);
         let mut relevant = false;
         while let Some(batch) = next {
-            let (_, changes) = batch.map_err(|e| e.to_string())?;
+            let (revision, changes) = batch.map_err(|e| e.to_string())?;
+            tracing::debug!(revision, changes = changes.len(), "watch batch");
             for change in &changes {
                 relevant |= self.view.apply(change);
             }

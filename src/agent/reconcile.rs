@@ -135,6 +135,7 @@ impl Agent {
             self.publish_history(store).await?;
         }
         let took = started.elapsed().as_secs_f64();
+        tracing::debug!(took_ms = took * 1000.0, "reconciled");
         self.metrics.reconcile_duration.observe(took);
         converged
     }

@@ -172,12 +172,18 @@ pub fn longest_gap(stamps: &[f64]) -> f64 {
     stamps.windows(2).map(|w| w[1] - w[0]).fold(0.0, f64::max)
 }
 
-/// Stop the holder gracefully `rounds` times (a new IP each time, the stopped agent
-/// started again); the longest gap between replies of each round, pinging every 2 ms.
+/// Stop the holder gracefully `rounds` times (a new IP each time, the last one
+/// withdrawn, the stopped agent started again); the longest gap between replies of each round, pinging every 2 ms.
 pub fn graceful_stop_gaps(rounds: usize) -> Vec<f64> {
     let mut lab = Lab::new(2);
     let client = lab.add_client();
     super::l2::route_vips_on_link(&client);
+    if std::env::var("EXTIP_TEST_VERBOSE").is_ok() {
+        lab.agent_env.push((
+            "EXTIP_LOG".into(),
+            "debug,h2=info,hyper=info,tonic=info,tower=info".into(),
+        ));
+    }
     for i in 0..2 {
         lab.start_agent(i, &["--announce-interface", "eth0"]);
     }
@@ -205,16 +211,24 @@ pub fn graceful_stop_gaps(rounds: usize) -> Vec<f64> {
         gaps.push(gap);
         let taker = lab.agent_log(1 - old);
         if std::env::var("EXTIP_TEST_VERBOSE").is_ok() {
-            let said = |log: String| -> Vec<String> {
-                log.lines()
-                    .filter(|l| l.contains(&vip) || l.contains("SIGTERM") || l.contains("revoked"))
-                    .map(str::to_string)
-                    .collect()
-            };
+            // Both agents' lines from the SIGTERM on (ISO timestamps sort as text).
+            let old_log = lab.agent_log(old);
+            let stop = old_log
+                .lines()
+                .rev()
+                .find(|l| l.contains("SIGTERM"))
+                .unwrap_or("");
+            let since = stop.get(..27).unwrap_or("").to_string();
+            let mut lines: Vec<String> = old_log
+                .lines()
+                .map(|l| format!("old {l}"))
+                .chain(taker.lines().map(|l| format!("new {l}")))
+                .filter(|l| l.get(4..31).is_some_and(|t| t >= since.as_str()))
+                .collect();
+            lines.sort_by(|a, b| a.get(4..31).cmp(&b.get(4..31)));
             println!(
-                "{}\n{}",
-                said(lab.agent_log(old)).join("\n"),
-                said(taker.clone()).join("\n")
+                "{}",
+                lines.into_iter().take(40).collect::<Vec<_>>().join("\n")
             );
         }
         assert!(
@@ -222,6 +236,8 @@ pub fn graceful_stop_gaps(rounds: usize) -> Vec<f64> {
             "{taker}"
         );
         assert_eq!(lab.wait_exit(old, Duration::from_secs(5)), Some(0));
+        // One IP moves per stop, as with a VRRP instance: this one goes.
+        lab.del(&format!("/extip/ips/{vip}"));
         lab.start_agent(old, &["--announce-interface", "eth0"]);
         assert!(wait_for(Duration::from_secs(10), || {
             lab.get(&format!("/extip/nodes/h{}", old + 1)).is_some()
