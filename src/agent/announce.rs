@@ -125,9 +125,14 @@ impl Agent {
             .desired
             .get(&a.ip)
             .is_some_and(|d| d.replicas == Replicas::EXCLUSIVE);
-        exclusive
-            && self.cfg.announce.probe.is_some()
-            && !self.view.just_handed_over(a.ip, HANDED_OVER_FRESH)
+        if !exclusive || self.cfg.announce.probe.is_none() {
+            return false;
+        }
+        if self.view.just_handed_over(a.ip, HANDED_OVER_FRESH) {
+            info!(ip = %a.ip, "a stopping peer handed the IP over: no conflict probe");
+            return false;
+        }
+        true
     }
 
     /// Probe for every exclusive address about to be added, all at once (a failover of

@@ -1,10 +1,9 @@
 //! The precise fence as a client sees it: a 2 ms pinger, the fence deadline read from a
 //! host's nftables set, and one fault run (shared by tests/fence.rs and benches/fence.rs).
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use super::l2::Pinger;
 use super::{run, wait_for, Lab};
 
 pub const VIP: &str = "198.51.100.10";
@@ -62,49 +61,9 @@ pub fn fence_deadline(ns: &str) -> f64 {
     (before + after) / 2.0 + nft_duration(expires)
 }
 
-/// `ping -D` every 2 ms from the client: reply times and whether any reply was a DUP.
-pub struct FastPing {
-    child: Child,
-    reader: std::thread::JoinHandle<(Vec<f64>, usize)>,
-}
-
-impl FastPing {
-    pub fn start(client: &str) -> Self {
-        Self::start_to(client, VIP)
-    }
-
-    pub fn start_to(client: &str, ip: &str) -> Self {
-        let mut child = Command::new("ip")
-            .args([
-                "netns", "exec", client, "ping", "-n", "-D", "-i", "0.002", "-W", "1", ip,
-            ])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("ping");
-        let out = child.stdout.take().expect("stdout");
-        let reader = std::thread::spawn(move || {
-            let (mut stamps, mut dups) = (Vec::new(), 0);
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if line.contains("DUP!") {
-                    dups += 1;
-                }
-                if line.contains("bytes from") {
-                    let stamp = line.trim_start_matches('[').split(']').next().unwrap_or("");
-                    if let Ok(t) = stamp.parse::<f64>() {
-                        stamps.push(t);
-                    }
-                }
-            }
-            (stamps, dups)
-        });
-        FastPing { child, reader }
-    }
-
-    pub fn stop(mut self) -> (Vec<f64>, usize) {
-        run("kill", &["-INT", &self.child.id().to_string()]);
-        let _ = self.child.wait();
-        self.reader.join().expect("ping reader")
-    }
+/// A client pinging `ip` every 2 ms.
+pub fn fast_ping(client: &str, ip: &str) -> Pinger {
+    Pinger::start_every(client, ip, "0.002")
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -130,7 +89,7 @@ pub fn one_run(fault: Fault) -> (f64, f64) {
     lab.put(&format!("/extip/ips/{VIP}"), "{}");
     assert!(wait_for(Duration::from_secs(10), || lab.holders(VIP).len() == 1).is_some());
     let old = lab.holders(VIP)[0];
-    let ping = FastPing::start(&client);
+    let ping = fast_ping(&client, VIP);
     std::thread::sleep(Duration::from_millis(300));
     let ns = lab.hosts[old].ns.clone();
     match fault {
@@ -147,7 +106,7 @@ pub fn one_run(fault: Fault) -> (f64, f64) {
     });
     assert!(moved.is_some(), "{fault:?}: the IP did not move");
     std::thread::sleep(Duration::from_millis(300));
-    let (stamps, dups) = ping.stop();
+    let (stamps, dups) = ping.stop_stamps();
     assert_eq!(dups, 0, "{fault:?}: two hosts answered");
     // The old holder's last reply is the one before the long gap of the takeover.
     let gap = stamps
@@ -193,13 +152,13 @@ pub fn graceful_stop_gaps(rounds: usize) -> Vec<f64> {
         lab.put(&format!("/extip/ips/{vip}"), "{}");
         assert!(wait_for(Duration::from_secs(10), || lab.holders(&vip).len() == 1).is_some());
         let old = lab.holders(&vip)[0];
-        let ping = FastPing::start_to(&client, &vip);
+        let ping = fast_ping(&client, &vip);
         std::thread::sleep(Duration::from_millis(300));
         lab.signal(old, "TERM");
         let moved = wait_for(Duration::from_secs(5), || lab.holders(&vip) == [1 - old]);
         assert!(moved.is_some(), "{vip} did not move");
         std::thread::sleep(Duration::from_millis(300));
-        let (stamps, dups) = ping.stop();
+        let (stamps, dups) = ping.stop_stamps();
         assert_eq!(dups, 0, "two hosts answered");
         assert!(stamps.len() > 100, "only {} replies", stamps.len());
         let gap = longest_gap(&stamps);
@@ -235,6 +194,8 @@ pub fn graceful_stop_gaps(rounds: usize) -> Vec<f64> {
             taker.contains(&format!("address added address={vip}/32")),
             "{taker}"
         );
+        let unprobed = format!("a stopping peer handed the IP over: no conflict probe ip={vip}");
+        assert!(taker.contains(&unprobed), "the taker probed:\n{taker}");
         assert_eq!(lab.wait_exit(old, Duration::from_secs(5)), Some(0));
         // One IP moves per stop, as with a VRRP instance: this one goes.
         lab.del(&format!("/extip/ips/{vip}"));

@@ -93,40 +93,56 @@ pub struct PingReport {
     pub longest_gap: Duration,
 }
 
-/// `ping -i 0.01 -D` from a namespace, until stopped.
+/// `ping -D` from a namespace (every 10 ms unless told), until stopped.
 pub struct Pinger {
     child: Child,
     started: f64,
-    reader: JoinHandle<(Vec<f64>, u64)>,
+    reader: JoinHandle<PingLines>,
+}
+
+/// What ping printed: reply times, requests sent, duplicate replies (two hosts answered).
+struct PingLines {
+    stamps: Vec<f64>,
+    sent: u64,
+    dups: usize,
 }
 
 impl Pinger {
     /// Ping `ip` from namespace `ns` every 10 ms.
     pub fn start(ns: &str, ip: &str) -> Self {
+        Self::start_every(ns, ip, "0.01")
+    }
+
+    /// Ping `ip` from namespace `ns` every `interval` seconds (`ping -i`).
+    pub fn start_every(ns: &str, ip: &str, interval: &str) -> Self {
         let started = epoch_seconds();
         let mut child = Command::new("ip")
             .args([
-                "netns", "exec", ns, "ping", "-n", "-D", "-i", "0.01", "-W", "1", ip,
+                "netns", "exec", ns, "ping", "-n", "-D", "-i", interval, "-W", "1", ip,
             ])
             .stdout(Stdio::piped())
             .spawn()
             .expect("ping");
         let out = child.stdout.take().expect("stdout");
         let reader = std::thread::spawn(move || {
-            let mut stamps = Vec::new();
-            let mut sent = 0;
+            let mut seen = PingLines {
+                stamps: Vec::new(),
+                sent: 0,
+                dups: 0,
+            };
             for line in BufReader::new(out).lines().map_while(Result::ok) {
                 if let Some((n, _)) = line.split_once(" packets transmitted") {
-                    sent = n.trim().parse().unwrap_or(0);
+                    seen.sent = n.trim().parse().unwrap_or(0);
                 }
+                seen.dups += usize::from(line.contains("DUP!"));
                 if line.contains("bytes from") {
                     let stamp = line.trim_start_matches('[').split(']').next().unwrap_or("");
                     if let Ok(t) = stamp.parse::<f64>() {
-                        stamps.push(t);
+                        seen.stamps.push(t);
                     }
                 }
             }
-            (stamps, sent)
+            seen
         });
         Pinger {
             child,
@@ -135,19 +151,31 @@ impl Pinger {
         }
     }
 
-    /// Stop pinging; what the client saw. Silence up to the stop counts as a gap.
-    pub fn stop(self) -> PingReport {
+    fn finish(self) -> (PingLines, f64, f64) {
         let now = epoch_seconds();
         run("kill", &["-INT", &self.child.id().to_string()]);
         let mut child = self.child;
         let _ = child.wait();
-        let (mut stamps, sent) = self.reader.join().expect("ping reader");
-        let received = stamps.len() as u64;
-        stamps.insert(0, self.started);
+        let seen = self.reader.join().expect("ping reader");
+        (seen, self.started, now)
+    }
+
+    /// Stop pinging; the reply times (epoch seconds) and how many replies were DUPs.
+    pub fn stop_stamps(self) -> (Vec<f64>, usize) {
+        let (seen, _, _) = self.finish();
+        (seen.stamps, seen.dups)
+    }
+
+    /// Stop pinging; what the client saw. Silence up to the stop counts as a gap.
+    pub fn stop(self) -> PingReport {
+        let (seen, started, now) = self.finish();
+        let received = seen.stamps.len() as u64;
+        let mut stamps = seen.stamps;
+        stamps.insert(0, started);
         stamps.push(now);
         let longest = stamps.windows(2).map(|w| w[1] - w[0]).fold(0.0, f64::max);
         PingReport {
-            sent,
+            sent: seen.sent,
             received,
             longest_gap: Duration::from_secs_f64(longest),
         }
