@@ -96,11 +96,14 @@ fn secs(ttl_secs: i64) -> Duration {
     Duration::from_secs(u64::try_from(ttl_secs).unwrap_or(0))
 }
 
-/// How long before the deadline the agent itself drops exclusive addresses: a quarter
-/// of the TTL, at least 500 ms (time to remove them), at most the kernel's slack (with
-/// lifetimes the kernel has removed them by then anyway).
+/// How long before the deadline the host goes dark (the nftables fence closes and the
+/// agent drops its exclusive addresses): a tenth of the TTL, between 100 and 250 ms.
+/// The fence closes within a few milliseconds of its timeout (measured: worst +6 ms),
+/// and nobody else may claim before the deadline, so this only has to cover that
+/// precision; before the fence it was a quarter of the TTL, at least 500 ms, the time
+/// the agent needed to remove its addresses itself.
 pub fn fence_margin(ttl: Duration) -> Duration {
-    (ttl / 4).clamp(Duration::from_millis(500), KERNEL_EXPIRY_SLACK)
+    (ttl / 10).clamp(Duration::from_millis(100), Duration::from_millis(250))
 }
 
 /// How often to send keepalives: a tenth of the TTL, between 250 ms and 1 s. Addresses
@@ -170,13 +173,13 @@ mod tests {
         let mut clock = LeaseDeadline::new(Duration::from_secs(2));
         assert!(!clock.is_safe(t0), "no lease, not safe");
         clock.granted(t0, 2);
-        assert_eq!(clock.fence_at(), Some(t0 + Duration::from_millis(1500)));
-        assert!(clock.is_safe(t0 + Duration::from_millis(1499)));
-        assert!(!clock.is_safe(t0 + Duration::from_millis(1500)));
+        assert_eq!(clock.fence_at(), Some(t0 + Duration::from_millis(1800)));
+        assert!(clock.is_safe(t0 + Duration::from_millis(1799)));
+        assert!(!clock.is_safe(t0 + Duration::from_millis(1800)));
 
         clock.sent(t0 + Duration::from_secs(1));
         assert_eq!(clock.answered(2), Renewal::Renewed);
-        assert_eq!(clock.fence_at(), Some(t0 + Duration::from_millis(2500)));
+        assert_eq!(clock.fence_at(), Some(t0 + Duration::from_millis(2800)));
     }
 
     #[test]
@@ -236,6 +239,15 @@ mod tests {
     }
 
     #[test]
+    fn the_margin_covers_the_fence_precision_only() {
+        let ms = Duration::from_millis;
+        assert_eq!(fence_margin(Duration::from_secs(1)), ms(100));
+        assert_eq!(fence_margin(Duration::from_secs(2)), ms(200));
+        assert_eq!(fence_margin(Duration::from_secs(5)), ms(250));
+        assert_eq!(fence_margin(Duration::from_secs(60)), ms(250));
+    }
+
+    #[test]
     fn lost_lease_is_never_safe() {
         let t0 = Instant::now();
         let mut clock = LeaseDeadline::new(Duration::from_secs(3));
@@ -253,6 +265,6 @@ mod tests {
         clock.sent(t0 + Duration::from_secs(1));
         clock.stream_lost();
         assert_eq!(clock.answered(2), Renewal::Renewed);
-        assert_eq!(clock.fence_at(), Some(t0 + Duration::from_millis(1500)));
+        assert_eq!(clock.fence_at(), Some(t0 + Duration::from_millis(1800)));
     }
 }
