@@ -270,7 +270,8 @@ impl Agent {
             warn!(
                 lease_ttl = ?cfg.lease_ttl,
                 "below 3s, exclusive addresses get no kernel lifetime: a frozen or killed \
-                 agent keeps them until it runs again"
+                 agent's host goes dark at the fence deadline but keeps listing them until \
+                 the agent runs again"
             );
         }
         let lifetimes = cfg.lease_ttl >= MIN_TTL_FOR_LIFETIMES;
