@@ -16,59 +16,56 @@ fn check(path: &std::path::Path) -> (bool, String) {
     )
 }
 
-#[test]
-fn config_check_names_each_bad_key_and_passes_the_example() {
-    let dir = std::env::temp_dir().join(format!("extip-cfgcheck-{}", std::process::id()));
+/// Check a file holding `text`; the output must fail and name every one of `wants`.
+fn check_bad_file(tag: &str, text: &str, wants: &[&str]) -> String {
+    let dir = std::env::temp_dir().join(format!("extip-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let bad = dir.join("agent.toml");
-    std::fs::write(
-        &bad,
-        "lease_tll = \"5s\"\nallowed-cidr = [\"198.51.100.0/33\"]\nlease-ttl = \"1s\"\n",
-    )
-    .unwrap();
+    std::fs::write(&bad, text).unwrap();
     let (ok, out) = check(&bad);
+    std::fs::remove_dir_all(&dir).unwrap();
     assert!(!ok, "a bad file passed: {out}");
-    for want in [
-        "lease_tll: unknown key",
-        "allowed-cidr: `198.51.100.0/33` is not a CIDR",
-        "lease-ttl: `1s` is below etcd's minimum lease TTL of 2s",
-        "3 problem(s)",
-    ] {
+    for want in wants {
         assert!(out.contains(want), "missing {want:?} in:\n{out}");
     }
+    out
+}
+
+#[test]
+fn config_check_names_each_bad_key_and_passes_the_example() {
+    check_bad_file(
+        "cfgcheck",
+        "lease_tll = \"5s\"\nallowed-cidr = [\"198.51.100.0/33\"]\nlease-ttl = \"1s\"\n",
+        &[
+            "lease_tll: unknown key",
+            "allowed-cidr: `198.51.100.0/33` is not a CIDR",
+            "lease-ttl: `1s` is below etcd's minimum lease TTL of 2s",
+            "3 problem(s)",
+        ],
+    );
     let example =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/agent.example.toml");
     let (ok, out) = check(&example);
     assert!(ok && out.contains(": ok"), "{out}");
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn config_check_takes_a_string_for_a_list_and_reports_every_problem() {
-    let dir = std::env::temp_dir().join(format!("extip-cfgcheck2-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let bad = dir.join("agent.toml");
-    std::fs::write(
-        &bad,
+    let out = check_bad_file(
+        "cfgcheck2",
         "etcd = \"http://192.0.2.250:2379\"\nlease-ttl = \"1s\"\n\
          announce-count = \"three\"\nallowed-cidr = \"10.0.0.0/33\"\n",
-    )
-    .unwrap();
-    let (ok, out) = check(&bad);
-    assert!(!ok, "a bad file passed: {out}");
-    for want in [
-        "lease-ttl: `1s` is below etcd's minimum lease TTL of 2s",
-        "allowed-cidr: `10.0.0.0/33` is not a CIDR",
-        "announce-count: invalid type: string \"three\", expected u32",
-        "3 problem(s)",
-    ] {
-        assert!(out.contains(want), "missing {want:?} in:\n{out}");
-    }
+        &[
+            "lease-ttl: `1s` is below etcd's minimum lease TTL of 2s",
+            "allowed-cidr: `10.0.0.0/33` is not a CIDR",
+            "announce-count: invalid type: string \"three\", expected u32",
+            "3 problem(s)",
+        ],
+    );
     assert!(
         !out.contains("etcd:"),
         "the string etcd was refused:\n{out}"
     );
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
