@@ -28,9 +28,9 @@ fn main() {
     println!("| fault | last reply of the old holder vs its fence deadline: median (worst) | every run | first reply of the new holder after the deadline: median |");
     println!("|---|---|---|---|");
     for fault in [Fault::Freeze, Fault::Kill, Fault::CutFromEtcd] {
-        let samples: Vec<(f64, f64)> = (0..runs).map(|_| one_run(fault)).collect();
-        let dark: Vec<f64> = samples.iter().map(|s| s.0).collect();
-        let taken: Vec<f64> = samples.iter().map(|s| s.1).collect();
+        let samples: Vec<_> = (0..runs).map(|_| one_run(fault)).collect();
+        let dark: Vec<f64> = samples.iter().map(|s| s.dark).collect();
+        let taken: Vec<f64> = samples.iter().map(|s| s.taken).collect();
         let every: Vec<String> = dark.iter().map(|d| ms(*d)).collect();
         let (median, worst) = median_and_worst(dark);
         let (taken, _) = median_and_worst(taken);

@@ -14,12 +14,16 @@ use lab::{run, wait_for, Lab};
 #[test]
 fn a_stopped_agent_s_host_goes_dark_at_its_fence_deadline() {
     for fault in [Fault::Freeze, Fault::Kill, Fault::CutFromEtcd] {
-        let (dark, taken) = one_run(fault);
+        let run = one_run(fault);
+        let (dark, taken) = (run.dark, run.taken);
         println!(
             "{fault:?}: last reply of the old holder {:+.0} ms from its fence deadline, \
-             first of the new one {:+.0} ms",
+             first of the new one {:+.0} ms; wire: {} ARP rounds, never two MACs; \
+             address tables: {} samples listed it on both hosts",
             dark * 1000.0,
-            taken * 1000.0
+            taken * 1000.0,
+            run.wire_rounds,
+            run.listed_overlaps
         );
         // The spec is 50 ms; tests assert generous bounds (the benchmark reports figures).
         assert!(
@@ -88,4 +92,42 @@ fn the_fence_is_extip_s_own_table_and_a_graceful_stop_removes_it() {
         strip(&foreign_after),
         "the foreign table changed"
     );
+}
+
+#[test]
+fn the_wire_monitor_catches_two_hosts_answering_and_not_a_fenced_one() {
+    // The wire assertions above mean something only if this monitor can fail.
+    let mut lab = Lab::new(2);
+    let client = lab.add_client();
+    lab::l2::route_vips_on_link(&client);
+    for i in 0..2 {
+        lab.exec(i, &["ip", "addr", "add", &format!("{VIP}/32"), "dev", "lo"]);
+    }
+    let client_ip = "192.0.2.200".parse().unwrap();
+    let both = lab::wire::WireMonitor::start(&client, client_ip, &[VIP]);
+    std::thread::sleep(Duration::from_millis(100));
+    let both = both.stop();
+    assert!(
+        !both.overlaps.is_empty(),
+        "missed two answering hosts: {both:?}"
+    );
+    // The same address behind a closed fence on h2: listed there, answered by h1 only.
+    let ns = lab.hosts[1].ns.clone();
+    run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &ns,
+            "nft",
+            "add table arp t; \
+             add chain arp t in { type filter hook input priority 0; policy drop; }",
+        ],
+    );
+    let one = lab::wire::WireMonitor::start(&client, client_ip, &[VIP]);
+    std::thread::sleep(Duration::from_millis(100));
+    let one = one.stop();
+    assert!(one.overlaps.is_empty() && one.rounds > 3, "{one:?}");
+    let macs = &one.answered_by[&VIP.parse().unwrap()];
+    assert_eq!(macs.len(), 1, "{one:?}");
 }

@@ -4,6 +4,8 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::l2::Pinger;
+use super::monitor::OverlapMonitor;
+use super::wire::WireMonitor;
 use super::{run, wait_for, Lab};
 
 pub const VIP: &str = "198.51.100.10";
@@ -76,9 +78,25 @@ pub enum Fault {
     CutFromEtcd,
 }
 
+/// What one fault run saw.
+#[derive(Debug, Clone, Copy)]
+pub struct FaultRun {
+    /// Seconds from the fence deadline to the old holder's last reply (negative: before).
+    pub dark: f64,
+    /// Seconds from the fence deadline to the new holder's first reply.
+    pub taken: f64,
+    /// ARP rounds the wire monitor made (no round saw two MACs: asserted).
+    pub wire_rounds: usize,
+    /// Samples where both hosts listed the address (a fenced host may: dark, not a holder).
+    pub listed_overlaps: usize,
+}
+
+/// The client's address on the bridge (`Lab::add_client`).
+const CLIENT_IP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(192, 0, 2, 200);
+
 /// One run: how long after its fence deadline the old holder's last reply came (negative:
 /// before), and how long after the deadline the new holder's first reply came.
-pub fn one_run(fault: Fault) -> (f64, f64) {
+pub fn one_run(fault: Fault) -> FaultRun {
     let mut lab = Lab::new(2);
     let client = lab.add_client();
     super::l2::route_vips_on_link(&client);
@@ -90,6 +108,8 @@ pub fn one_run(fault: Fault) -> (f64, f64) {
     assert!(wait_for(Duration::from_secs(10), || lab.holders(VIP).len() == 1).is_some());
     let old = lab.holders(VIP)[0];
     let ping = fast_ping(&client, VIP);
+    let wire = WireMonitor::start(&client, CLIENT_IP, &[VIP]);
+    let listed = OverlapMonitor::start(lab.namespaces(&[0, 1]), vec![VIP.into()]);
     std::thread::sleep(Duration::from_millis(300));
     let ns = lab.hosts[old].ns.clone();
     match fault {
@@ -107,7 +127,21 @@ pub fn one_run(fault: Fault) -> (f64, f64) {
     assert!(moved.is_some(), "{fault:?}: the IP did not move");
     std::thread::sleep(Duration::from_millis(300));
     let (stamps, dups) = ping.stop_stamps();
+    let wire = wire.stop();
+    let listed = listed.stop();
     assert_eq!(dups, 0, "{fault:?}: two hosts answered");
+    assert!(
+        wire.overlaps.is_empty(),
+        "{fault:?}: two hosts answered ARP: {wire:?}"
+    );
+    let macs = wire
+        .answered_by
+        .get(&VIP.parse().expect("IPv4"))
+        .map_or(0, |m| m.len());
+    assert_eq!(
+        macs, 2,
+        "{fault:?}: the monitor did not see both holders: {wire:?}"
+    );
     // The old holder's last reply is the one before the long gap of the takeover.
     let gap = stamps
         .windows(2)
@@ -123,7 +157,12 @@ pub fn one_run(fault: Fault) -> (f64, f64) {
     if let Fault::Freeze = fault {
         lab.signal(old, "CONT");
     }
-    (last_old - deadline, first_new - deadline)
+    FaultRun {
+        dark: last_old - deadline,
+        taken: first_new - deadline,
+        wire_rounds: wire.rounds,
+        listed_overlaps: listed.overlaps.len(),
+    }
 }
 
 /// The longest time between two replies.

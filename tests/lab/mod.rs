@@ -25,6 +25,7 @@ pub mod netns;
 pub mod routing;
 pub mod secure;
 pub mod vrrp;
+pub mod wire;
 
 const NAME_PREFIX: &str = "extip-lab-";
 /// The extip binary under test.
