@@ -13,6 +13,15 @@ use lab::{wait_for, Lab};
 const TTL: &str = "3s";
 const TTL_SECS: u64 = 3;
 
+/// A client on the segment asking for the 20 IPs on the wire (the second view of holders).
+fn wire_monitor(lab: &mut Lab) -> lab::wire::WireMonitor {
+    let client = lab.add_client();
+    lab::l2::route_vips_on_link(&client);
+    let ips = vips();
+    let ips: Vec<&str> = ips.iter().map(String::as_str).collect();
+    lab::wire::WireMonitor::start(&client, "192.0.2.200".parse().unwrap(), &ips)
+}
+
 fn lab_with_vips(hosts: usize) -> Lab {
     fleet::lab_with_vips(hosts, 1, TTL)
 }
@@ -60,6 +69,7 @@ fn sigkill_with_the_host_up_never_overlaps_and_recovers_within_ttl_plus_1s() {
     let mut lab = lab_with_vips(3);
     let victim = busiest(&lab, 3);
     let had = held_by(&lab, victim);
+    let wire = wire_monitor(&mut lab);
     let monitor = OverlapMonitor::start(lab.namespaces(&[0, 1, 2]), vips());
     let start = Instant::now();
     lab.kill(victim); // the host and its link stay up
@@ -69,16 +79,23 @@ fn sigkill_with_the_host_up_never_overlaps_and_recovers_within_ttl_plus_1s() {
     });
     std::thread::sleep(Duration::from_millis(300));
     let report = monitor.stop();
+    let wire = wire.stop();
     assert!(
         report.overlaps.is_empty(),
         "overlaps: {:?}",
         report.overlaps
     );
+    assert!(
+        wire.overlaps.is_empty(),
+        "two hosts answered: {:?}",
+        wire.overlaps
+    );
     let took = took.expect("all IPs served again");
     eprintln!(
-        "SIGKILL: {} IPs moved in {took:?} ({} samples)",
+        "SIGKILL: {} IPs moved in {took:?} (address tables: {} samples; wire: {} ARP rounds)",
         had.len(),
-        report.rounds
+        report.rounds,
+        wire.rounds
     );
     assert!(
         took <= Duration::from_secs(TTL_SECS + 1),
@@ -96,8 +113,9 @@ fn sigkill_with_the_host_up_never_overlaps_and_recovers_within_ttl_plus_1s() {
 
 #[test]
 fn sigstop_for_three_ttls_never_overlaps_and_the_thawed_agent_adds_nothing_stale() {
-    let lab = lab_with_vips(3);
+    let mut lab = lab_with_vips(3);
     let victim = busiest(&lab, 3);
+    let wire = wire_monitor(&mut lab);
     let monitor = OverlapMonitor::start(lab.namespaces(&[0, 1, 2]), vips());
     lab.signal(victim, "STOP");
     let others = live(3, Some(victim));
@@ -108,11 +126,18 @@ fn sigstop_for_three_ttls_never_overlaps_and_the_thawed_agent_adds_nothing_stale
     lab.signal(victim, "CONT");
     std::thread::sleep(Duration::from_secs(2));
     let report = monitor.stop();
+    let wire = wire.stop();
     assert!(
         report.overlaps.is_empty(),
         "overlaps: {:?}",
         report.overlaps
     );
+    assert!(
+        wire.overlaps.is_empty(),
+        "two hosts answered: {:?}",
+        wire.overlaps
+    );
+    eprintln!("SIGSTOP: wire: {} ARP rounds, never two MACs", wire.rounds);
     let took = took.expect("all IPs served while the agent was frozen");
     assert!(
         took <= Duration::from_secs(TTL_SECS + 1),

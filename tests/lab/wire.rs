@@ -40,8 +40,8 @@ impl WireMonitor {
             let socket = ArpSocket::open("eth0", &mac_text);
             let mut report = WireReport::default();
             while !flag.load(Ordering::SeqCst) {
-                for &ip in &ips {
-                    let macs = socket.who_has(client_ip, ip, Duration::from_millis(10));
+                let answers = socket.who_has(client_ip, &ips, Duration::from_millis(10));
+                for (ip, macs) in answers {
                     if macs.len() > 1 {
                         report.overlaps.push(format!("{ip} answered by {macs:?}"));
                     }
@@ -110,22 +110,22 @@ impl ArpSocket {
         }
     }
 
-    /// Broadcast "who has `target`, tell `sender`"; the MACs that answer within `wait`.
-    fn who_has(&self, sender: Ipv4Addr, target: Ipv4Addr, wait: Duration) -> BTreeSet<String> {
-        let mut frame = Vec::with_capacity(42);
-        frame.extend_from_slice(&[0xff; 6]);
-        frame.extend_from_slice(&self.mac);
-        frame.extend_from_slice(&ETH_P_ARP.to_be_bytes());
-        frame.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]); // Ethernet, IPv4, request
-        frame.extend_from_slice(&self.mac);
-        frame.extend_from_slice(&sender.octets());
-        frame.extend_from_slice(&[0; 6]);
-        frame.extend_from_slice(&target.octets());
-        // SAFETY: sending a buffer of its own length on the bound socket.
-        let sent = unsafe { libc::send(self.fd, frame.as_ptr().cast(), frame.len(), 0) };
-        assert!(sent > 0, "send: {}", std::io::Error::last_os_error());
+    /// Broadcast "who has IP, tell `sender`" for every one of `targets` at once; the
+    /// MACs that answer each within `wait`.
+    fn who_has(
+        &self,
+        sender: Ipv4Addr,
+        targets: &[Ipv4Addr],
+        wait: Duration,
+    ) -> BTreeMap<Ipv4Addr, BTreeSet<String>> {
+        for target in targets {
+            let frame = self.request(sender, *target);
+            // SAFETY: sending a buffer of its own length on the bound socket.
+            let sent = unsafe { libc::send(self.fd, frame.as_ptr().cast(), frame.len(), 0) };
+            assert!(sent > 0, "send: {}", std::io::Error::last_os_error());
+        }
         let deadline = Instant::now() + wait;
-        let mut macs = BTreeSet::new();
+        let mut answers: BTreeMap<Ipv4Addr, BTreeSet<String>> = BTreeMap::new();
         let mut buf = [0u8; 128];
         while let Some(left) = deadline.checked_duration_since(Instant::now()) {
             let mut pfd = libc::pollfd {
@@ -140,17 +140,29 @@ impl ArpSocket {
             }
             // SAFETY: reading into a buffer of the given length.
             let got = unsafe { libc::recv(self.fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
-            if got < 42 {
-                continue;
+            if got < 42 || buf[20..22] != [0, 2] || buf[32..38] != self.mac {
+                continue; // not a reply to us
             }
-            let reply = buf[20..22] == [0, 2];
-            let about = &buf[28..32] == target.octets().as_slice();
-            let to_me = &buf[32..38] == self.mac.as_slice();
-            if reply && about && to_me {
+            let ip = Ipv4Addr::new(buf[28], buf[29], buf[30], buf[31]);
+            if targets.contains(&ip) {
                 let mac: Vec<String> = buf[22..28].iter().map(|b| format!("{b:02x}")).collect();
-                macs.insert(mac.join(":"));
+                answers.entry(ip).or_default().insert(mac.join(":"));
             }
         }
-        macs
+        answers
+    }
+
+    /// A broadcast ARP request for `target` from this interface.
+    fn request(&self, sender: Ipv4Addr, target: Ipv4Addr) -> Vec<u8> {
+        let mut frame = Vec::with_capacity(42);
+        frame.extend_from_slice(&[0xff; 6]);
+        frame.extend_from_slice(&self.mac);
+        frame.extend_from_slice(&ETH_P_ARP.to_be_bytes());
+        frame.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]); // Ethernet, IPv4, request
+        frame.extend_from_slice(&self.mac);
+        frame.extend_from_slice(&sender.octets());
+        frame.extend_from_slice(&[0; 6]);
+        frame.extend_from_slice(&target.octets());
+        frame
     }
 }
