@@ -19,7 +19,7 @@ fn wire_monitor(lab: &mut Lab) -> lab::wire::WireMonitor {
     lab::l2::route_vips_on_link(&client);
     let ips = vips();
     let ips: Vec<&str> = ips.iter().map(String::as_str).collect();
-    lab::wire::WireMonitor::start(&client, "192.0.2.200".parse().unwrap(), &ips)
+    lab::wire::WireMonitor::start(&client, &ips)
 }
 
 fn lab_with_vips(hosts: usize) -> Lab {

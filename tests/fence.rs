@@ -8,8 +8,8 @@ mod lab;
 
 use std::time::Duration;
 
-use lab::fence::{graceful_stop_gaps, one_run, Fault, VIP};
-use lab::{run, wait_for, Lab};
+use lab::fence::{graceful_stop_gaps, nft, one_run, Fault, VIP};
+use lab::{wait_for, Lab};
 
 #[test]
 fn a_stopped_agent_s_host_goes_dark_at_its_fence_deadline() {
@@ -50,19 +50,10 @@ fn a_graceful_stop_hands_over_without_a_probe_in_a_few_milliseconds() {
 fn the_fence_is_extip_s_own_table_and_a_graceful_stop_removes_it() {
     let mut lab = Lab::new(1);
     let ns = lab.hosts[0].ns.clone();
-    let nft = |script: &str| run("ip", &["netns", "exec", &ns, "nft", script]);
-    run(
-        "ip",
-        &[
-            "netns",
-            "exec",
-            &ns,
-            "nft",
-            "add table inet foreign; \
+    let nft = |command: &str| nft(&ns, command);
+    nft("add table inet foreign; \
              add chain inet foreign input { type filter hook input priority 0; policy accept; }; \
-             add rule inet foreign input counter",
-        ],
-    );
+             add rule inet foreign input counter");
     let foreign_before = nft("list table inet foreign");
     lab.start_all();
     lab.put(&format!("/extip/ips/{VIP}"), "{}");
@@ -103,8 +94,7 @@ fn the_wire_monitor_catches_two_hosts_answering_and_not_a_fenced_one() {
     for i in 0..2 {
         lab.exec(i, &["ip", "addr", "add", &format!("{VIP}/32"), "dev", "lo"]);
     }
-    let client_ip = "192.0.2.200".parse().unwrap();
-    let both = lab::wire::WireMonitor::start(&client, client_ip, &[VIP]);
+    let both = lab::wire::WireMonitor::start(&client, &[VIP]);
     std::thread::sleep(Duration::from_millis(100));
     let both = both.stop();
     assert!(
@@ -113,18 +103,12 @@ fn the_wire_monitor_catches_two_hosts_answering_and_not_a_fenced_one() {
     );
     // The same address behind a closed fence on h2: listed there, answered by h1 only.
     let ns = lab.hosts[1].ns.clone();
-    run(
-        "ip",
-        &[
-            "netns",
-            "exec",
-            &ns,
-            "nft",
-            "add table arp t; \
+    nft(
+        &ns,
+        "add table arp t; \
              add chain arp t in { type filter hook input priority 0; policy drop; }",
-        ],
     );
-    let one = lab::wire::WireMonitor::start(&client, client_ip, &[VIP]);
+    let one = lab::wire::WireMonitor::start(&client, &[VIP]);
     std::thread::sleep(Duration::from_millis(100));
     let one = one.stop();
     assert!(one.overlaps.is_empty() && one.rounds > 3, "{one:?}");

@@ -44,16 +44,16 @@ fn nft_duration(text: &str) -> f64 {
     total
 }
 
+/// Run `nft` with one command line in namespace `ns`; its output.
+pub fn nft(ns: &str, command: &str) -> String {
+    run("ip", &["netns", "exec", ns, "nft", command])
+}
+
 /// When (epoch seconds) the fence of namespace `ns` closes: now + the `expires` of its
 /// `alive` element, read with `nft`.
 pub fn fence_deadline(ns: &str) -> f64 {
     let before = epoch();
-    let out = run(
-        "ip",
-        &[
-            "netns", "exec", ns, "nft", "list", "set", "inet", "extip", "alive",
-        ],
-    );
+    let out = nft(ns, "list set inet extip alive");
     let after = epoch();
     let expires = out
         .split("expires ")
@@ -91,9 +91,6 @@ pub struct FaultRun {
     pub listed_overlaps: usize,
 }
 
-/// The client's address on the bridge (`Lab::add_client`).
-const CLIENT_IP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(192, 0, 2, 200);
-
 /// One run: how long after its fence deadline the old holder's last reply came (negative:
 /// before), and how long after the deadline the new holder's first reply came.
 pub fn one_run(fault: Fault) -> FaultRun {
@@ -108,7 +105,7 @@ pub fn one_run(fault: Fault) -> FaultRun {
     assert!(wait_for(Duration::from_secs(10), || lab.holders(VIP).len() == 1).is_some());
     let old = lab.holders(VIP)[0];
     let ping = fast_ping(&client, VIP);
-    let wire = WireMonitor::start(&client, CLIENT_IP, &[VIP]);
+    let wire = WireMonitor::start(&client, &[VIP]);
     let listed = OverlapMonitor::start(lab.namespaces(&[0, 1]), vec![VIP.into()]);
     std::thread::sleep(Duration::from_millis(300));
     let ns = lab.hosts[old].ns.clone();

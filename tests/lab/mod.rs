@@ -28,6 +28,8 @@ pub mod vrrp;
 pub mod wire;
 
 const NAME_PREFIX: &str = "extip-lab-";
+/// The address of the client station that [`Lab::add_client`] adds.
+pub const CLIENT_IP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(192, 0, 2, 200);
 /// The extip binary under test.
 pub const EXTIP: &str = env!("CARGO_BIN_EXE_extip");
 
@@ -342,9 +344,9 @@ impl Lab {
         }
     }
 
-    /// Add a client namespace on the bridge at 192.0.2.200; returns its namespace name.
+    /// Add a client namespace on the bridge at [`CLIENT_IP`]; returns its namespace name.
     pub fn add_client(&mut self) -> String {
-        self.add_station("client", "192.0.2.200")
+        self.add_station("client", &CLIENT_IP.to_string())
     }
 
     /// Add a namespace `tag` (a few letters) on the bridge at `addr`/24 on its `eth0`.

@@ -28,8 +28,10 @@ pub struct WireMonitor {
 }
 
 impl WireMonitor {
-    /// Start asking from namespace `client` (its `eth0` at `client_ip`).
-    pub fn start(client: &str, client_ip: Ipv4Addr, ips: &[&str]) -> Self {
+    /// Start asking from the lab's client namespace `client` (its `eth0` at
+    /// [`super::CLIENT_IP`]).
+    pub fn start(client: &str, ips: &[&str]) -> Self {
+        let client_ip = super::CLIENT_IP;
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let mac_text = super::l2::mac_of(client, "eth0");
