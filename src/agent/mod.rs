@@ -689,17 +689,42 @@ impl Agent {
     async fn leave(&mut self, store: Option<Store>) {
         self.withdraw_export_routes().await;
         self.drop_addresses("shutting down", true).await;
+        // Takers skip the conflict probe only on our word that the addresses are gone,
+        // and the fence may go only then: check, do not assume.
+        let left = match self.net.owned_set().await {
+            Ok(owned) => owned.len(),
+            Err(e) => {
+                error!(error = %e, "cannot list addresses after removing them");
+                usize::MAX
+            }
+        };
+        if left > 0 {
+            error!(
+                left,
+                "addresses still here: stopping without a hand-over word, fence kept closed"
+            );
+            self.close_fence();
+        }
         match (store, self.lease) {
-            (Some(mut store), Some(lease)) => match self.say_leaving(&mut store, lease).await {
-                Ok(()) => {
-                    self.lease_file.clear();
-                    info!("lease revoked; other hosts take over now")
+            (Some(mut store), Some(lease)) if left == 0 => {
+                match self.say_leaving(&mut store, lease).await {
+                    Ok(()) => {
+                        self.lease_file.clear();
+                        info!("lease revoked; other hosts take over now")
+                    }
+                    Err(e) => {
+                        error!(error = %e, "lease not revoked; other hosts take over when it expires")
+                    }
                 }
-                Err(e) => {
-                    error!(error = %e, "lease not revoked; other hosts take over when it expires")
-                }
+            }
+            (Some(mut store), Some(lease)) => match store.revoke(lease).await {
+                Ok(()) => self.lease_file.clear(),
+                Err(e) => error!(error = %e, "lease not revoked"),
             },
             _ => warn!("exiting without etcd; other hosts take over when the lease expires"),
+        }
+        if left > 0 {
+            return;
         }
         match crate::net::fence::Fence::uninstall() {
             Ok(()) => info!("fence tables removed"),
