@@ -229,7 +229,7 @@ impl EtcdArgs {
 pub struct AgentArgs {
     #[command(flatten)]
     pub etcd: EtcdArgs,
-    /// TOML file with the same keys as these flags (e.g. `lease-ttl = "5s"`)
+    /// TOML file with the same keys as these flags (e.g. `lease-ttl = "2s"`)
     #[arg(long, env = "EXTIP_CONFIG")]
     pub config: Option<PathBuf>,
     /// Node name published in etcd [default: the host name]
@@ -238,7 +238,7 @@ pub struct AgentArgs {
     /// Interface the addresses go on; repeatable: the first takes IPs that name none [default: lo]
     #[arg(long, env = "EXTIP_INTERFACE", value_delimiter = ',')]
     pub interface: Option<Vec<String>>,
-    /// Lease TTL: how long a dead host keeps its claims; whole seconds, at least 2s [default: 5s]
+    /// Lease TTL: how long a dead host keeps its claims; whole seconds, at least 1s [default: 2s]
     #[arg(long, env = "EXTIP_LEASE_TTL")]
     pub lease_ttl: Option<String>,
     /// CIDR this agent may configure; repeatable; required (0.0.0.0/0 and ::/0 allow everything)

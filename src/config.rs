@@ -13,16 +13,17 @@ use thiserror::Error;
 mod announce;
 pub use announce::AnnounceConfig;
 
-/// etcd refuses (silently raises) lease TTLs below about 1.5 s with default timings.
-pub const MIN_LEASE_TTL: Duration = Duration::from_secs(2);
+/// etcd grants no lease shorter than 1.5 election timeouts (2 s with its default
+/// timings, 1 s with the fast profile's 500 ms); it silently raises a shorter one.
+pub const MIN_LEASE_TTL: Duration = Duration::from_secs(1);
 /// Default etcd endpoint.
 pub const DEFAULT_ETCD: &str = "http://127.0.0.1:2379";
 /// Default key prefix.
 pub const DEFAULT_PREFIX: &str = "/extip";
 /// Default interface for addresses.
 pub const DEFAULT_INTERFACE: &str = "lo";
-/// Default lease TTL.
-pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(5);
+/// Default lease TTL: the shortest etcd grants with its default timings.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(2);
 /// Default period of the full re-list.
 pub const DEFAULT_RESYNC: Duration = Duration::from_secs(30);
 /// Default wait before IPs move to a new or returning node.
@@ -115,7 +116,7 @@ pub struct AgentSettings {
 }
 
 impl AgentSettings {
-    /// Read a TOML file with the same keys as the flags (`lease-ttl = "5s"`).
+    /// Read a TOML file with the same keys as the flags (`lease-ttl = "2s"`).
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
@@ -470,7 +471,7 @@ pub fn parse_lease_ttl(text: Option<&str>) -> Result<Duration, ConfigError> {
     if ttl < MIN_LEASE_TTL {
         return Err(invalid(
             "lease-ttl",
-            format!("`{text}` is below etcd's minimum lease TTL of 2s"),
+            format!("`{text}` is below the minimum lease TTL of 1s"),
         ));
     }
     if ttl.subsec_nanos() != 0 {

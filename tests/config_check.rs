@@ -35,11 +35,11 @@ fn check_bad_file(tag: &str, text: &str, wants: &[&str]) -> String {
 fn config_check_names_each_bad_key_and_passes_the_example() {
     check_bad_file(
         "cfgcheck",
-        "lease_tll = \"5s\"\nallowed-cidr = [\"198.51.100.0/33\"]\nlease-ttl = \"1s\"\n",
+        "lease_tll = \"5s\"\nallowed-cidr = [\"198.51.100.0/33\"]\nlease-ttl = \"500ms\"\n",
         &[
             "lease_tll: unknown key",
             "allowed-cidr: `198.51.100.0/33` is not a CIDR",
-            "lease-ttl: `1s` is below etcd's minimum lease TTL of 2s",
+            "lease-ttl: `500ms` is below the minimum lease TTL of 1s",
             "3 problem(s)",
         ],
     );
@@ -53,10 +53,10 @@ fn config_check_names_each_bad_key_and_passes_the_example() {
 fn config_check_takes_a_string_for_a_list_and_reports_every_problem() {
     let out = check_bad_file(
         "cfgcheck2",
-        "etcd = \"http://192.0.2.250:2379\"\nlease-ttl = \"1s\"\n\
+        "etcd = \"http://192.0.2.250:2379\"\nlease-ttl = \"500ms\"\n\
          announce-count = \"three\"\nallowed-cidr = \"10.0.0.0/33\"\n",
         &[
-            "lease-ttl: `1s` is below etcd's minimum lease TTL of 2s",
+            "lease-ttl: `500ms` is below the minimum lease TTL of 1s",
             "allowed-cidr: `10.0.0.0/33` is not a CIDR",
             "announce-count: invalid type: string \"three\", expected u32",
             "3 problem(s)",

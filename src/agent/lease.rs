@@ -97,71 +97,49 @@ fn secs(ttl_secs: i64) -> Duration {
 }
 
 /// How long before the deadline the host goes dark (the nftables fence closes and the
-/// agent drops its exclusive addresses): a tenth of the TTL, between 100 and 250 ms.
+/// agent drops its exclusive addresses): a twentieth of the TTL, between 100 and 250 ms.
 /// The fence closes within a few milliseconds of its timeout (measured: worst +6 ms),
 /// and nobody else may claim before the deadline, so this only has to cover that
 /// precision; before the fence it was a quarter of the TTL, at least 500 ms, the time
 /// the agent needed to remove its addresses itself.
 pub fn fence_margin(ttl: Duration) -> Duration {
-    (ttl / 10).clamp(Duration::from_millis(100), Duration::from_millis(250))
+    (ttl / 20).clamp(Duration::from_millis(100), Duration::from_millis(250))
 }
 
-/// How often to send keepalives: a tenth of the TTL, between 250 ms and 1 s. Addresses
-/// outlive an etcd outage by about TTL - 1.3 s - this interval, so it is kept short.
+/// How often to send keepalives: a twentieth of the TTL, between 100 ms and 1 s. An
+/// etcd freeze is ridden out if it ends before `TTL - margin - interval` (1.8 s at
+/// TTL 2 s), so the interval is kept short; it costs one small gRPC message.
 pub fn keepalive_interval(ttl: Duration) -> Duration {
-    (ttl / 10).clamp(Duration::from_millis(250), Duration::from_secs(1))
+    (ttl / 20).clamp(Duration::from_millis(100), Duration::from_secs(1))
 }
 
-/// How late the kernel may remove an expired address: it checks lifetimes in whole
-/// seconds, at least a second apart, with up to 250 ms of timer slack.
-pub const KERNEL_EXPIRY_SLACK: Duration = Duration::from_millis(1300);
-
-/// The smallest TTL for which exclusive addresses can carry a kernel lifetime: below
-/// it, `deadline - now - slack` can fall under one whole second between keepalives.
-pub const MIN_TTL_FOR_LIFETIMES: Duration = Duration::from_secs(3);
-
-/// The valid lifetime (whole seconds) that makes the kernel remove an address before
-/// etcd may expire the lease; `None` when the deadline is too close for one second.
-pub fn address_lifetime(deadline: Option<Instant>, now: Instant) -> Option<u32> {
-    let left = deadline?.checked_duration_since(now)?;
-    let secs = left.checked_sub(KERNEL_EXPIRY_SLACK)?.as_secs();
-    (secs >= 1).then(|| u32::try_from(secs).unwrap_or(u32::MAX))
+/// The kernel lifetime of fenced addresses: a slow backstop behind the fence that
+/// removes a killed or frozen agent's addresses (and, with them, its exported routes)
+/// eventually. Four lease TTLs, at least 20 s: long enough that refreshing it costs
+/// little (once in about half of it) and that it never ends before the fence does.
+pub fn backstop_lifetime(ttl: Duration) -> Duration {
+    (ttl * 4).max(Duration::from_secs(20))
 }
 
-/// When to refresh lifetimes so that the whole-second lifetime ends as close to the
-/// safe bound (`deadline - slack`) as possible: just before the fraction runs out.
-pub fn refresh_time(deadline: Option<Instant>, now: Instant) -> Option<Instant> {
-    let deadline = deadline?;
-    let available = deadline
-        .checked_duration_since(now)?
-        .checked_sub(KERNEL_EXPIRY_SLACK)?;
-    let whole = Duration::from_secs(available.as_secs());
-    if whole.is_zero() {
-        return None;
-    }
-    let early = Duration::from_millis(20);
-    let at = deadline.checked_sub(KERNEL_EXPIRY_SLACK + whole + early)?;
-    Some(at.max(now))
-}
-
-/// Whether an address should get the new lifetime `new` (whole seconds), given the
-/// `valid_left` the kernel reports and the keepalive `interval` until the next chance.
-/// The kernel reports `lifetime - floor(age)`, so up to a second less may be left.
-/// A host with few addresses refreshes whenever the lifetime can grow, for the longest
-/// tolerance of etcd outages. With `many`, refresh once half is used up, or when it
-/// could run out before the next chance: that bounds the cost of refreshing.
-pub fn needs_refresh(valid_left: Option<u32>, new: u32, interval: Duration, many: bool) -> bool {
+/// Whether an address whose kernel lifetime has `valid_left` whole seconds left (as the
+/// kernel reports it; `None`: forever) should get the backstop `lifetime` again. Due once
+/// a quarter is used, so one refresh round, started when the oldest is half used, takes
+/// along everything added since: rounds come about once per half lifetime.
+pub fn backstop_due(valid_left: Option<u32>, lifetime: Duration) -> bool {
     let Some(left) = valid_left else {
         return true;
     };
-    let worst = left.saturating_sub(1);
-    let next_chance = interval + Duration::from_millis(500);
-    new > worst && (!many || worst * 2 < new || Duration::from_secs(worst.into()) < next_chance)
+    // The kernel reports the lifetime minus whole seconds of age: up to 1 s less is left.
+    let worst = u64::from(left.saturating_sub(1));
+    worst * 4 <= lifetime.as_secs() * 3
 }
 
-/// Above this many addresses a host refreshes lifetimes only once half is used (about
-/// 32 µs each): CPU stays bounded, at the price of less tolerance of etcd outages.
-pub const MANY_ADDRESSES: usize = 1000;
+/// When the next refresh round is due: when the earliest lifetime is half used.
+pub fn backstop_refresh_at(earliest_end: Instant, lifetime: Duration) -> Instant {
+    earliest_end
+        .checked_sub(lifetime / 2)
+        .unwrap_or(earliest_end)
+}
 
 #[cfg(test)]
 mod tests {
@@ -173,76 +151,48 @@ mod tests {
         let mut clock = LeaseDeadline::new(Duration::from_secs(2));
         assert!(!clock.is_safe(t0), "no lease, not safe");
         clock.granted(t0, 2);
-        assert_eq!(clock.fence_at(), Some(t0 + Duration::from_millis(1800)));
-        assert!(clock.is_safe(t0 + Duration::from_millis(1799)));
-        assert!(!clock.is_safe(t0 + Duration::from_millis(1800)));
+        assert_eq!(clock.fence_at(), Some(t0 + Duration::from_millis(1900)));
+        assert!(clock.is_safe(t0 + Duration::from_millis(1899)));
+        assert!(!clock.is_safe(t0 + Duration::from_millis(1900)));
 
         clock.sent(t0 + Duration::from_secs(1));
         assert_eq!(clock.answered(2), Renewal::Renewed);
-        assert_eq!(clock.fence_at(), Some(t0 + Duration::from_millis(2800)));
+        assert_eq!(clock.fence_at(), Some(t0 + Duration::from_millis(2900)));
     }
 
     #[test]
-    fn lifetimes_end_before_the_deadline_and_are_refreshed_at_half_use() {
-        let t0 = Instant::now();
-        let at = |ms: u64| t0 + Duration::from_millis(ms);
-        assert_eq!(address_lifetime(Some(at(3000)), t0), Some(1));
-        assert_eq!(address_lifetime(Some(at(2299)), t0), None);
-        assert_eq!(address_lifetime(Some(at(30_000)), t0), Some(28));
-        assert_eq!(address_lifetime(None, t0), None);
-        assert_eq!(address_lifetime(Some(t0), at(1)), None);
-        let second = Duration::from_secs(1);
-        let half = Duration::from_millis(500);
-        // TTL 3s: a one-second lifetime is renewed at every keepalive.
-        assert!(needs_refresh(Some(1), 1, half, true));
-        assert!(needs_refresh(Some(0), 1, half, true));
-        // TTL 30s, many addresses: a 28 s lifetime is renewed once about half is gone.
-        assert!(!needs_refresh(Some(28), 28, second, true));
-        assert!(!needs_refresh(Some(15), 28, second, true));
-        assert!(needs_refresh(Some(14), 28, second, true));
-        // Few addresses: whenever it grows.
-        assert!(needs_refresh(Some(28), 28, second, false));
-        assert!(!needs_refresh(Some(29), 28, second, false));
-        assert!(!needs_refresh(Some(5), 3, second, false), "never shortened");
-        assert!(
-            needs_refresh(None, 5, second, true),
-            "forever becomes finite"
-        );
-    }
-
-    #[test]
-    fn refresh_is_timed_to_use_the_fraction_of_a_second() {
-        let t0 = Instant::now();
-        let ms = Duration::from_millis;
-        // 1.7 s available: refresh 0.68 s later with 1 s, ending 1.32 s before the deadline.
-        let at = refresh_time(Some(t0 + ms(3000)), t0).unwrap();
-        assert_eq!(at, t0 + ms(680));
-        assert_eq!(address_lifetime(Some(t0 + ms(3000)), at), Some(1));
-        assert_eq!(refresh_time(Some(t0 + ms(2200)), t0), None);
-        assert_eq!(refresh_time(Some(t0 + ms(2310)), t0), Some(t0));
-    }
-
-    #[test]
-    fn every_ttl_from_the_minimum_keeps_a_lifetime_between_keepalives() {
-        for secs in 3..=60 {
-            let ttl = Duration::from_secs(secs);
-            let t0 = Instant::now();
-            // Worst case between two answered keepalives: one interval plus a slow answer.
-            let late = t0 + keepalive_interval(ttl) + Duration::from_millis(100);
-            let lft = address_lifetime(Some(t0 + ttl), late);
-            assert!(lft.is_some(), "ttl {secs}s leaves no lifetime");
-            assert!(Duration::from_secs(lft.unwrap().into()) > keepalive_interval(ttl));
+    fn the_backstop_outlives_the_fence_and_is_refreshed_after_a_quarter() {
+        let s = Duration::from_secs;
+        assert_eq!(backstop_lifetime(s(2)), s(20));
+        assert_eq!(backstop_lifetime(s(10)), s(40));
+        for ttl in 1..=120 {
+            assert!(backstop_lifetime(s(ttl)) > s(ttl) * 2, "ttl {ttl}s");
         }
+        let lifetime = s(20);
+        assert!(backstop_due(None, lifetime), "forever becomes finite");
+        assert!(!backstop_due(Some(20), lifetime));
+        assert!(!backstop_due(Some(17), lifetime));
+        assert!(backstop_due(Some(16), lifetime), "15 s left at worst");
+        assert!(backstop_due(Some(0), lifetime));
+        let t0 = Instant::now();
+        assert_eq!(backstop_refresh_at(t0 + s(20), lifetime), t0 + s(10));
+    }
+
+    #[test]
+    fn keepalives_leave_room_for_an_etcd_election() {
+        let ms = Duration::from_millis;
         let ttl = Duration::from_secs(2);
-        let late = Instant::now() + keepalive_interval(ttl);
-        assert_eq!(address_lifetime(Some(Instant::now() + ttl), late), None);
+        assert_eq!(keepalive_interval(ttl), ms(100));
+        // The longest etcd freeze ridden out without a fence: 1.8 s at TTL 2 s.
+        assert_eq!(ttl - fence_margin(ttl) - keepalive_interval(ttl), ms(1800));
+        assert_eq!(keepalive_interval(Duration::from_secs(60)), ms(1000));
     }
 
     #[test]
     fn the_margin_covers_the_fence_precision_only() {
         let ms = Duration::from_millis;
         assert_eq!(fence_margin(Duration::from_secs(1)), ms(100));
-        assert_eq!(fence_margin(Duration::from_secs(2)), ms(200));
+        assert_eq!(fence_margin(Duration::from_secs(2)), ms(100));
         assert_eq!(fence_margin(Duration::from_secs(5)), ms(250));
         assert_eq!(fence_margin(Duration::from_secs(60)), ms(250));
     }
@@ -265,6 +215,6 @@ mod tests {
         clock.sent(t0 + Duration::from_secs(1));
         clock.stream_lost();
         assert_eq!(clock.answered(2), Renewal::Renewed);
-        assert_eq!(clock.fence_at(), Some(t0 + Duration::from_millis(1800)));
+        assert_eq!(clock.fence_at(), Some(t0 + Duration::from_millis(1900)));
     }
 }

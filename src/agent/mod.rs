@@ -31,10 +31,7 @@ use crate::net::{AddressEvents, Netlink};
 use crate::plan::Ineligible;
 use crate::store::{Change, LeaseKeepAlive, Store, StoreError, Watch};
 
-pub use lease::{
-    address_lifetime, fence_margin, keepalive_interval, needs_refresh, refresh_time, LeaseDeadline,
-    Renewal, KERNEL_EXPIRY_SLACK, MIN_TTL_FOR_LIFETIMES,
-};
+pub use lease::{backstop_lifetime, fence_margin, keepalive_interval, LeaseDeadline, Renewal};
 pub use view::ClusterView;
 
 /// A working connection: the store, the keepalive task and its reports, the watch.
@@ -76,13 +73,9 @@ pub struct Agent {
     clock: keepalive::SharedDeadline,
     /// True once addresses were dropped for a passed deadline, until a renewal.
     fenced: bool,
-    /// Whether exclusive addresses carry kernel lifetimes (TTL large enough).
-    lifetimes: bool,
-    /// When the earliest lifetime this agent set runs out; `None`: unknown.
+    /// When the earliest backstop lifetime this agent set runs out; `None`: unknown.
     lifetimes_end: Option<std::time::Instant>,
-    /// The lease deadline the last lifetime refresh was computed from.
-    refreshed_for: Option<std::time::Instant>,
-    /// When to refresh lifetimes next, connected or not.
+    /// When to refresh backstop lifetimes next, connected or not.
     refresh_due: Option<Instant>,
     ineligible: HashMap<IpAddr, Ineligible>,
     endpoint: usize,
@@ -148,11 +141,6 @@ pub struct Agent {
     exe: Option<PathBuf>,
     args: Vec<OsString>,
 }
-
-/// Lifetimes closer than this to their end are refreshed even in the middle of a
-/// reconcile: more than the kernel's one-second check granularity plus a refresh of a
-/// thousand addresses on a busy host.
-const URGENT_REFRESH: Duration = Duration::from_millis(1500);
 
 /// Run the agent until SIGTERM or SIGINT.
 pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
@@ -266,15 +254,6 @@ impl Agent {
         fence: crate::net::fence::Fence,
         metrics: std::sync::Arc<crate::metrics::Metrics>,
     ) -> Self {
-        if cfg.lease_ttl < MIN_TTL_FOR_LIFETIMES {
-            warn!(
-                lease_ttl = ?cfg.lease_ttl,
-                "below 3s, exclusive addresses get no kernel lifetime: a frozen or killed \
-                 agent's host goes dark at the fence deadline but keeps listing them until \
-                 the agent runs again"
-            );
-        }
-        let lifetimes = cfg.lease_ttl >= MIN_TTL_FOR_LIFETIMES;
         Agent {
             keys: Keys::new(&cfg.prefix),
             view: ClusterView::new(Keys::new(&cfg.prefix)),
@@ -283,9 +262,7 @@ impl Agent {
             links,
             lease: None,
             fenced: false,
-            lifetimes,
             lifetimes_end: None,
-            refreshed_for: None,
             refresh_due: None,
             ineligible: HashMap::new(),
             endpoint: 0,
@@ -376,7 +353,7 @@ impl Agent {
                     continue;
                 }
                 _ = sleep_until_some(refresh_at) => {
-                    self.scheduled_refresh().await;
+                    self.refresh_lifetimes().await;
                     continue;
                 }
             };
@@ -388,7 +365,7 @@ impl Agent {
                 _ = sleep(backoff) => {}
                 _ = sleep_until_some(self.systemd.next_ping()) => self.systemd.ping(),
                 _ = sleep_until_some(self.fence_timer()) => self.fence().await,
-                _ = sleep_until_some(self.refresh_due) => self.scheduled_refresh().await,
+                _ = sleep_until_some(self.refresh_due) => self.refresh_lifetimes().await,
             }
             backoff = (backoff * 2).min(Duration::from_millis(250));
         }
@@ -408,6 +385,8 @@ impl Agent {
         self.endpoint = idx;
         let keepalive = self.attach_lease(&mut store).await?;
         self.arm_fence();
+        // Addresses a previous process left (SIGHUP) get their lifetimes looked at.
+        self.refresh_due.get_or_insert_with(Instant::now);
         let lease = self.lease.unwrap_or_default();
         self.published = None;
         self.publish_node(&mut store).await?;
@@ -448,8 +427,17 @@ impl Agent {
             }
         }
         let sent = std::time::Instant::now();
-        let lease = store.grant(ttl_secs).await?;
-        self.clock().granted(sent, ttl_secs);
+        let (lease, granted) = store.grant_ttl(ttl_secs).await?;
+        if granted > ttl_secs {
+            warn!(
+                lease_ttl = ttl_secs,
+                granted,
+                "etcd granted a longer lease than asked: its election timeout is too long for \
+                 this TTL (see the fast etcd profile in the README); failover takes the longer one"
+            );
+        }
+        // The smaller one until keepalive answers say more: the safe direction.
+        self.clock().granted(sent, granted.min(ttl_secs));
         self.lease = Some(lease);
         self.lease_file.save(&self.cfg.node, lease);
         self.fenced = false;
@@ -535,7 +523,7 @@ impl Agent {
                     Ok(false)
                 }
                 _ = sleep_until_some(refresh_due) => {
-                    self.scheduled_refresh().await;
+                    self.refresh_lifetimes().await;
                     Ok(false)
                 }
                 _ = signals.changed() => return Stop::Signal(*signals.borrow(), Box::new(conn)),
@@ -584,13 +572,12 @@ impl Agent {
         Ok(relevant)
     }
 
-    /// A report of the keepalive task: a renewal schedules a lifetime refresh; an
+    /// A report of the keepalive task: a renewal re-arms the fence; an
     /// expiry ends the lease; a failure means reconnecting.
     async fn lease_event(&mut self, event: keepalive::LeaseEvent) -> Result<bool, String> {
         match event {
             keepalive::LeaseEvent::Renewed => {
                 self.arm_fence();
-                self.refresh_due = self.next_refresh();
                 Ok(false)
             }
             keepalive::LeaseEvent::Expired => {
@@ -601,45 +588,13 @@ impl Agent {
         }
     }
 
-    /// When to refresh lifetimes next. After a renewal: at the moment that uses the most
-    /// of the new deadline, but before the lifetimes set earlier run out (at once when
-    /// unknown). Without a renewal since the last refresh there is nothing to gain.
-    fn next_refresh(&self) -> Option<Instant> {
-        let now = std::time::Instant::now();
-        let deadline = self.clock().deadline()?;
-        let latest = match self.lifetimes_end {
-            Some(end) => end.checked_sub(Duration::from_millis(200)).unwrap_or(now),
-            None => now,
-        };
-        let best = if self.refreshed_for == Some(deadline) {
-            None
-        } else {
-            refresh_time(Some(deadline), now)
-        };
-        let at = best.map_or(latest, |b| b.min(latest)).max(now);
-        address_lifetime(Some(deadline), at)?;
-        Some(Instant::from_std(at))
-    }
-
-    async fn scheduled_refresh(&mut self) {
-        self.refresh_due = None;
-        self.refresh_lifetimes().await;
-        self.refresh_due = self.next_refresh();
-    }
-
-    /// Refresh lifetimes now if some would otherwise run out soon. A reconcile with
-    /// hundreds of actions calls this between actions: the main loop would only get to
-    /// its refresh timer afterwards, and the kernel would remove addresses of a healthy
-    /// agent. Refreshes that only lengthen lifetimes wait for the main loop.
+    /// Between the actions of a long reconcile: renew the fence if the lease was
+    /// renewed, and refresh lifetimes if a round is due; the main loop gets to its
+    /// timers only after the reconcile.
     pub(super) async fn refresh_if_urgent(&mut self) {
         self.arm_fence_if_renewed();
-        let now = std::time::Instant::now();
-        let due = self.refresh_due.is_some_and(|at| at <= Instant::now());
-        let urgent = self
-            .lifetimes_end
-            .is_some_and(|end| end.saturating_duration_since(now) < URGENT_REFRESH);
-        if due && urgent {
-            self.scheduled_refresh().await;
+        if self.refresh_due.is_some_and(|at| at <= Instant::now()) {
+            self.refresh_lifetimes().await;
         }
     }
 

@@ -3,9 +3,9 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant, SystemTime};
 
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
-use super::lease::{address_lifetime, keepalive_interval, needs_refresh, MANY_ADDRESSES};
+use super::lease::{backstop_due, backstop_lifetime, backstop_refresh_at};
 use super::Agent;
 use std::collections::BTreeSet;
 
@@ -285,33 +285,26 @@ impl Agent {
         Ok(())
     }
 
-    /// Exclusive IPs get a kernel lifetime that ends before etcd may expire the lease:
-    /// if this agent is killed or frozen, the kernel removes them before anyone else
-    /// can claim them. Shared IPs (replicas > 1) live until removed.
-    fn lifetime_for(&self, ip: IpAddr) -> Result<Option<u32>, ()> {
-        let exclusive = self
-            .view
-            .desired
-            .get(&ip)
-            .is_some_and(|d| d.replicas == Replicas::EXCLUSIVE);
-        let fenced_anyway = self.cfg.on_etcd_loss == EtcdLossPolicy::Withdraw;
-        if !(exclusive || fenced_anyway) || !self.lifetimes {
-            return Ok(None);
-        }
-        address_lifetime(self.clock().deadline(), Instant::now())
-            .map(Some)
-            .ok_or(())
+    /// Fenced IPs get the backstop kernel lifetime (whole seconds): if this agent is
+    /// killed or frozen, the fence darkens them at once and the kernel removes them
+    /// later. Shared IPs kept through etcd outages live until removed.
+    fn lifetime_for(&self, ip: IpAddr) -> Option<u32> {
+        self.fenced_ip(ip).then(|| {
+            u32::try_from(backstop_lifetime(self.cfg.lease_ttl).as_secs()).unwrap_or(u32::MAX)
+        })
     }
 
     /// Add an address; whether it is there now.
     async fn add_address(&mut self, a: LocalAddress) -> bool {
+        if !self.clock().is_safe(Instant::now()) {
+            // A long reconcile can outlast the lease deadline it was planned under.
+            warn!(address = %a, "lease deadline passed; not adding the address");
+            return false;
+        }
         if !self.fence_before_adding(a.ip) {
             return false;
         }
-        let Ok(lifetime) = self.lifetime_for(a.ip) else {
-            warn!(address = %a, "lease deadline too close to add an address safely");
-            return false;
-        };
+        let lifetime = self.lifetime_for(a.ip);
         match self.net.add(a, lifetime).await {
             Ok(()) => {
                 info!(address = %a, interface = self.link_name(a.ifindex), lifetime, "address added");
@@ -320,6 +313,7 @@ impl Agent {
                     let took = claimed.elapsed().as_secs_f64();
                     self.metrics.claim_to_address.observe(took);
                 }
+                self.note_lifetime(lifetime, Instant::now());
                 true
             }
             Err(e) => {
@@ -329,34 +323,25 @@ impl Agent {
         }
     }
 
-    /// After a renewal: extend the lifetimes of the addresses this agent keeps.
+    /// Give the backstop lifetime again to the held addresses that used a quarter of it,
+    /// and make addresses that must not expire permanent. Only with a lease: without
+    /// one, what is left is a previous run's, to be removed, not kept.
     pub(super) async fn refresh_lifetimes(&mut self) {
+        self.lifetimes_end = None;
+        self.refresh_due = None;
+        if self.lease.is_none() {
+            return;
+        }
         let owned = match self.net.owned_addresses().await {
             Ok(owned) => owned,
             Err(e) => return error!(error = %e, "cannot list addresses to refresh them"),
         };
-        let set = owned.iter().map(|o| o.address).collect();
-        let nodes = self.view.placement_nodes();
-        let world = self.world(&set, &nodes);
-        let leaving: std::collections::BTreeSet<LocalAddress> =
-            plan(&self.me(self.current_mode()), &world)
-                .into_iter()
-                .filter_map(|a| match a {
-                    Action::RemoveAddress(a) => Some(a),
-                    _ => None,
-                })
-                .collect();
-        let interval = keepalive_interval(self.cfg.lease_ttl);
-        let many = owned.len() > MANY_ADDRESSES;
-        self.lifetimes_end = None;
-        let deadline = self.clock().deadline();
-        self.refreshed_for = deadline;
-        for o in owned.iter().filter(|o| !leaving.contains(&o.address)) {
-            let Ok(lifetime) = self.lifetime_for(o.address.ip) else {
-                continue; // too close to the deadline: let the kernel expire it
-            };
+        let backstop = backstop_lifetime(self.cfg.lease_ttl);
+        let mut refreshed = 0usize;
+        for o in &owned {
+            let lifetime = self.lifetime_for(o.address.ip);
             let due = match lifetime {
-                Some(new) => needs_refresh(o.valid_left, new, interval, many),
+                Some(_) => backstop_due(o.valid_left, backstop),
                 None => o.valid_left.is_some(),
             };
             let now = Instant::now();
@@ -364,20 +349,31 @@ impl Agent {
                 if let Err(e) = self.net.refresh(o.address, lifetime).await {
                     error!(error = %e, "cannot refresh address lifetime");
                 }
+                refreshed += 1;
                 lifetime
             } else {
                 // The kernel reports lifetime minus whole seconds of age: one less is safe.
                 o.valid_left.map(|l| l.saturating_sub(1))
             };
-            self.note_lifetime(kept.map(|l| now + Duration::from_secs(l.into())));
+            self.note_lifetime(kept, now);
         }
+        debug!(
+            held = owned.len(),
+            refreshed, "backstop lifetimes refreshed"
+        );
     }
 
-    /// Remember the earliest end of a lifetime set on an owned address.
-    fn note_lifetime(&mut self, end: Option<Instant>) {
-        if let Some(end) = end {
-            self.lifetimes_end = Some(self.lifetimes_end.map_or(end, |e| e.min(end)));
-        }
+    /// Remember the earliest end of a lifetime set on an owned address, and when the
+    /// refresh round for it is due.
+    fn note_lifetime(&mut self, lifetime: Option<u32>, now: Instant) {
+        let Some(secs) = lifetime else { return };
+        let end = now + Duration::from_secs(secs.into());
+        let earliest = self.lifetimes_end.map_or(end, |e| e.min(end));
+        self.lifetimes_end = Some(earliest);
+        let backstop = backstop_lifetime(self.cfg.lease_ttl);
+        self.refresh_due = Some(tokio::time::Instant::from_std(backstop_refresh_at(
+            earliest, backstop,
+        )));
     }
 
     async fn remove_address(&mut self, a: LocalAddress, why: &str) {

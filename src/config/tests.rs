@@ -14,7 +14,7 @@ fn defaults_fill_what_is_not_given() {
     assert_eq!(c.prefix, "/extip");
     assert_eq!(c.node, "host-a");
     assert_eq!(c.interfaces, ["lo"]);
-    assert_eq!(c.lease_ttl, Duration::from_secs(5));
+    assert_eq!(c.lease_ttl, Duration::from_secs(2));
     assert_eq!(c.resync, Duration::from_secs(30));
 }
 
@@ -23,10 +23,10 @@ fn errors_name_the_setting() {
     let cases: Vec<(AgentSettings, &str)> = vec![
         (
             AgentSettings {
-                lease_ttl: Some("1s".into()),
+                lease_ttl: Some("500ms".into()),
                 ..base()
             },
-            "lease-ttl: `1s` is below etcd's minimum",
+            "lease-ttl: `500ms` is below the minimum lease TTL of 1s",
         ),
         (
             AgentSettings {
@@ -145,7 +145,7 @@ fn a_checked_file_reports_every_problem_with_its_key() {
     let file = dir.join("agent.toml");
     std::fs::write(
         &file,
-        "colour = \"red\"\nlease-ttl = \"1s\"\nallowed-cidr = [\"198.51.100.0/33\"]\nflavour = 1\n",
+        "colour = \"red\"\nlease-ttl = \"0s\"\nallowed-cidr = [\"198.51.100.0/33\"]\nflavour = 1\n",
     )
     .unwrap();
     let (settings, unknown) = AgentSettings::check_file(&file).unwrap();

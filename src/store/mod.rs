@@ -252,13 +252,19 @@ impl Store {
 
     /// Grant a lease of `ttl` seconds.
     pub async fn grant(&mut self, ttl: i64) -> Result<i64, StoreError> {
+        Ok(self.grant_ttl(ttl).await?.0)
+    }
+
+    /// Grant a lease of `ttl` seconds: its id and the TTL etcd granted, which is more
+    /// when etcd's minimum (1.5 election timeouts) is above what was asked.
+    pub async fn grant_ttl(&mut self, ttl: i64) -> Result<(i64, i64), StoreError> {
         let resp = within(
             self.timeout,
             "lease grant",
             self.client.lease_grant(ttl, None),
         )
         .await?;
-        Ok(resp.id())
+        Ok((resp.id(), resp.ttl()))
     }
 
     /// Open a keepalive stream for `lease` (this renews it once).
