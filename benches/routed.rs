@@ -1,7 +1,10 @@
 //! Routed failover: `cargo bench --bench routed` (as root). 3 hosts with agents
-//! (`--export-routes`, TTL 3s) and BIRD, a BIRD router with ECMP and BFD, a client
-//! pinging through the router every 10 ms. Each event runs `EXTIP_BENCH_RUNS` times
-//! (default 5): time until the router's `ip -j route` reflects it, and probes lost.
+//! (`--export-routes`, default TTL 2s) and BIRD, a BIRD router with ECMP and BFD, a
+//! client pinging through the router every 10 ms. Each event runs `EXTIP_BENCH_RUNS`
+//! times (default 5): time until the router's `ip -j route` reflects it, and probes
+//! lost. The events where an agent dies or freezes but its host and BIRD stay up also
+//! report when the router dropped the old holder's route: that happens only when the
+//! backstop address lifetime ends (`--address-lifetime`, or `EXTIP_BENCH_LIFETIME`).
 
 #[path = "../tests/lab/mod.rs"]
 mod lab;
@@ -11,10 +14,10 @@ use std::time::{Duration, Instant};
 use lab::routing::{lost_pings, ping, wait_routes_match_holders};
 use lab::{wait_for, Lab};
 
-const TTL: &str = "3s";
-
 struct Sample {
     converged: Duration,
+    /// When the router dropped the old holder's route, where that differs.
+    old_gone: Option<Duration>,
     lost: u32,
 }
 
@@ -37,8 +40,12 @@ fn graceful(lab: &mut Lab, router: &str, client: &str) -> Sample {
     let lost = lost_pings(probes);
     lab.wait_exit(host, Duration::from_secs(5))
         .expect("stopped");
-    lab.start_agent(host, &["--lease-ttl", TTL, "--export-routes"]);
-    Sample { converged, lost }
+    lab.start_agent(host, &agent_args());
+    Sample {
+        converged,
+        old_gone: None,
+        lost,
+    }
 }
 
 /// One of three holders of an "all" IP loses its link; BFD tells the router.
@@ -54,35 +61,86 @@ fn host_loss(lab: &mut Lab, router: &str, client: &str) -> Sample {
     let converged = start.elapsed();
     let lost = lost_pings(probes);
     lab.reconnect(2);
-    Sample { converged, lost }
+    Sample {
+        converged,
+        old_gone: None,
+        lost,
+    }
 }
 
-/// The holder of an exclusive IP is SIGKILLed; the router follows the new holder.
-fn exclusive_move(lab: &mut Lab, router: &str, client: &str) -> Sample {
+/// The holder of an exclusive IP is SIGKILLed (`signal` "KILL") or frozen ("STOP");
+/// its host and its BIRD stay up. Converged: the new holder's route is at the router;
+/// old_gone: the old one's left it (when the backstop lifetime removed the address).
+fn exclusive_agent_fault(lab: &mut Lab, router: &str, client: &str, signal: &str) -> Sample {
     let ip = "198.51.100.32";
-    wait_routes_match_holders(lab, router, ip, 1).expect("one holder");
+    wait_for(Duration::from_secs(30), || {
+        lab.router_next_hops(router, ip).len() == 1 && lab.holders(ip).len() == 1
+    })
+    .expect("one holder");
     let old = lab.holders(ip)[0];
+    let old_hop = gateway(old);
     let probes = ping(client, ip, 600);
     std::thread::sleep(Duration::from_millis(300));
     let start = Instant::now();
-    lab.kill(old);
-    let moved = || {
-        let hops = lab.router_next_hops(router, ip);
-        hops.len() == 1 && hops[0] != gateway(old)
-    };
-    wait_for(Duration::from_secs(15), moved).expect("router followed");
+    lab.signal(old, signal);
+    let arrived = || lab.router_next_hops(router, ip).iter().any(|h| *h != old_hop);
+    wait_for(Duration::from_secs(15), arrived).expect("the new holder's route");
     let converged = start.elapsed();
+    let gone = || !lab.router_next_hops(router, ip).contains(&old_hop);
+    let old_gone = wait_for(Duration::from_secs(60), gone).map(|_| start.elapsed());
     let lost = lost_pings(probes);
-    lab.start_agent(old, &["--lease-ttl", TTL, "--export-routes"]);
-    Sample { converged, lost }
+    if signal == "STOP" {
+        lab.signal(old, "CONT");
+        std::thread::sleep(Duration::from_secs(1));
+        lab.signal(old, "TERM");
+        lab.wait_exit(old, Duration::from_secs(5)).expect("stopped");
+    }
+    lab.start_agent(old, &agent_args());
+    Sample {
+        converged,
+        old_gone,
+        lost,
+    }
+}
+
+fn exclusive_kill(lab: &mut Lab, router: &str, client: &str) -> Sample {
+    exclusive_agent_fault(lab, router, client, "KILL")
+}
+
+fn exclusive_freeze(lab: &mut Lab, router: &str, client: &str) -> Sample {
+    exclusive_agent_fault(lab, router, client, "STOP")
+}
+
+/// Flags beyond the defaults: `EXTIP_BENCH_LIFETIME` as `--address-lifetime`.
+fn extra_args() -> Vec<&'static str> {
+    match std::env::var("EXTIP_BENCH_LIFETIME") {
+        Ok(lifetime) => vec!["--address-lifetime", lifetime.leak()],
+        Err(_) => Vec::new(),
+    }
+}
+
+/// The agents' flags, as [`Lab::routed`] starts them.
+fn agent_args() -> Vec<&'static str> {
+    [extra_args(), vec!["--export-routes"]].concat()
 }
 
 fn summary(name: &str, mut samples: Vec<Sample>) -> String {
     samples.sort_by_key(|s| s.converged);
     let ms = |d: Duration| format!("{:.0} ms", d.as_secs_f64() * 1000.0);
     let lost: Vec<String> = samples.iter().map(|s| s.lost.to_string()).collect();
+    let mut gone: Vec<Duration> = samples.iter().filter_map(|s| s.old_gone).collect();
+    gone.sort();
+    let gone = match (gone.first(), gone.last()) {
+        (Some(min), Some(max)) => format!(
+            "{} ({}–{})",
+            ms(gone[gone.len() / 2]),
+            ms(*min),
+            ms(*max)
+        ),
+        _ => "".into(),
+    };
     format!(
-        "| {name} | {} | {} | {} | {} | {} |",
+        "| {name} | {} | {} | {} | {} | {gone} | {} |",
         samples.len(),
         ms(samples[samples.len() / 2].converged),
         ms(samples[0].converged),
@@ -98,17 +156,21 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(5);
-    let (mut lab, router, client) = Lab::routed(3, TTL);
+    let (mut lab, router, client) = Lab::routed(3, &extra_args());
     lab.put("/extip/ips/198.51.100.30", r#"{"replicas":2}"#);
     lab.put("/extip/ips/198.51.100.31", r#"{"replicas":"all"}"#);
     lab.put("/extip/ips/198.51.100.32", "{}");
-    let events: [(&str, Event); 3] = [
+    let events: [(&str, Event); 4] = [
         ("graceful stop, 1 of 2 holders", graceful),
         ("host loss (link down), BFD", host_loss),
-        ("exclusive holder SIGKILLed, TTL 3s", exclusive_move),
+        ("exclusive holder's agent SIGKILLed", exclusive_kill),
+        ("exclusive holder's agent frozen", exclusive_freeze),
     ];
-    println!("| event | runs | router converged (median) | min | max | probes lost per run (10 ms apart) |");
-    println!("|---|---|---|---|---|---|");
+    let lifetime = std::env::var("EXTIP_BENCH_LIFETIME").unwrap_or_else(|_| "default".into());
+    println!("Lease TTL 2s (default), address lifetime {lifetime}.");
+    println!();
+    println!("| event | runs | router converged (median) | min | max | old holder's route gone: median (min–max) | probes lost per run (10 ms apart) |");
+    println!("|---|---|---|---|---|---|---|");
     for (name, event) in events {
         let samples = (0..runs)
             .map(|_| event(&mut lab, &router, &client))

@@ -84,6 +84,8 @@ pub struct AgentSettings {
     pub interface: Option<Vec<String>>,
     /// Lease TTL, humantime text.
     pub lease_ttl: Option<String>,
+    /// Kernel lifetime of fenced addresses (the backstop), humantime text.
+    pub address_lifetime: Option<String>,
     /// CIDRs the agent may configure.
     #[serde(default, deserialize_with = "one_or_many")]
     pub allowed_cidr: Option<Vec<String>>,
@@ -183,6 +185,7 @@ impl AgentSettings {
             node: self.node.or(lower.node),
             interface: self.interface.or(lower.interface),
             lease_ttl: self.lease_ttl.or(lower.lease_ttl),
+            address_lifetime: self.address_lifetime.or(lower.address_lifetime),
             allowed_cidr: self.allowed_cidr.or(lower.allowed_cidr),
             resync: self.resync.or(lower.resync),
             state_dir: self.state_dir.or(lower.state_dir),
@@ -215,6 +218,8 @@ pub struct AgentConfig {
     pub interfaces: Vec<String>,
     /// Lease TTL, whole seconds.
     pub lease_ttl: Duration,
+    /// Kernel lifetime of fenced addresses, whole seconds; `None`: four TTLs, at least 20 s.
+    pub address_lifetime: Option<Duration>,
     /// CIDRs the agent may configure.
     pub allowed: Vec<IpNet>,
     /// Full re-list period.
@@ -285,6 +290,7 @@ impl AgentConfig {
         let node = validate_node(s.node.as_deref().unwrap_or(hostname));
         let interfaces = validate_interfaces(s.interface);
         let lease_ttl = parse_lease_ttl(s.lease_ttl.as_deref());
+        let address_lifetime = parse_address_lifetime(s.address_lifetime.as_deref());
         let resync = parse_resync(s.resync.as_deref());
         let allowed = parse_cidrs(s.allowed_cidr.unwrap_or_default());
         let state_dir = validate_state_dir(s.state_dir.unwrap_or_else(|| DEFAULT_STATE_DIR.into()));
@@ -302,6 +308,7 @@ impl AgentConfig {
             node,
             interfaces,
             lease_ttl,
+            address_lifetime,
             resync,
             allowed,
             state_dir,
@@ -318,6 +325,7 @@ impl AgentConfig {
                 Ok(node),
                 Ok(interfaces),
                 Ok(lease_ttl),
+                Ok(address_lifetime),
                 Ok(resync),
                 Ok(allowed),
                 Ok(state_dir),
@@ -334,6 +342,7 @@ impl AgentConfig {
                 node,
                 interfaces,
                 lease_ttl,
+                address_lifetime,
                 allowed,
                 resync,
                 state_dir,
@@ -344,7 +353,7 @@ impl AgentConfig {
                 announce,
                 listen,
             }),
-            (a, b, c, d, e, f, g, h, i, j, k, l, m, n) => Err([
+            (a, b, c, d, e, f, g, h, i, j, k, l, m, n, o) => Err([
                 a.err(),
                 b.err(),
                 c.err(),
@@ -359,6 +368,7 @@ impl AgentConfig {
                 l.err(),
                 m.err(),
                 n.err(),
+                o.err(),
             ]
             .into_iter()
             .flatten()
@@ -481,6 +491,22 @@ pub fn parse_lease_ttl(text: Option<&str>) -> Result<Duration, ConfigError> {
         ));
     }
     Ok(ttl)
+}
+
+/// Parse `--address-lifetime`: whole seconds, at least 3 s (the kernel checks lifetimes
+/// about once a second, and the agent renews them at half use).
+pub fn parse_address_lifetime(text: Option<&str>) -> Result<Option<Duration>, ConfigError> {
+    let Some(text) = text else {
+        return Ok(None);
+    };
+    let lifetime = parse_duration("address-lifetime", text)?;
+    if lifetime < Duration::from_secs(3) || lifetime.subsec_nanos() != 0 {
+        return Err(invalid(
+            "address-lifetime",
+            format!("`{text}`: whole seconds, at least 3s"),
+        ));
+    }
+    Ok(Some(lifetime))
 }
 
 fn parse_cidrs(given: Vec<String>) -> Result<Vec<IpNet>, ConfigError> {

@@ -5,7 +5,8 @@ mod lab;
 
 use std::time::Duration;
 
-use lab::monitor::{has_ip, OverlapMonitor};
+use lab::holders::HolderMonitor;
+use lab::monitor::has_ip;
 use lab::{wait_for, Lab};
 
 const VIP: &str = "198.51.100.10";
@@ -35,8 +36,8 @@ fn wait_single_holder(lab: &Lab, ip: &str, timeout: Duration) -> (usize, Duratio
 
 #[test]
 fn desired_ip_lands_on_exactly_one_host_and_its_claim_names_it() {
-    let lab = lab_with_agents(3);
-    let monitor = OverlapMonitor::start(lab.namespaces(&[0, 1, 2]), vec![VIP.into()]);
+    let mut lab = lab_with_agents(3);
+    let monitor = HolderMonitor::start(&mut lab, &[0, 1, 2], &[VIP.into()]);
     lab.put(&format!("/extip/ips/{VIP}"), "{}");
     let (holder, took) = wait_single_holder(&lab, VIP, Duration::from_secs(1));
     assert!(lab.addresses(holder, "lo").contains(&format!("{VIP}/32")));
@@ -47,8 +48,7 @@ fn desired_ip_lands_on_exactly_one_host_and_its_claim_names_it() {
     // It stays put: no flapping over a few keepalive periods.
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(lab.holders(VIP), vec![holder]);
-    let report = monitor.stop();
-    assert!(report.overlaps.is_empty(), "{:?}", report.overlaps);
+    monitor.stop().assert_one_holder("claim");
     eprintln!("claimed in {took:?}");
 }
 
@@ -58,7 +58,7 @@ fn host_loss_moves_the_ip_without_two_live_holders() {
     lab.put(&format!("/extip/ips/{VIP}"), "{}");
     let (holder, _) = wait_single_holder(&lab, VIP, Duration::from_secs(1));
     let survivors: Vec<usize> = (0..3).filter(|&i| i != holder).collect();
-    let monitor = OverlapMonitor::start(lab.namespaces(&survivors), vec![VIP.into()]);
+    let monitor = HolderMonitor::start(&mut lab, &survivors, &[VIP.into()]);
     lab.kill(holder);
     lab.cut(holder);
     let took = wait_for(Duration::from_secs(3), || {
@@ -67,15 +67,15 @@ fn host_loss_moves_the_ip_without_two_live_holders() {
             .any(|&i| has_ip(&lab.addresses(i, "lo"), VIP))
     });
     std::thread::sleep(Duration::from_millis(300));
-    let report = monitor.stop();
+    let holders = monitor.stop();
     let took = took.expect("a surviving host holds the IP within 3 s");
-    assert!(report.overlaps.is_empty(), "{:?}", report.overlaps);
+    holders.assert_one_holder("host loss");
     let new_holder = lab.holders(VIP).into_iter().find(|h| *h != holder).unwrap();
     assert_eq!(
         node_of_claim(&lab, VIP),
         Some(lab.hosts[new_holder].name.clone())
     );
-    eprintln!("host loss: moved in {took:?}, {} samples", report.rounds);
+    eprintln!("host loss: moved in {took:?}");
 }
 
 #[test]
@@ -84,17 +84,18 @@ fn sigterm_hands_over_at_once_and_never_overlaps() {
     lab.put(&format!("/extip/ips/{VIP}"), "{}");
     let (holder, _) = wait_single_holder(&lab, VIP, Duration::from_secs(1));
     // The old holder's host stays alive, so all three are watched.
-    let monitor = OverlapMonitor::start(lab.namespaces(&[0, 1, 2]), vec![VIP.into()]);
+    let monitor = HolderMonitor::start(&mut lab, &[0, 1, 2], &[VIP.into()]);
     lab.signal(holder, "TERM");
     let took = wait_for(Duration::from_secs(3), || {
         let h = lab.holders(VIP);
         h.len() == 1 && h[0] != holder
     });
     std::thread::sleep(Duration::from_millis(200));
-    let report = monitor.stop();
+    let holders = monitor.stop();
+    let report = &holders.table;
     let took = took.expect("another host holds the IP");
     assert!(took < Duration::from_millis(500), "handover took {took:?}");
-    assert!(report.overlaps.is_empty(), "{:?}", report.overlaps);
+    holders.assert_one_holder("SIGTERM");
     assert_eq!(lab.wait_exit(holder, Duration::from_secs(5)), Some(0));
     let rounds_per_sec = report.rounds as f64 / 0.2_f64.max(took.as_secs_f64() + 0.2);
     assert!(
@@ -261,16 +262,23 @@ fn a_dead_endpoint_first_in_the_list_does_not_stall_the_agent() {
 
 #[test]
 fn the_overlap_monitor_catches_an_ip_on_two_hosts() {
-    // The monitor is what makes the overlap assertions above meaningful: prove it can fail.
-    let lab = Lab::new(2);
-    let monitor = OverlapMonitor::start(lab.namespaces(&[0, 1]), vec![VIP.into()]);
+    // The monitor is what makes the overlap assertions above meaningful: prove that
+    // both of its views can fail.
+    let mut lab = Lab::new(2);
+    let monitor = HolderMonitor::start(&mut lab, &[0, 1], &[VIP.into()]);
     lab.exec(0, &["ip", "addr", "add", &format!("{VIP}/32"), "dev", "lo"]);
     lab.exec(1, &["ip", "addr", "add", &format!("{VIP}/32"), "dev", "lo"]);
-    std::thread::sleep(Duration::from_millis(100));
-    let report = monitor.stop();
+    std::thread::sleep(Duration::from_millis(200));
+    let holders = monitor.stop();
     assert!(
-        !report.overlaps.is_empty(),
-        "monitor missed a real overlap: {report:?}"
+        !holders.table.overlaps.is_empty(),
+        "the address tables missed a real overlap: {:?}",
+        holders.table
+    );
+    assert!(
+        !holders.wire.overlaps.is_empty(),
+        "the wire missed two hosts answering: {}",
+        holders.summary()
     );
 }
 

@@ -6,7 +6,8 @@ mod lab;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use lab::monitor::{has_ip, OverlapMonitor};
+use lab::holders::HolderMonitor;
+use lab::monitor::has_ip;
 use lab::{wait_for, Lab};
 
 const ALLOWED: &str = "198.51.100.0/24,203.0.113.0/24";
@@ -99,18 +100,13 @@ fn three_hundred_ips_spread_evenly_and_a_lost_host_moves_only_its_own() {
 
     let victim = 1;
     let survivors = [0, 2];
-    let monitor = OverlapMonitor::start(lab.namespaces(&survivors), all.clone());
+    let monitor = HolderMonitor::start(&mut lab, &survivors, &all);
     lab.kill(victim);
     lab.cut(victim);
     let moved = wait_for(Duration::from_secs(10), || {
         each_once(&placement(&lab, &all, &survivors))
     });
-    let report = monitor.stop();
-    assert!(
-        report.overlaps.is_empty(),
-        "overlaps: {:?}",
-        report.overlaps
-    );
+    monitor.stop().assert_one_holder("host loss");
     let moved = moved.expect("the lost host's IPs served again");
     let after = placement(&lab, &all, &survivors);
     for (ip, on) in &before {
@@ -128,7 +124,7 @@ fn three_hundred_ips_spread_evenly_and_a_lost_host_moves_only_its_own() {
 
 #[test]
 fn a_drained_host_hands_everything_over_without_overlap() {
-    let lab = lab_with_agents(3);
+    let mut lab = lab_with_agents(3);
     let some = ips(30);
     desire(&lab, &some);
     assert!(wait_for(Duration::from_secs(10), || each_once(&placement(
@@ -137,18 +133,13 @@ fn a_drained_host_hands_everything_over_without_overlap() {
         &[0, 1, 2]
     )))
     .is_some());
-    let monitor = OverlapMonitor::start(lab.namespaces(&[0, 1, 2]), some.clone());
+    let monitor = HolderMonitor::start(&mut lab, &[0, 1, 2], &some);
     lab.extip(&["node", "drain", "h1"]);
     let emptied = wait_for(Duration::from_secs(2), || {
         let p = placement(&lab, &some, &[0, 1, 2]);
         each_once(&p) && !per_host(&p).contains_key(&0)
     });
-    let report = monitor.stop();
-    assert!(
-        report.overlaps.is_empty(),
-        "overlaps: {:?}",
-        report.overlaps
-    );
+    monitor.stop().assert_one_holder("drain");
     let emptied = emptied.expect("h1 handed everything over within 2 s");
     eprintln!("drain: h1 emptied in {emptied:?}");
     let status = lab.extip(&["status"]);
@@ -194,7 +185,7 @@ fn a_returning_host_gets_its_share_back_without_overlap_and_nothing_moves_twice(
         each_once(&placement(&lab, &all, &[0, 2]))
     });
     assert!(served.is_some(), "h2's IPs not taken over");
-    let monitor = OverlapMonitor::start(lab.namespaces(&[0, 1, 2]), all.clone());
+    let monitor = HolderMonitor::start(&mut lab, &[0, 1, 2], &all);
     let mut last = placement(&lab, &all, &[0, 1, 2]);
     let mut moves: BTreeMap<String, usize> = BTreeMap::new();
     lab.start_agent(1, &AGENT_ARGS);
@@ -217,12 +208,7 @@ fn a_returning_host_gets_its_share_back_without_overlap_and_nothing_moves_twice(
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let report = monitor.stop();
-    assert!(
-        report.overlaps.is_empty(),
-        "overlaps: {:?}",
-        report.overlaps
-    );
+    monitor.stop().assert_one_holder("return");
     let balanced = balanced.unwrap_or_else(|| {
         panic!(
             "not rebalanced: {:?}",
@@ -434,19 +420,12 @@ fn ipv6_on_lo_and_on_eth0_fail_over_like_ipv4_on_one_agent_serving_both() {
 
     let victim = holders_on(&lab, v6_eth0, "eth0", &all).0[0];
     let survivors: Vec<usize> = all.into_iter().filter(|&h| h != victim).collect();
-    let monitor = OverlapMonitor::start(
-        lab.namespaces(&survivors),
-        wanted.iter().map(|(ip, _)| ip.to_string()).collect(),
-    );
+    let wanted_ips: Vec<String> = wanted.iter().map(|(ip, _)| ip.to_string()).collect();
+    let monitor = HolderMonitor::start(&mut lab, &survivors, &wanted_ips);
     lab.kill(victim);
     lab.cut(victim);
     let moved = wait_for(Duration::from_secs(10), || served_once(&lab, &survivors));
-    let report = monitor.stop();
-    assert!(
-        report.overlaps.is_empty(),
-        "overlaps: {:?}",
-        report.overlaps
-    );
+    monitor.stop().assert_one_holder("IPv6 host loss");
     let moved = moved.expect("every IP served again on a survivor, none tentative");
     eprintln!("IPv6 on lo and eth0: served again {moved:?} after the host loss");
     assert!(

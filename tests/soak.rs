@@ -6,7 +6,8 @@ mod lab;
 
 use std::time::{Duration, Instant};
 
-use lab::monitor::{has_ip, OverlapMonitor};
+use lab::holders::HolderMonitor;
+use lab::monitor::has_ip;
 use lab::{wait_for, Lab};
 use proptest::test_runner::{RngAlgorithm, TestRng};
 use rand_core::Rng;
@@ -110,17 +111,12 @@ fn malformed_writes_during_failovers_touch_no_foreign_address_and_kill_no_agent(
     for ip in real_ips() {
         lab.put(&format!("/extip/ips/{ip}"), "{}");
     }
-    let monitor = OverlapMonitor::start(lab.namespaces(&[0, 1, 2]), real_ips());
+    let monitor = HolderMonitor::start(&mut lab, &[0, 1, 2], &real_ips());
     let (written, faults) = junk_during_failovers(&mut lab, Duration::from_secs(12));
     let settled = wait_for(Duration::from_secs(8), || {
         real_ips().iter().all(|ip| lab.holders(ip).len() == 1)
     });
-    let report = monitor.stop();
-    assert!(
-        report.overlaps.is_empty(),
-        "overlaps: {:?}",
-        report.overlaps
-    );
+    monitor.stop().assert_one_holder("junk during failovers");
     assert!(settled.is_some(), "real IPs not served once each");
     for h in 0..3 {
         assert!(

@@ -289,9 +289,15 @@ impl Agent {
     /// killed or frozen, the fence darkens them at once and the kernel removes them
     /// later. Shared IPs kept through etcd outages live until removed.
     fn lifetime_for(&self, ip: IpAddr) -> Option<u32> {
-        self.fenced_ip(ip).then(|| {
-            u32::try_from(backstop_lifetime(self.cfg.lease_ttl).as_secs()).unwrap_or(u32::MAX)
-        })
+        self.fenced_ip(ip)
+            .then(|| u32::try_from(self.backstop().as_secs()).unwrap_or(u32::MAX))
+    }
+
+    /// The backstop lifetime: `--address-lifetime`, or the default for the lease TTL.
+    fn backstop(&self) -> Duration {
+        self.cfg
+            .address_lifetime
+            .unwrap_or_else(|| backstop_lifetime(self.cfg.lease_ttl))
     }
 
     /// Add an address; whether it is there now.
@@ -336,7 +342,7 @@ impl Agent {
             Ok(owned) => owned,
             Err(e) => return error!(error = %e, "cannot list addresses to refresh them"),
         };
-        let backstop = backstop_lifetime(self.cfg.lease_ttl);
+        let backstop = self.backstop();
         let mut refreshed = 0usize;
         for o in &owned {
             let lifetime = self.lifetime_for(o.address.ip);
@@ -370,7 +376,7 @@ impl Agent {
         let end = now + Duration::from_secs(secs.into());
         let earliest = self.lifetimes_end.map_or(end, |e| e.min(end));
         self.lifetimes_end = Some(earliest);
-        let backstop = backstop_lifetime(self.cfg.lease_ttl);
+        let backstop = self.backstop();
         self.refresh_due = Some(tokio::time::Instant::from_std(backstop_refresh_at(
             earliest, backstop,
         )));

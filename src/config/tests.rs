@@ -37,6 +37,13 @@ fn errors_name_the_setting() {
         ),
         (
             AgentSettings {
+                address_lifetime: Some("2s".into()),
+                ..base()
+            },
+            "address-lifetime: `2s`: whole seconds, at least 3s",
+        ),
+        (
+            AgentSettings {
                 allowed_cidr: None,
                 ..base()
             },

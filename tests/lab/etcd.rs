@@ -49,6 +49,7 @@ impl Lab {
             .args(["--initial-advertise-peer-urls", &peer])
             .args(["--initial-cluster", &cluster.join(",")])
             .args(["--initial-cluster-token", &self.name])
+            .args(&self.etcd_flags)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 mod etcd;
 pub mod fence;
 pub mod fleet;
+pub mod holders;
 pub mod l2;
 pub mod monitor;
 #[path = "../common/netns.rs"]
@@ -74,6 +75,8 @@ pub struct Lab {
     pub hosts: Vec<Host>,
     /// Extra environment for agents started from now on (e.g. `NOTIFY_SOCKET`).
     pub agent_env: Vec<(String, String)>,
+    /// Extra flags for every etcd member (e.g. the fast profile's timers).
+    etcd_flags: Vec<String>,
     _serial: MutexGuard<'static, ()>,
 }
 
@@ -156,6 +159,11 @@ impl Lab {
 
     /// A lab with `hosts` host namespaces and an etcd cluster of `members`.
     pub fn with_cluster(hosts: usize, members: usize) -> Lab {
+        Lab::with_etcd_flags(hosts, members, &[])
+    }
+
+    /// A lab whose etcd members run with extra `flags`.
+    pub fn with_etcd_flags(hosts: usize, members: usize, flags: &[&str]) -> Lab {
         require_root();
         let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         remove_stale_labs();
@@ -173,6 +181,7 @@ impl Lab {
             daemons: Vec::new(),
             hosts: Vec::new(),
             agent_env: Vec::new(),
+            etcd_flags: flags.iter().map(ToString::to_string).collect(),
             _serial: serial,
         };
         lab.build_switch();

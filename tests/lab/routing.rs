@@ -71,14 +71,15 @@ pub fn lost_pings(ping: Child) -> u32 {
 }
 
 impl Lab {
-    /// A lab of `hosts` agents (`--export-routes`) and BIRDs, a BIRD router and a
-    /// client behind it; returns (lab, router namespace, client namespace).
-    pub fn routed(hosts: usize, ttl: &str) -> (Lab, String, String) {
+    /// A lab of `hosts` agents (`--export-routes` and `args`) and BIRDs, a BIRD router
+    /// and a client behind it; returns (lab, router namespace, client namespace).
+    pub fn routed(hosts: usize, args: &[&str]) -> (Lab, String, String) {
         let mut lab = Lab::new(hosts);
         let (router, client) = lab.add_router();
         lab.start_router_bird(&router);
+        let args = [args, &["--export-routes"]].concat();
         for i in 0..hosts {
-            lab.start_agent(i, &["--lease-ttl", ttl, "--export-routes"]);
+            lab.start_agent(i, &args);
             lab.start_host_bird(i);
         }
         (lab, router, client)
