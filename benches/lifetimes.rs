@@ -128,7 +128,7 @@ async fn measure() {
     println!("| lease TTL | backstop lifetime | refresh round every | CPU for {n} addresses |");
     println!("|---|---|---|---|");
     for ttl in [2u64, 5, 10, 30] {
-        let lifetime = extip::agent::backstop_lifetime(Duration::from_secs(ttl));
+        let lifetime = extip::agent::backstop_lifetime(Duration::from_secs(ttl), false);
         let period = lifetime / 2;
         let share = refresh.as_secs_f64() / period.as_secs_f64() * 100.0;
         println!(

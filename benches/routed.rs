@@ -82,8 +82,15 @@ fn exclusive_agent_fault(lab: &mut Lab, router: &str, client: &str, signal: &str
     let probes = ping(client, ip, 600);
     std::thread::sleep(Duration::from_millis(300));
     let start = Instant::now();
-    lab.signal(old, signal);
-    let arrived = || lab.router_next_hops(router, ip).iter().any(|h| *h != old_hop);
+    match signal {
+        "KILL" => lab.kill(old),
+        _ => lab.signal(old, signal),
+    }
+    let arrived = || {
+        lab.router_next_hops(router, ip)
+            .iter()
+            .any(|h| *h != old_hop)
+    };
     wait_for(Duration::from_secs(15), arrived).expect("the new holder's route");
     let converged = start.elapsed();
     let gone = || !lab.router_next_hops(router, ip).contains(&old_hop);
@@ -131,12 +138,9 @@ fn summary(name: &str, mut samples: Vec<Sample>) -> String {
     let mut gone: Vec<Duration> = samples.iter().filter_map(|s| s.old_gone).collect();
     gone.sort();
     let gone = match (gone.first(), gone.last()) {
-        (Some(min), Some(max)) => format!(
-            "{} ({}–{})",
-            ms(gone[gone.len() / 2]),
-            ms(*min),
-            ms(*max)
-        ),
+        (Some(min), Some(max)) => {
+            format!("{} ({}–{})", ms(gone[gone.len() / 2]), ms(*min), ms(*max))
+        }
         _ => "".into(),
     };
     format!(

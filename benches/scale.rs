@@ -12,16 +12,13 @@ use std::time::{Duration, Instant};
 
 use lab::{wait_for, Lab};
 
-/// Agent flags; the lease TTL comes from `EXTIP_SCALE_TTL` (default 5s).
-fn args(ttl: &str) -> [&str; 6] {
-    [
-        "--allowed-cidr",
-        "2001:db8::/32",
-        "--stabilization",
-        "10s",
-        "--lease-ttl",
-        ttl,
-    ]
+/// Agent flags; the lease TTL comes from `EXTIP_SCALE_TTL` (default: the agent's).
+fn args(ttl: &str) -> Vec<&str> {
+    let mut args = vec!["--allowed-cidr", "2001:db8::/32", "--stabilization", "10s"];
+    if ttl != "default" {
+        args.extend(["--lease-ttl", ttl]);
+    }
+    args
 }
 
 fn ips(count: usize) -> Vec<String> {
@@ -120,7 +117,7 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10_000);
-    let ttl = std::env::var("EXTIP_SCALE_TTL").unwrap_or_else(|_| "5s".into());
+    let ttl = std::env::var("EXTIP_SCALE_TTL").unwrap_or_else(|_| "default".into());
     let agent_args = args(&ttl);
     println!("| {n} hosts × {m} IPs, `--lease-ttl {ttl}` | | |");
     let mut lab = Lab::new(n + 1); // the last host runs no agent: the ip -batch reference

@@ -218,7 +218,7 @@ pub struct AgentConfig {
     pub interfaces: Vec<String>,
     /// Lease TTL, whole seconds.
     pub lease_ttl: Duration,
-    /// Kernel lifetime of fenced addresses, whole seconds; `None`: four TTLs, at least 20 s.
+    /// Kernel lifetime of fenced addresses, whole seconds; `None`: the default for the TTL.
     pub address_lifetime: Option<Duration>,
     /// CIDRs the agent may configure.
     pub allowed: Vec<IpNet>,

@@ -51,7 +51,7 @@ fn vip_lifetimes(lab: &Lab) -> Vec<u64> {
 #[test]
 fn exclusive_addresses_carry_a_backstop_lifetime_that_is_kept_fresh() {
     let lab = lab_with_vips(1);
-    let backstop = extip::agent::backstop_lifetime(Duration::from_secs(TTL_SECS)).as_secs();
+    let backstop = extip::agent::backstop_lifetime(Duration::from_secs(TTL_SECS), false).as_secs();
     let first = vip_lifetimes(&lab);
     assert_eq!(first.len(), 20);
     // A slow backstop behind the fence: far beyond the lease, never forever.
@@ -129,7 +129,7 @@ fn sigkill_with_the_host_up_never_overlaps_and_recovers_within_ttl_plus_1s() {
         "moved before the lease could expire"
     );
     // The backstop: the kernel removes the dead agent's addresses by itself.
-    let backstop = extip::agent::backstop_lifetime(Duration::from_secs(TTL_SECS));
+    let backstop = extip::agent::backstop_lifetime(Duration::from_secs(TTL_SECS), false);
     let gone = wait_for(backstop + Duration::from_secs(3), || {
         held_by(&lab, victim).is_empty()
     });

@@ -297,7 +297,7 @@ impl Agent {
     fn backstop(&self) -> Duration {
         self.cfg
             .address_lifetime
-            .unwrap_or_else(|| backstop_lifetime(self.cfg.lease_ttl))
+            .unwrap_or_else(|| backstop_lifetime(self.cfg.lease_ttl, self.cfg.export_routes))
     }
 
     /// Add an address; whether it is there now.
