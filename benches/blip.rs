@@ -8,7 +8,9 @@
 //! duration counts as survived only when every one of its runs removed nothing (the
 //! phase of the freeze against the keepalive timer moves the edge by up to one
 //! keepalive interval). TTLs: `EXTIP_BENCH_TTLS` (default `2,3,5,10`); runs per step:
-//! `EXTIP_BENCH_RUNS` (default 2). Prints a Markdown table for docs/benchmarks.md.
+//! `EXTIP_BENCH_RUNS` (default 2). Then, per TTL, `EXTIP_BENCH_LEADER_RUNS` times
+//! (default 5; 0 skips it) the leader of a 3-member etcd is SIGKILLed and the same
+//! removals are counted until the cluster serves again. Prints Markdown tables.
 
 #[path = "../tests/lab/mod.rs"]
 mod lab;
@@ -81,6 +83,39 @@ fn longest_survived(ttl_secs: u64, runs: usize) -> (u64, Vec<String>) {
     (good * STEP_MS, log)
 }
 
+/// Kill the leader of a 3-member etcd `runs` times; per run, the VIP addresses removed
+/// on any host and how long etcd had no leader.
+fn leader_losses(ttl_secs: u64, runs: usize) -> Vec<(usize, f64)> {
+    let mut lab = fleet::lab_with_vips(HOSTS, 3, &format!("{ttl_secs}s"));
+    settle(&lab);
+    let mut results = Vec::new();
+    for _ in 0..runs {
+        let leader = lab.leader().expect("a leader");
+        let events: Vec<AddressEvents> = lab
+            .hosts
+            .iter()
+            .map(|h| AddressEvents::start(&h.ns))
+            .collect();
+        let killed = std::time::Instant::now();
+        lab.kill_member(leader);
+        let elected = wait_for(Duration::from_secs(10), || lab.leader().is_some());
+        let leaderless = elected.map_or(10.0, |_| killed.elapsed().as_secs_f64());
+        std::thread::sleep(Duration::from_millis(1500));
+        let removed = events
+            .into_iter()
+            .map(|e| e.deletions("198.51.100.").len())
+            .sum();
+        results.push((removed, leaderless));
+        lab.start_member(leader);
+        let healthy = wait_for(Duration::from_secs(20), || {
+            lab.etcdctl(&["endpoint", "health", "--cluster"]).is_ok()
+        });
+        assert!(healthy.is_some(), "etcd did not become healthy again");
+        settle(&lab);
+    }
+    results
+}
+
 fn main() {
     let ttls: Vec<u64> = std::env::var("EXTIP_BENCH_TTLS")
         .unwrap_or_else(|_| "2,3,5,10".into())
@@ -96,6 +131,10 @@ fn main() {
         eprintln!("--lease-ttl {ttl}s: {}", log.join("; "));
         rows.push((ttl, longest, log));
     }
+    let leader_runs: usize = std::env::var("EXTIP_BENCH_LEADER_RUNS")
+        .ok()
+        .map_or(5, |r| r.parse().expect("EXTIP_BENCH_LEADER_RUNS"));
+    let ttls: Vec<u64> = rows.iter().map(|r| r.0).collect();
     println!("| `--lease-ttl` | longest etcd freeze that removed no address | freezes tried (runs each: {runs}) |");
     println!("|---|---|---|");
     for (ttl, longest, log) in rows {
@@ -104,6 +143,23 @@ fn main() {
             "| `{ttl}s` | {:.1} s | {} |",
             longest as f64 / 1000.0,
             tried.join("; ")
+        );
+    }
+    if leader_runs == 0 {
+        return;
+    }
+    println!();
+    println!("| `--lease-ttl` | etcd leader SIGKILLed (3 members): runs that removed an address | addresses removed per run | no leader for (s, per run) |");
+    println!("|---|---|---|---|");
+    for ttl in ttls {
+        let results = leader_losses(ttl, leader_runs);
+        let bad = results.iter().filter(|r| r.0 > 0).count();
+        let removed: Vec<String> = results.iter().map(|r| r.0.to_string()).collect();
+        let gaps: Vec<String> = results.iter().map(|r| format!("{:.2}", r.1)).collect();
+        println!(
+            "| `{ttl}s` | {bad} of {leader_runs} | {} | {} |",
+            removed.join(", "),
+            gaps.join(", ")
         );
     }
 }

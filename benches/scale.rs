@@ -250,4 +250,28 @@ fn main() {
         Some(d) => println!("| host returns | balanced after {:.1} s (window 10 s) | {moved} IPs moved; per host {lo}–{hi} |", d.as_secs_f64()),
         None => println!("| host returns | not balanced after {:.0} s | {moved} IPs moved; per host {lo}–{hi} |", t.elapsed().as_secs_f64()),
     }
+    print_log_counts(&lab, &hosts);
+}
+
+/// How often the agents logged the lines that say the lease or etcd was in trouble,
+/// over the whole run: a busy agent that misses its deadline shows here.
+fn print_log_counts(lab: &Lab, hosts: &[usize]) {
+    let patterns = [
+        "lease deadline reached",
+        "lease expired",
+        "etcd connection lost",
+        "cannot use etcd",
+        "socket buffer",
+        "removing extip addresses",
+    ];
+    for pattern in patterns {
+        let per_host: Vec<usize> = hosts
+            .iter()
+            .map(|&h| lab.agent_log(h).matches(pattern).count())
+            .collect();
+        println!(
+            "| agent log lines \"{pattern}\" | {} | per host {per_host:?} |",
+            per_host.iter().sum::<usize>()
+        );
+    }
 }

@@ -9,7 +9,12 @@ use extip::config::{hostname, AgentConfig, AgentSettings};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     extip::cli::init_logging(cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+    // Two workers beside the main thread: the agent's event loop runs on the main
+    // thread (block_on), and its keepalive task and the etcd and netlink connections run
+    // on the workers, so a long reconcile (planning thousands of IPs) cannot delay a
+    // renewal past the fence deadline (at TTL 2 s it did, on a loaded host).
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()
     {
