@@ -14,6 +14,8 @@ use lab::{wait_for, Lab};
 
 const TTL: &str = "3s";
 const TTL_SECS: u64 = 3;
+/// A backstop lifetime shorter than the default (60 s) so the tests can watch it work.
+const LIFETIME_SECS: u64 = 10;
 
 /// A client on the segment asking for the 20 IPs on the wire (the second view of holders).
 fn wire_monitor(lab: &mut Lab) -> lab::wire::WireMonitor {
@@ -25,7 +27,12 @@ fn wire_monitor(lab: &mut Lab) -> lab::wire::WireMonitor {
 }
 
 fn lab_with_vips(hosts: usize) -> Lab {
-    fleet::lab_with_vips(hosts, 1, TTL)
+    let lifetime = format!("{LIFETIME_SECS}s");
+    fleet::lab_with_vips_and(
+        hosts,
+        1,
+        &["--lease-ttl", TTL, "--address-lifetime", &lifetime],
+    )
 }
 
 /// The kernel lifetimes (valid_life_time, seconds) of the lab's VIPs on host 0.
@@ -51,7 +58,7 @@ fn vip_lifetimes(lab: &Lab) -> Vec<u64> {
 #[test]
 fn exclusive_addresses_carry_a_backstop_lifetime_that_is_kept_fresh() {
     let lab = lab_with_vips(1);
-    let backstop = extip::agent::backstop_lifetime(Duration::from_secs(TTL_SECS), false).as_secs();
+    let backstop = LIFETIME_SECS;
     let first = vip_lifetimes(&lab);
     assert_eq!(first.len(), 20);
     // A slow backstop behind the fence: far beyond the lease, never forever.
@@ -129,7 +136,7 @@ fn sigkill_with_the_host_up_never_overlaps_and_recovers_within_ttl_plus_1s() {
         "moved before the lease could expire"
     );
     // The backstop: the kernel removes the dead agent's addresses by itself.
-    let backstop = extip::agent::backstop_lifetime(Duration::from_secs(TTL_SECS), false);
+    let backstop = Duration::from_secs(LIFETIME_SECS);
     let gone = wait_for(backstop + Duration::from_secs(3), || {
         held_by(&lab, victim).is_empty()
     });

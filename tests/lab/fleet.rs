@@ -13,9 +13,14 @@ pub fn vips() -> Vec<String> {
 
 /// A lab with `hosts` agents at `ttl`, an etcd of `members`, and the 20 IPs placed.
 pub fn lab_with_vips(hosts: usize, members: usize, ttl: &str) -> Lab {
+    lab_with_vips_and(hosts, members, &["--lease-ttl", ttl])
+}
+
+/// The same with the agents' flags `args`.
+pub fn lab_with_vips_and(hosts: usize, members: usize, args: &[&str]) -> Lab {
     let mut lab = Lab::with_cluster(hosts, members);
     for i in 0..hosts {
-        lab.start_agent(i, &["--lease-ttl", ttl]);
+        lab.start_agent(i, args);
     }
     let registered = wait_for(Duration::from_secs(10), || {
         (1..=hosts).all(|h| lab.get(&format!("/extip/nodes/h{h}")).is_some())
