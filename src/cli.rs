@@ -241,7 +241,7 @@ pub struct AgentArgs {
     /// Lease TTL: how long a dead host keeps its claims; whole seconds, at least 1s [default: 2s]
     #[arg(long, env = "EXTIP_LEASE_TTL")]
     pub lease_ttl: Option<String>,
-    /// Kernel lifetime of held addresses, a backstop behind the fence: a killed or frozen agent's addresses and exported routes go when it ends [default: 4 × lease TTL, at least 20s; with --export-routes 2 × lease TTL, at least 4s]
+    /// Kernel lifetime of held addresses, a backstop behind the fence: a killed or frozen agent's addresses and exported routes go when it ends [default: 4 × lease TTL, at least 60s; with --export-routes 2 × lease TTL, at least 4s]
     #[arg(long, env = "EXTIP_ADDRESS_LIFETIME")]
     pub address_lifetime: Option<String>,
     /// CIDR this agent may configure; repeatable; required (0.0.0.0/0 and ::/0 allow everything)
