@@ -9,6 +9,7 @@ mod lab;
 use std::time::{Duration, Instant};
 
 use lab::fleet::{self, all_served, busiest, held_by, live, placement, vips};
+use lab::holders::HolderMonitor;
 use lab::monitor::{AddressEvents, OverlapMonitor};
 use lab::{wait_for, Lab};
 
@@ -16,15 +17,6 @@ const TTL: &str = "3s";
 const TTL_SECS: u64 = 3;
 /// A backstop lifetime shorter than the default (60 s) so the tests can watch it work.
 const LIFETIME_SECS: u64 = 10;
-
-/// A client on the segment asking for the 20 IPs on the wire (the second view of holders).
-fn wire_monitor(lab: &mut Lab) -> lab::wire::WireMonitor {
-    let client = lab.add_client();
-    lab::l2::route_vips_on_link(&client);
-    let ips = vips();
-    let ips: Vec<&str> = ips.iter().map(String::as_str).collect();
-    lab::wire::WireMonitor::start(&client, &ips)
-}
 
 fn lab_with_vips(hosts: usize) -> Lab {
     let lifetime = format!("{LIFETIME_SECS}s");
@@ -100,8 +92,7 @@ fn sigkill_with_the_host_up_never_overlaps_and_recovers_within_ttl_plus_1s() {
     let mut lab = lab_with_vips(3);
     let victim = busiest(&lab, 3);
     let had = held_by(&lab, victim);
-    let wire = wire_monitor(&mut lab);
-    let monitor = OverlapMonitor::start(lab.namespaces(&[0, 1, 2]), vips());
+    let monitor = HolderMonitor::start(&mut lab, &[0, 1, 2], &vips());
     let start = Instant::now();
     lab.kill(victim); // the host and its link stay up
     let others = live(3, Some(victim));
@@ -109,24 +100,11 @@ fn sigkill_with_the_host_up_never_overlaps_and_recovers_within_ttl_plus_1s() {
         all_served(&lab, &others)
     });
     std::thread::sleep(Duration::from_millis(300));
-    let report = monitor.stop();
-    let wire = wire.stop();
     // The dead host lists its fenced addresses until the backstop lifetime ends; what
     // must never happen is two hosts answering.
-    assert!(
-        wire.overlaps.is_empty(),
-        "two hosts answered: {:?}",
-        wire.overlaps
-    );
+    monitor.stop().assert_one_answering("SIGKILL");
     let took = took.expect("all IPs served again");
-    eprintln!(
-        "SIGKILL: {} IPs moved in {took:?}; wire: {} ARP rounds, never two MACs; address \
-         tables: {} samples, {} listed an IP on two hosts (the dead host's fenced ones)",
-        had.len(),
-        wire.rounds,
-        report.rounds,
-        report.overlaps.len()
-    );
+    eprintln!("SIGKILL: {} IPs moved in {took:?}", had.len());
     assert!(
         took <= Duration::from_secs(TTL_SECS + 1),
         "recovery took {took:?}"
@@ -154,8 +132,7 @@ fn sigkill_with_the_host_up_never_overlaps_and_recovers_within_ttl_plus_1s() {
 fn sigstop_for_three_ttls_never_overlaps_and_the_thawed_agent_adds_nothing_stale() {
     let mut lab = lab_with_vips(3);
     let victim = busiest(&lab, 3);
-    let wire = wire_monitor(&mut lab);
-    let monitor = OverlapMonitor::start(lab.namespaces(&[0, 1, 2]), vips());
+    let monitor = HolderMonitor::start(&mut lab, &[0, 1, 2], &vips());
     lab.signal(victim, "STOP");
     let others = live(3, Some(victim));
     let took = wait_for(Duration::from_secs(TTL_SECS + 5), || {
@@ -164,20 +141,8 @@ fn sigstop_for_three_ttls_never_overlaps_and_the_thawed_agent_adds_nothing_stale
     std::thread::sleep(Duration::from_secs(3 * TTL_SECS).saturating_sub(took.unwrap_or_default()));
     lab.signal(victim, "CONT");
     std::thread::sleep(Duration::from_secs(2));
-    let report = monitor.stop();
-    let wire = wire.stop();
-    assert!(
-        wire.overlaps.is_empty(),
-        "two hosts answered: {:?}",
-        wire.overlaps
-    );
-    eprintln!(
-        "SIGSTOP: wire: {} ARP rounds, never two MACs; address tables: {} samples, {} \
-         listed an IP on two hosts (the frozen host's fenced ones)",
-        wire.rounds,
-        report.rounds,
-        report.overlaps.len()
-    );
+    let holders = monitor.stop();
+    holders.assert_one_answering("SIGSTOP");
     let took = took.expect("all IPs served while the agent was frozen");
     assert!(
         took <= Duration::from_secs(TTL_SECS + 1),
@@ -198,7 +163,10 @@ fn sigstop_for_three_ttls_never_overlaps_and_the_thawed_agent_adds_nothing_stale
         "{:?}",
         placement(&lab, &[0, 1, 2])
     );
-    eprintln!("SIGSTOP: recovered in {took:?} ({} samples)", report.rounds);
+    eprintln!(
+        "SIGSTOP: recovered in {took:?} ({} samples)",
+        holders.table.rounds
+    );
 }
 
 /// The lease ID a claim key hangs on, read with `etcdctl -w json`.

@@ -3,14 +3,10 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant, SystemTime};
 
+use futures::StreamExt;
 use tracing::{debug, error, info, warn};
 
-use futures::StreamExt;
-
 use super::lease::{backstop_due, backstop_lifetime, backstop_refresh_at};
-
-/// Lifetime refreshes sent before waiting for their answers.
-const REFRESHES_IN_FLIGHT: usize = 64;
 use super::Agent;
 use std::collections::BTreeSet;
 
@@ -19,6 +15,9 @@ use crate::model::{ClaimValue, Replicas};
 use crate::net::ExportRoute;
 use crate::plan::{eligibility, plan, Action, Holder, LocalAddress, Me, Mode, World};
 use crate::store::{Store, StoreError};
+
+/// Lifetime refreshes sent before waiting for their answers.
+const REFRESHES_IN_FLIGHT: usize = 64;
 
 /// Plan and execute at most this many times per wake-up: claim then add needs two,
 /// a failing netlink call must not spin.
