@@ -40,7 +40,7 @@ fn graceful(lab: &mut Lab, router: &str, client: &str) -> Sample {
     let lost = lost_pings(probes);
     lab.wait_exit(host, Duration::from_secs(5))
         .expect("stopped");
-    lab.start_agent(host, &agent_args());
+    lab.start_agent(host, &as_strs(&agent_args()));
     Sample {
         converged,
         old_gone: None,
@@ -102,7 +102,7 @@ fn exclusive_agent_fault(lab: &mut Lab, router: &str, client: &str, signal: &str
         lab.signal(old, "TERM");
         lab.wait_exit(old, Duration::from_secs(5)).expect("stopped");
     }
-    lab.start_agent(old, &agent_args());
+    lab.start_agent(old, &as_strs(&agent_args()));
     Sample {
         converged,
         old_gone,
@@ -119,16 +119,21 @@ fn exclusive_freeze(lab: &mut Lab, router: &str, client: &str) -> Sample {
 }
 
 /// Flags beyond the defaults: `EXTIP_BENCH_LIFETIME` as `--address-lifetime`.
-fn extra_args() -> Vec<&'static str> {
+fn extra_args() -> Vec<String> {
     match std::env::var("EXTIP_BENCH_LIFETIME") {
-        Ok(lifetime) => vec!["--address-lifetime", lifetime.leak()],
+        Ok(lifetime) => vec!["--address-lifetime".into(), lifetime],
         Err(_) => Vec::new(),
     }
 }
 
 /// The agents' flags, as [`Lab::routed`] starts them.
-fn agent_args() -> Vec<&'static str> {
-    [extra_args(), vec!["--export-routes"]].concat()
+fn agent_args() -> Vec<String> {
+    [extra_args(), vec!["--export-routes".into()]].concat()
+}
+
+/// Flags as the lab takes them.
+fn as_strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
 }
 
 fn summary(name: &str, mut samples: Vec<Sample>) -> String {
@@ -160,7 +165,7 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(5);
-    let (mut lab, router, client) = Lab::routed(3, &extra_args());
+    let (mut lab, router, client) = Lab::routed(3, &as_strs(&extra_args()));
     lab.put("/extip/ips/198.51.100.30", r#"{"replicas":2}"#);
     lab.put("/extip/ips/198.51.100.31", r#"{"replicas":"all"}"#);
     lab.put("/extip/ips/198.51.100.32", "{}");

@@ -84,6 +84,20 @@ fn usage(pid: u32) -> (f64, u64) {
     (ticks / 100.0, hwm)
 }
 
+/// Reconciles an agent has run and the seconds they took, from its /metrics.
+fn reconciles(lab: &Lab, h: usize) -> (f64, f64) {
+    let text = lab.exec(h, &["curl", "-s", "http://127.0.0.1:9478/metrics"]);
+    let metric = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0)
+    };
+    (
+        metric("extip_reconcile_duration_seconds_count"),
+        metric("extip_reconcile_duration_seconds_sum"),
+    )
+}
+
 /// etcd's received gRPC messages so far: (lease keepalives, everything else), read from
 /// its /metrics through host `h`'s namespace.
 fn etcd_messages(lab: &Lab, h: usize) -> (f64, f64) {
@@ -188,6 +202,7 @@ fn main() {
         .map(|&h| lab::monitor::AddressEvents::start(&lab.hosts[h].ns))
         .collect();
     let before: Vec<f64> = pids.iter().map(|&p| usage(p).0).collect();
+    let reconciles_before: Vec<(f64, f64)> = hosts.iter().map(|&h| reconciles(&lab, h)).collect();
     let etcd_before = etcd_messages(&lab, 0);
     std::thread::sleep(Duration::from_secs(20));
     let etcd_after = etcd_messages(&lab, 0);
@@ -196,6 +211,14 @@ fn main() {
         .map(|w| w.deletions("2001:db8:100:").len())
         .sum();
     let after: Vec<(f64, u64)> = pids.iter().map(|&p| usage(p)).collect();
+    let (runs, took) = hosts
+        .iter()
+        .zip(&reconciles_before)
+        .map(|(&h, b)| {
+            let a = reconciles(&lab, h);
+            (a.0 - b.0, a.1 - b.1)
+        })
+        .fold((0.0, 0.0), |m: (f64, f64), r| (m.0.max(r.0), m.1.max(r.1)));
     let idle_cpu = after
         .iter()
         .zip(&before)
@@ -205,6 +228,10 @@ fn main() {
     println!(
         "| idle agent CPU (worst of {n}) | {idle_cpu:.2} % | peak RSS {} MiB; addresses removed while idle: {blinked} |",
         rss / 1024
+    );
+    println!(
+        "| reconciles while idle (20 s, most of one agent) | {runs:.0} | {:.0} ms of reconciling (most of one agent) |",
+        took * 1e3
     );
     println!(
         "| etcd requests while idle (20 s, {n} agents) | {:.1}/s lease keepalives | {:.1}/s everything else (watch, resync lists) |",

@@ -184,14 +184,18 @@ pub fn assign(
     let mut load = loads(claims, nodes);
     let mut out = BTreeMap::new();
     for (&ip, ranked) in &ideal.rankings {
-        let ranked: Vec<&str> = ranked.iter().map(String::as_str).collect();
         let held = claims.get(&ip);
+        let wanted = ideal.holders[&ip].len();
+        let missing = wanted.saturating_sub(held.map_or(0, |h| h.len()));
+        // The common case at rest: every slot taken. Nothing to allocate for it.
+        if missing == 0 {
+            continue;
+        }
+        let ranked: Vec<&str> = ranked.iter().map(String::as_str).collect();
         let mut holders: BTreeSet<&str> = held
             .map(|s| s.values().filter_map(|h| h.node.as_deref()).collect())
             .unwrap_or_default();
-        let wanted = ideal.holders[&ip].len();
         let free = (0u32..).filter(|s| held.is_none_or(|h| !h.contains_key(s)));
-        let missing = wanted.saturating_sub(held.map_or(0, |h| h.len()));
         for slot in free.take(missing) {
             let open: Vec<&str> = ranked
                 .iter()

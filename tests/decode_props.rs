@@ -16,6 +16,7 @@ fn kv(key: String, value: Vec<u8>, rev: i64) -> RawKv {
         value,
         lease: 0,
         mod_revision: rev,
+        create_revision: rev,
     }
 }
 

@@ -10,6 +10,7 @@ mod membership;
 mod reconcile;
 mod state;
 mod systemd;
+mod tally;
 mod view;
 
 use std::collections::HashMap;
@@ -598,9 +599,20 @@ impl Agent {
         }
     }
 
+    /// The periodic check against missed watch events; lists the prefix only when
+    /// etcd's key count or newest change disagrees with the view.
     async fn resync(&mut self, store: &mut Store) -> Result<(), StoreError> {
         self.host_addresses_stale = true;
-        let snapshot = store.list(&self.keys.root()).await?;
+        let root = self.keys.root();
+        let summary = store.summary(&root).await?;
+        if self.view.matches_store(summary) {
+            return Ok(());
+        }
+        tracing::debug!(
+            ?summary,
+            "view and etcd differ (or events are on their way): listing"
+        );
+        let snapshot = store.list(&root).await?;
         self.view.replace(&snapshot);
         Ok(())
     }

@@ -5,12 +5,13 @@ use std::net::IpAddr;
 
 use tracing::{debug, warn};
 
+use super::tally::KeyTally;
 use crate::model::{
     self, DesiredIp, KeyKind, Keys, MemberAddresses, NodeValue, ParsedDesired, Refusal,
 };
 use crate::plan::{Claims, Holder};
 use crate::pools::{self, Pool};
-use crate::store::{Change, RawKv, Snapshot};
+use crate::store::{Change, PrefixSummary, RawKv, Snapshot};
 
 /// Desired IPs, claims and nodes as last seen in etcd.
 pub struct ClusterView {
@@ -55,6 +56,8 @@ pub struct ClusterView {
     /// The revision this view last learned for a key from this agent's own
     /// transactions: a watch event at or below it is older news and must not undo it.
     known: HashMap<String, i64>,
+    /// Key count and newest revision seen, to check against etcd cheaply.
+    tally: KeyTally,
 }
 
 impl ClusterView {
@@ -80,6 +83,7 @@ impl ClusterView {
             reported: HashMap::new(),
             known: HashMap::new(),
             generation: 0,
+            tally: KeyTally::default(),
         }
     }
 
@@ -101,6 +105,12 @@ impl ClusterView {
         self.loading = false;
         self.resolve_all();
         self.revision = snapshot.revision;
+        self.tally = KeyTally::listed(snapshot);
+    }
+
+    /// Whether etcd's `summary` of the prefix shows nothing this view has missed.
+    pub fn matches_store(&self, summary: PrefixSummary) -> bool {
+        self.tally.matches(summary)
     }
 
     /// Apply one watched change; changes the view already has are skipped: those
@@ -108,6 +118,7 @@ impl ClusterView {
     /// Whether the change can alter what this agent should do: a holder history or a
     /// conflict record cannot, so a burst of them wakes no reconcile.
     pub fn apply(&mut self, change: &Change) -> bool {
+        self.tally.observe(change);
         let (key, revision) = match change {
             Change::Put(kv) => (&kv.key, kv.mod_revision),
             Change::Delete { key, revision } => (key, *revision),
@@ -386,6 +397,7 @@ mod tests {
             value: value.as_bytes().to_vec(),
             lease: 5,
             mod_revision: rev,
+            create_revision: rev,
         }
     }
 
@@ -449,6 +461,7 @@ mod tests {
             value: br#"{"node":"h1","since":""}"#.to_vec(),
             lease: 7,
             mod_revision: rev,
+            create_revision: rev,
         };
         let me = Holder {
             node: Some("h1".into()),

@@ -322,6 +322,7 @@ mod tests {
             value: v.into(),
             lease: 0,
             mod_revision: 1,
+            create_revision: 1,
         };
         let snapshot = Snapshot {
             revision: 1,
@@ -357,6 +358,7 @@ mod tests {
             value: v.into(),
             lease,
             mod_revision: 1,
+            create_revision: 1,
         };
         let snapshot = Snapshot {
             revision: 1,

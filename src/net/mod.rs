@@ -251,6 +251,9 @@ impl Netlink {
     }
 
     /// Set a new lifetime on an address this agent owns (like `ip addr change`).
+    /// An address removed by hand just before this is added back: both the IPv4 and the
+    /// IPv6 kernel code create a missing address whatever NLM_F_CREATE says. Only held
+    /// addresses are refreshed, and reconcile would add a held one back anyway.
     pub async fn refresh(
         &self,
         address: LocalAddress,

@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions,
-    LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn, TxnOp, WatchOptions, WatchStream,
+    LeaseKeepAliveStream, LeaseKeeper, PutOptions, SortOrder, SortTarget, Txn, TxnOp, WatchOptions,
+    WatchStream,
 };
 use thiserror::Error;
 
@@ -60,6 +61,8 @@ pub struct RawKv {
     pub lease: i64,
     /// Revision of the last change.
     pub mod_revision: i64,
+    /// Revision the key was created at (equal to `mod_revision` for a new key).
+    pub create_revision: i64,
 }
 
 impl From<&etcd_client::KeyValue> for RawKv {
@@ -69,8 +72,19 @@ impl From<&etcd_client::KeyValue> for RawKv {
             value: kv.value().to_vec(),
             lease: kv.lease(),
             mod_revision: kv.mod_revision(),
+            create_revision: kv.create_revision(),
         }
     }
+}
+
+/// How many keys a prefix holds and its newest change: enough to tell whether a view
+/// kept by watching it has missed anything, without listing it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PrefixSummary {
+    /// Number of keys under the prefix.
+    pub count: i64,
+    /// The highest `mod_revision` among them (0 when there are none).
+    pub newest: i64,
 }
 
 /// A consistent list of a prefix at one revision.
@@ -323,6 +337,26 @@ impl Store {
             }
         }
         Ok(Snapshot { revision, kvs })
+    }
+
+    /// Count the keys under `prefix` and find its newest change, in one request that
+    /// returns one key name: etcd sorts by modification, the client parses nothing.
+    pub async fn summary(&mut self, prefix: &str) -> Result<PrefixSummary, StoreError> {
+        let options = GetOptions::new()
+            .with_range(end_of_prefix(prefix))
+            .with_sort(SortTarget::Mod, SortOrder::Descend)
+            .with_limit(1)
+            .with_keys_only();
+        let resp = within(
+            self.timeout,
+            "summary",
+            self.client.kv_client().get(prefix, Some(options)),
+        )
+        .await?;
+        Ok(PrefixSummary {
+            count: resp.count(),
+            newest: resp.kvs().first().map_or(0, |kv| kv.mod_revision()),
+        })
     }
 
     /// Watch `prefix` from `revision` (inclusive).
