@@ -3,14 +3,15 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::histogram::{exponential_buckets, linear_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 /// Label of [`Metrics::ips_held`]: `exclusive` (replicas 1) or `shared`.
@@ -20,11 +21,30 @@ pub struct KindLabel {
     pub kind: &'static str,
 }
 
+/// Labels of [`Metrics::ip_held`]: one series per address this host holds.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+pub struct HeldLabel {
+    /// The IP.
+    pub ip: String,
+    /// `exclusive` (replicas 1) or `shared`.
+    pub kind: &'static str,
+}
+
 /// Every metric the agent exports.
 pub struct Metrics {
     registry: Registry,
     /// Addresses this host holds, by kind.
     pub ips_held: Family<KindLabel, Gauge>,
+    /// 1 for each IP this host holds: two hosts with one exclusive IP is an alert.
+    pub ip_held: Family<HeldLabel, Gauge>,
+    /// The lease TTL in use (granted by etcd), seconds.
+    pub lease_ttl: Gauge,
+    /// At each renewal, the share of the TTL that was left before the old deadline.
+    pub lease_headroom: Histogram,
+    /// Age of the oldest desired IP without any claim, set at each scrape.
+    pub unclaimed_slot_age: Gauge<f64, AtomicU64>,
+    /// Since when that IP has been without a claim (none: every IP is claimed).
+    pub unclaimed_since: Mutex<Option<Instant>>,
     /// Claim transactions won.
     pub claims_won: Counter,
     /// Claim transactions that found the slot taken.
@@ -67,6 +87,11 @@ impl Metrics {
         let mut registry = Registry::with_prefix("extip");
         let m = Metrics {
             ips_held: Family::default(),
+            ip_held: Family::default(),
+            lease_ttl: Gauge::default(),
+            lease_headroom: Histogram::new(linear_buckets(0.1, 0.1, 10)),
+            unclaimed_slot_age: Gauge::default(),
+            unclaimed_since: Mutex::new(None),
             claims_won: Counter::default(),
             claims_lost: Counter::default(),
             takeovers: Counter::default(),
@@ -86,6 +111,26 @@ impl Metrics {
         };
         let r = &mut registry;
         r.register("ips_held", "Addresses this host holds", m.ips_held.clone());
+        r.register(
+            "ip_held",
+            "1 for each IP this host holds",
+            m.ip_held.clone(),
+        );
+        r.register(
+            "lease_ttl_seconds",
+            "The lease TTL etcd granted",
+            m.lease_ttl.clone(),
+        );
+        r.register(
+            "lease_headroom_ratio",
+            "Share of the TTL left before the old deadline when a renewal arrived",
+            m.lease_headroom.clone(),
+        );
+        r.register(
+            "unclaimed_slot_age_seconds",
+            "How long the oldest desired IP without a claim has had none (0: none)",
+            m.unclaimed_slot_age.clone(),
+        );
         r.register("claims_won", "Claim transactions won", m.claims_won.clone());
         r.register(
             "claims_lost",
@@ -146,6 +191,15 @@ impl Metrics {
         Metrics { registry, ..m }
     }
 
+    /// Seconds the oldest unclaimed desired IP has been so at `now` (0 when none).
+    pub fn unclaimed_age(&self, now: Instant) -> f64 {
+        let since = *self
+            .unclaimed_since
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        since.map_or(0.0, |t| now.saturating_duration_since(t).as_secs_f64())
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -171,6 +225,7 @@ pub async fn serve(
     let render = move || {
         m.lease_deadline
             .set(scrape.lease_deadline_seconds().unwrap_or(0.0));
+        m.unclaimed_slot_age.set(m.unclaimed_age(Instant::now()));
         m.render()
     };
     let ready = move || {

@@ -54,6 +54,8 @@ fn the_deb_installs_its_files_into_a_fresh_root() {
         "/etc/extip/agent.toml",
         "/etc/extip/sync.toml",
         "/usr/share/doc/extip/k8s/rbac.yaml",
+        "/usr/share/extip/extip.rules.yml",
+        "/usr/share/extip/extip.json",
         "/usr/share/bash-completion/completions/extip",
         "/usr/share/zsh/vendor-completions/_extip",
         "/usr/share/fish/vendor_completions.d/extip.fish",

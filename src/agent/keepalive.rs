@@ -46,6 +46,23 @@ impl Drop for KeepaliveTask {
     }
 }
 
+/// Record what a keepalive answer says about etcd: its latency, how close the lease
+/// came to its deadline, the TTL granted.
+fn observe_answer(metrics: &Metrics, clock: &LeaseDeadline, ttl: i64) {
+    let now = std::time::Instant::now();
+    if let Some(sent) = clock.oldest_unanswered() {
+        metrics
+            .keepalive_latency
+            .observe(now.saturating_duration_since(sent).as_secs_f64());
+    }
+    if let Some(share) = clock.headroom(now, ttl) {
+        metrics.lease_headroom.observe(share);
+    }
+    if ttl > 0 {
+        metrics.lease_ttl.set(ttl);
+    }
+}
+
 /// Start renewing every `every`; a renewal unanswered for `answer_timeout` is a failure.
 pub fn spawn(
     mut keepalive: LeaseKeepAlive,
@@ -72,9 +89,7 @@ pub fn spawn(
                 }
                 answer = keepalive.recv() => match answer.map(|ttl| {
                     let mut clock = lock(&clock);
-                    if let Some(sent) = clock.oldest_unanswered() {
-                        metrics.keepalive_latency.observe(sent.elapsed().as_secs_f64());
-                    }
+                    observe_answer(&metrics, &clock, ttl);
                     clock.answered(ttl)
                 }) {
                     Ok(Renewal::Renewed) => LeaseEvent::Renewed,

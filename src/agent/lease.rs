@@ -59,6 +59,13 @@ impl LeaseDeadline {
         Renewal::Renewed
     }
 
+    /// The share of a `ttl_secs` lease left before the current deadline at `now` (0 when
+    /// it has passed): how close a renewal arriving now came to the deadline.
+    pub fn headroom(&self, now: Instant, ttl_secs: i64) -> Option<f64> {
+        let left = self.deadline?.saturating_duration_since(now);
+        (ttl_secs > 0).then(|| left.as_secs_f64() / secs(ttl_secs).as_secs_f64())
+    }
+
     /// When the oldest unanswered keepalive was sent.
     pub fn oldest_unanswered(&self) -> Option<Instant> {
         self.in_flight.front().copied()
@@ -189,6 +196,19 @@ mod tests {
         assert!(backstop_due(Some(0), lifetime));
         let t0 = Instant::now();
         assert_eq!(backstop_refresh_at(t0 + s(20), lifetime), t0 + s(10));
+    }
+
+    #[test]
+    fn headroom_is_the_share_of_the_ttl_left_before_the_deadline() {
+        let t0 = Instant::now();
+        let mut clock = LeaseDeadline::new(Duration::from_secs(2));
+        assert_eq!(clock.headroom(t0, 2), None, "no lease yet");
+        clock.granted(t0, 2);
+        assert_eq!(
+            clock.headroom(t0 + Duration::from_millis(500), 2),
+            Some(0.75)
+        );
+        assert_eq!(clock.headroom(t0 + Duration::from_secs(3), 2), Some(0.0));
     }
 
     #[test]

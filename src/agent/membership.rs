@@ -104,6 +104,25 @@ impl Agent {
             .map(|(slot, _)| *slot)
             .filter(|(ip, _)| !handed_over.contains_key(ip))
             .collect();
+        self.note_unclaimed(now);
+    }
+
+    /// Track desired IPs without any claim (whoever should take them) and publish
+    /// since when the oldest has been so.
+    fn note_unclaimed(&mut self, now: Instant) {
+        let claims = &self.view.claims;
+        let desired = &self.view.desired;
+        self.unclaimed_since
+            .retain(|ip, _| desired.contains_key(ip) && !claims.contains_key(ip));
+        for ip in desired.keys().filter(|ip| !claims.contains_key(ip)) {
+            self.unclaimed_since.entry(*ip).or_insert(now);
+        }
+        let oldest = self.unclaimed_since.values().min().copied();
+        *self
+            .metrics
+            .unclaimed_since
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = oldest;
     }
 
     /// Recompute the ideal placement if desired IPs, nodes, drains or pools changed.

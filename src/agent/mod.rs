@@ -104,6 +104,10 @@ pub struct Agent {
     free_since: std::collections::BTreeMap<(IpAddr, u32), std::time::Instant>,
     /// Free slots past the grace: any eligible host may claim them.
     overdue: std::collections::BTreeSet<(IpAddr, u32)>,
+    /// Since when each desired IP has had no claim at all (for the metric).
+    unclaimed_since: std::collections::BTreeMap<IpAddr, std::time::Instant>,
+    /// The per-IP series of `extip_ip_held` now exported.
+    held_series: std::collections::BTreeSet<crate::metrics::HeldLabel>,
     /// When this agent first saw each live node, for the stabilization window.
     first_seen: std::collections::BTreeMap<String, std::time::Instant>,
     /// IPs being handed over to rebalance.
@@ -280,6 +284,8 @@ impl Agent {
             leaving: false,
             free_since: Default::default(),
             overdue: Default::default(),
+            unclaimed_since: Default::default(),
+            held_series: Default::default(),
             first_seen: Default::default(),
             giving_away: Default::default(),
             handed_over: Default::default(),
@@ -439,6 +445,7 @@ impl Agent {
         }
         // The smaller one until keepalive answers say more: the safe direction.
         self.clock().granted(sent, granted.min(ttl_secs));
+        self.metrics.lease_ttl.set(granted.min(ttl_secs));
         self.lease = Some(lease);
         self.lease_file.save(&self.cfg.node, lease);
         self.fenced = false;

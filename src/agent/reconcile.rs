@@ -442,26 +442,35 @@ impl Agent {
     }
 
     /// Set the held-addresses gauges from a converged address table.
-    fn count_held(&self, owned: &BTreeSet<LocalAddress>) {
-        let exclusive = owned
+    /// Publish what this host holds: counts by kind, and one series per IP.
+    fn count_held(&mut self, owned: &BTreeSet<LocalAddress>) {
+        let kind = |ip: &IpAddr| match self.view.desired.get(ip) {
+            Some(d) if d.replicas == Replicas::EXCLUSIVE => "exclusive",
+            _ => "shared",
+        };
+        let held: BTreeSet<crate::metrics::HeldLabel> = owned
             .iter()
-            .filter(|a| {
-                self.view
-                    .desired
-                    .get(&a.ip)
-                    .is_some_and(|d| d.replicas == Replicas::EXCLUSIVE)
+            .map(|a| crate::metrics::HeldLabel {
+                ip: a.ip.to_string(),
+                kind: kind(&a.ip),
             })
-            .count();
-        let held = |kind| crate::metrics::KindLabel { kind };
-        self.metrics
-            .ips_held
-            .get_or_create(&held("exclusive"))
+            .collect();
+        let exclusive = held.iter().filter(|h| h.kind == "exclusive").count();
+        let count = |kind| crate::metrics::KindLabel { kind };
+        let m = &self.metrics;
+        m.ips_held
+            .get_or_create(&count("exclusive"))
             .set(exclusive as i64);
-        let shared = (owned.len() - exclusive) as i64;
-        self.metrics
-            .ips_held
-            .get_or_create(&held("shared"))
-            .set(shared);
+        m.ips_held
+            .get_or_create(&count("shared"))
+            .set((held.len() - exclusive) as i64);
+        for label in self.held_series.difference(&held) {
+            m.ip_held.remove(label);
+        }
+        for label in held.difference(&self.held_series) {
+            m.ip_held.get_or_create(label).set(1);
+        }
+        self.held_series = held;
     }
 
     /// Log once why a desired IP is not served here.
