@@ -69,6 +69,9 @@ pub struct SyncSettings {
     /// Name of this replica in the election [default: the host name]
     #[arg(long, env = "EXTIP_IDENTITY")]
     pub identity: Option<String>,
+    /// Serve LoadBalancer Services of this spec.loadBalancerClass only [default: those without a class]
+    #[arg(long, env = "EXTIP_LOAD_BALANCER_CLASS")]
+    pub load_balancer_class: Option<String>,
     /// Tests only: lead without an election, so two replicas race
     #[arg(long, hide = true)]
     #[serde(skip)]
@@ -117,6 +120,8 @@ pub struct SyncConfig {
     pub listen: Option<std::net::SocketAddr>,
     /// This replica's name.
     pub identity: String,
+    /// The `spec.loadBalancerClass` served; `None`: Services without one.
+    pub load_balancer_class: Option<String>,
     /// Lead without an election (tests).
     pub assume_leader: bool,
 }
@@ -143,7 +148,8 @@ impl SyncSettings {
             retention,
             resync,
             listen,
-            identity
+            identity,
+            load_balancer_class
         ))
     }
 
@@ -192,6 +198,33 @@ fn duration(
     Ok(d)
 }
 
+/// A `spec.loadBalancerClass` as Kubernetes accepts it: a label-style name with a
+/// domain prefix (`example.com/lb`), so a typo cannot silently match no Service.
+fn validate_class(class: &str) -> Result<(), ConfigError> {
+    let field = "load-balancer-class";
+    let Some((domain, name)) = class.split_once('/') else {
+        return Err(invalid(
+            field,
+            format!("{class:?} needs a domain prefix, like extip.io/{class}"),
+        ));
+    };
+    let label = |s: &str, extra: &[char]| {
+        !s.is_empty()
+            && s.len() <= 63
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || extra.contains(&c))
+            && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && s.ends_with(|c: char| c.is_ascii_alphanumeric())
+    };
+    if !domain.split('.').all(|part| label(part, &['-'])) || !label(name, &['-', '_', '.']) {
+        return Err(invalid(
+            field,
+            format!("{class:?} is not a valid class name (domain/name)"),
+        ));
+    }
+    Ok(())
+}
+
 impl SyncConfig {
     /// Validate merged settings; `hostname` is the default identity.
     pub fn from_settings(s: SyncSettings, hostname: &str) -> Result<Self, ConfigError> {
@@ -227,6 +260,10 @@ impl SyncConfig {
         if identity.is_empty() {
             return Err(invalid("identity", "must not be empty"));
         }
+        let load_balancer_class = s
+            .load_balancer_class
+            .map(|class| validate_class(&class).map(|()| class))
+            .transpose()?;
         Ok(SyncConfig {
             etcd,
             etcd_auth,
@@ -240,6 +277,7 @@ impl SyncConfig {
             resync: duration("resync", s.resync.as_deref(), DEFAULT_RESYNC)?,
             listen: parse_listen(s.listen.as_deref(), DEFAULT_LISTEN)?,
             identity,
+            load_balancer_class,
             assume_leader: s.assume_leader,
         })
     }
@@ -275,6 +313,27 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("election-ttl:"), "{e}");
+    }
+
+    #[test]
+    fn a_load_balancer_class_needs_a_domain_prefix() {
+        let class = |c: &str| {
+            let s = SyncSettings {
+                load_balancer_class: Some(c.into()),
+                ..settings()
+            };
+            SyncConfig::from_settings(s, "host").map(|cfg| cfg.load_balancer_class)
+        };
+        assert_eq!(class("extip.io/lb").unwrap(), Some("extip.io/lb".into()));
+        for bad in ["lb", "extip.io/", "/lb", "extip..io/lb", "extip.io/l b"] {
+            let e = class(bad).unwrap_err().to_string();
+            assert!(e.starts_with("load-balancer-class:"), "{bad}: {e}");
+        }
+        let none = SyncConfig::from_settings(settings(), "host").unwrap();
+        assert_eq!(
+            none.load_balancer_class, None,
+            "default: Services without a class"
+        );
     }
 
     #[test]

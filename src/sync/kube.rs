@@ -45,6 +45,17 @@ pub fn view_of(svc: &Service) -> ServiceView {
     }
 }
 
+/// Whether extip-sync serves `svc`: its `spec.loadBalancerClass` is `class` (both none
+/// by default). A Service of another class belongs to another controller: extip-sync
+/// neither allocates for it, nor writes its IPs, nor patches its status.
+pub fn of_class(svc: &Service, class: Option<&str>) -> bool {
+    let own = svc
+        .spec
+        .as_ref()
+        .and_then(|spec| spec.load_balancer_class.as_deref());
+    own == class
+}
+
 /// The IPs in `status.loadBalancer.ingress`.
 pub fn ingress_ips(svc: &Service) -> Vec<String> {
     svc.status

@@ -25,13 +25,13 @@ use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::Service;
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::model::Keys;
 use crate::store::{EtcdAuth, Store, StoreError};
 
 pub use config::{SyncCli, SyncConfig, SyncSettings};
-use kube::{service_name, ServiceMap};
+use kube::{of_class, service_name, ServiceMap};
 use metrics::SyncMetrics;
 use reconcile::Reconciler;
 
@@ -111,13 +111,15 @@ fn service_streams(
 struct ServiceCache {
     /// `None` scope: all namespaces.
     scopes: Vec<Option<String>>,
+    /// The `spec.loadBalancerClass` served: Services of another are left out of the map.
+    class: Option<String>,
     map: ServiceMap,
     listing: HashMap<usize, ServiceMap>,
     listed: BTreeSet<usize>,
 }
 
 impl ServiceCache {
-    fn new(namespaces: &[String]) -> Self {
+    fn new(namespaces: &[String], class: Option<String>) -> Self {
         let scopes = if namespaces.is_empty() {
             vec![None]
         } else {
@@ -125,6 +127,7 @@ impl ServiceCache {
         };
         ServiceCache {
             scopes,
+            class,
             map: ServiceMap::new(),
             listing: HashMap::new(),
             listed: BTreeSet::new(),
@@ -136,6 +139,15 @@ impl ServiceCache {
         self.listing.is_empty() && self.listed.len() == self.scopes.len()
     }
 
+    /// Whether `svc` is of the class served (another class is noted at debug level).
+    fn ours(&self, svc: &Service) -> bool {
+        let ours = of_class(svc, self.class.as_deref());
+        if !ours {
+            debug!(service = %service_name(svc), "another loadBalancerClass: left to its controller");
+        }
+        ours
+    }
+
     /// Apply one watcher event; true when the map changed.
     fn apply(&mut self, i: usize, event: Event<Service>) -> bool {
         match event {
@@ -143,13 +155,14 @@ impl ServiceCache {
                 self.listing.insert(i, ServiceMap::new());
                 false
             }
-            Event::InitApply(svc) => {
+            Event::InitApply(svc) if self.ours(&svc) => {
                 self.listing
                     .entry(i)
                     .or_default()
                     .insert(service_name(&svc), svc);
                 false
             }
+            Event::InitApply(_) => false,
             Event::InitDone => {
                 let fresh = self.listing.remove(&i).unwrap_or_default();
                 let scope = self.scopes.get(i).cloned().flatten();
@@ -163,10 +176,11 @@ impl ServiceCache {
                 info!(services = self.map.len(), "Services listed");
                 true
             }
-            Event::Apply(svc) => {
+            Event::Apply(svc) if self.ours(&svc) => {
                 self.map.insert(service_name(&svc), svc);
                 true
             }
+            Event::Apply(svc) => self.map.remove(&service_name(&svc)).is_some(),
             Event::Delete(svc) => {
                 self.map.remove(&service_name(&svc));
                 true
@@ -198,7 +212,7 @@ pub async fn run(cfg: SyncConfig) -> anyhow::Result<()> {
     let (pools_tx, mut pools_changed) = tokio::sync::mpsc::channel(1);
     tokio::spawn(etcd::watch_pools(connector.clone(), pools_tx));
     let mut streams = service_streams(&client, &cfg.namespaces);
-    let mut cache = ServiceCache::new(&cfg.namespaces);
+    let mut cache = ServiceCache::new(&cfg.namespaces, cfg.load_balancer_class.clone());
     let metrics = Arc::new(SyncMetrics::new());
     if let Some(addr) = cfg.listen {
         metrics::serve(addr, metrics.clone())
@@ -270,7 +284,7 @@ mod tests {
 
     #[test]
     fn the_cache_is_complete_only_between_lists_and_a_relist_replaces_only_its_namespace() {
-        let mut cache = ServiceCache::new(&["a".into(), "b".into()]);
+        let mut cache = ServiceCache::new(&["a".into(), "b".into()], None);
         assert!(!cache.complete());
         for (i, ns) in [(0, "a"), (1, "b")] {
             cache.apply(i, Event::Init);
