@@ -77,6 +77,12 @@ fn print_summary(cfg: &SyncConfig) {
     let listen = cfg.listen.map_or("none".to_string(), |a| a.to_string());
     println!("listen: {listen}");
     println!(
+        "load-balancer-class: {}",
+        cfg.load_balancer_class
+            .as_deref()
+            .unwrap_or("none (Services without a class)")
+    );
+    println!(
         "namespaces: {}",
         if cfg.namespaces.is_empty() {
             "all".into()
