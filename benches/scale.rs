@@ -285,6 +285,7 @@ fn main() {
 fn print_log_counts(lab: &Lab, hosts: &[usize]) {
     let patterns = [
         "lease deadline reached",
+        "keepalive task ran late",
         "lease expired",
         "etcd connection lost",
         "cannot use etcd",

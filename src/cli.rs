@@ -251,7 +251,7 @@ pub struct AgentArgs {
         value_delimiter = ','
     )]
     pub allowed_cidr: Option<Vec<String>>,
-    /// Period of the full re-list from etcd [default: 30s]
+    /// Period of the check against etcd: key count and newest change, a full re-list if they differ [default: 30s]
     #[arg(long, env = "EXTIP_RESYNC")]
     pub resync: Option<String>,
     /// Where the agent keeps its lease ID across restarts [default: /var/lib/extip]

@@ -89,7 +89,7 @@ pub struct AgentSettings {
     /// CIDRs the agent may configure.
     #[serde(default, deserialize_with = "one_or_many")]
     pub allowed_cidr: Option<Vec<String>>,
-    /// Full re-list period, humantime text.
+    /// Period of the check against etcd, humantime text.
     pub resync: Option<String>,
     /// Directory for the lease file.
     pub state_dir: Option<PathBuf>,
@@ -222,7 +222,7 @@ pub struct AgentConfig {
     pub address_lifetime: Option<Duration>,
     /// CIDRs the agent may configure.
     pub allowed: Vec<IpNet>,
-    /// Full re-list period.
+    /// Period of the check against etcd (and of the reconcile after it).
     pub resync: Duration,
     /// Directory for the lease file.
     pub state_dir: PathBuf,

@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::{interval, MissedTickBehavior};
+use tracing::warn;
 
 use super::lease::{LeaseDeadline, Renewal};
 use super::sleep_until_some;
@@ -63,6 +64,19 @@ fn observe_answer(metrics: &Metrics, clock: &LeaseDeadline, ttl: i64) {
     }
 }
 
+/// Say so when a renewal goes out more than an interval after it was due: the task's
+/// threads were not run, or sending the previous one blocked. A stall of about the TTL
+/// costs the lease (one seen in bench-scale, cause unknown: docs/benchmarks.md).
+fn report_late(due: tokio::time::Instant, every: Duration) {
+    let late = due.elapsed();
+    if late > every {
+        warn!(
+            late_ms = late.as_millis() as u64,
+            "keepalive task ran late: not scheduled, or the last send blocked"
+        );
+    }
+}
+
 /// Start renewing every `every`; a renewal unanswered for `answer_timeout` is a failure.
 pub fn spawn(
     mut keepalive: LeaseKeepAlive,
@@ -80,7 +94,8 @@ pub fn spawn(
                 .oldest_unanswered()
                 .map(|t| tokio::time::Instant::from_std(t + answer_timeout));
             let event = tokio::select! {
-                _ = tick.tick() => {
+                due = tick.tick() => {
+                    report_late(due, every);
                     lock(&clock).sent(std::time::Instant::now());
                     match keepalive.send().await {
                         Ok(()) => continue,
