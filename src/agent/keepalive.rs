@@ -1,19 +1,18 @@
-//! The lease keepalive, in a task of its own: a long reconcile (hundreds of claims)
-//! must never delay a renewal, or the lease deadline would fence a healthy host. The
-//! task runs at every await of the main loop, renews every interval, and reports.
+//! The lease keepalive, on a thread of its own: a long reconcile (hundreds of claims) or
+//! anything else the agent runs must never delay a renewal, or the lease deadline would
+//! fence a healthy host. It renews every interval and reports to the main loop.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::{interval, MissedTickBehavior};
 use tracing::warn;
 
 use super::lease::{LeaseDeadline, Renewal};
 use super::sleep_until_some;
 use crate::metrics::Metrics;
-use crate::store::LeaseKeepAlive;
+use crate::store::Dialer;
 
 /// The lease deadline, shared by the main loop and the keepalive task.
 pub type SharedDeadline = Arc<Mutex<LeaseDeadline>>;
@@ -36,14 +35,17 @@ pub enum LeaseEvent {
     Failed(String),
 }
 
-/// The running task; aborted when dropped, with its connection.
+/// The running keepalive; stopped when dropped: its thread ends, and its connection
+/// with it.
 pub struct KeepaliveTask {
-    handle: JoinHandle<()>,
+    stop: Option<oneshot::Sender<()>>,
 }
 
 impl Drop for KeepaliveTask {
     fn drop(&mut self) {
-        self.handle.abort();
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
     }
 }
 
@@ -77,51 +79,107 @@ fn report_late(due: tokio::time::Instant, every: Duration) {
     }
 }
 
-/// Start renewing every `every`; a renewal unanswered for `answer_timeout` is a failure.
-pub fn spawn(
-    mut keepalive: LeaseKeepAlive,
-    clock: SharedDeadline,
-    every: Duration,
-    answer_timeout: Duration,
-    metrics: Arc<Metrics>,
-) -> (KeepaliveTask, mpsc::UnboundedReceiver<LeaseEvent>) {
+/// What the renewing loop needs.
+pub struct Renewing {
+    /// Opens the keepalive's own connection to the endpoint the agent uses.
+    pub dialer: Dialer,
+    /// The lease to renew.
+    pub lease: i64,
+    /// The deadline it moves.
+    pub clock: SharedDeadline,
+    /// How often to renew.
+    pub every: Duration,
+    /// A renewal unanswered this long is a failure.
+    pub answer_timeout: Duration,
+    /// Where latency, headroom and failures are counted.
+    pub metrics: Arc<Metrics>,
+}
+
+/// Start renewing on a thread of its own, with its own runtime and its own etcd
+/// connection: nothing else the agent runs (reconciles, watch and netlink connection
+/// tasks, a worker blocked in a syscall) can hold a renewal back.
+pub fn spawn(renewing: Renewing) -> (KeepaliveTask, mpsc::UnboundedReceiver<LeaseEvent>) {
     let (tx, rx) = mpsc::unbounded_channel();
-    let handle = tokio::spawn(async move {
-        let mut tick = interval(every);
-        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        loop {
-            let answer_due = lock(&clock)
-                .oldest_unanswered()
-                .map(|t| tokio::time::Instant::from_std(t + answer_timeout));
-            let event = tokio::select! {
-                due = tick.tick() => {
-                    report_late(due, every);
-                    lock(&clock).sent(std::time::Instant::now());
-                    match keepalive.send().await {
-                        Ok(()) => continue,
-                        Err(e) => LeaseEvent::Failed(e.to_string()),
-                    }
+    let (stop, stopped) = oneshot::channel::<()>();
+    let failed = tx.clone();
+    let thread = std::thread::Builder::new()
+        .name("extip-keepalive".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    let _ = tx.send(LeaseEvent::Failed(format!("keepalive runtime: {e}")));
+                    return;
                 }
-                answer = keepalive.recv() => match answer.map(|ttl| {
-                    let mut clock = lock(&clock);
-                    observe_answer(&metrics, &clock, ttl);
-                    clock.answered(ttl)
-                }) {
-                    Ok(Renewal::Renewed) => LeaseEvent::Renewed,
-                    Ok(Renewal::Expired) => LeaseEvent::Expired,
-                    Err(e) => LeaseEvent::Failed(e.to_string()),
-                },
-                _ = sleep_until_some(answer_due) => LeaseEvent::Failed("keepalive unanswered".into()),
             };
-            let last = !matches!(event, LeaseEvent::Renewed);
-            if matches!(event, LeaseEvent::Failed(_)) {
-                metrics.keepalive_failures.inc();
-            }
-            if tx.send(event).is_err() || last {
-                lock(&clock).stream_lost();
-                return;
-            }
+            runtime.block_on(async move {
+                tokio::select! {
+                    _ = stopped => {}
+                    () = renew(renewing, tx) => {}
+                }
+            });
+        });
+    if let Err(e) = thread {
+        let _ = failed.send(LeaseEvent::Failed(format!("keepalive thread: {e}")));
+    }
+    (KeepaliveTask { stop: Some(stop) }, rx)
+}
+
+/// Renew every interval and report each outcome, until a report other than a renewal.
+async fn renew(r: Renewing, tx: mpsc::UnboundedSender<LeaseEvent>) {
+    let Renewing {
+        dialer,
+        lease,
+        clock,
+        every,
+        answer_timeout,
+        metrics,
+    } = r;
+    let mut keepalive = match dialer.keep_alive(lease).await {
+        Ok(keepalive) => keepalive,
+        Err(e) => {
+            metrics.keepalive_failures.inc();
+            lock(&clock).stream_lost();
+            let _ = tx.send(LeaseEvent::Failed(format!("keepalive connection: {e}")));
+            return;
         }
-    });
-    (KeepaliveTask { handle }, rx)
+    };
+    let mut tick = interval(every);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        let answer_due = lock(&clock)
+            .oldest_unanswered()
+            .map(|t| tokio::time::Instant::from_std(t + answer_timeout));
+        let event = tokio::select! {
+            due = tick.tick() => {
+                report_late(due, every);
+                lock(&clock).sent(std::time::Instant::now());
+                match keepalive.send().await {
+                    Ok(()) => continue,
+                    Err(e) => LeaseEvent::Failed(e.to_string()),
+                }
+            }
+            answer = keepalive.recv() => match answer.map(|ttl| {
+                let mut clock = lock(&clock);
+                observe_answer(&metrics, &clock, ttl);
+                clock.answered(ttl)
+            }) {
+                Ok(Renewal::Renewed) => LeaseEvent::Renewed,
+                Ok(Renewal::Expired) => LeaseEvent::Expired,
+                Err(e) => LeaseEvent::Failed(e.to_string()),
+            },
+            _ = sleep_until_some(answer_due) => LeaseEvent::Failed("keepalive unanswered".into()),
+        };
+        let last = !matches!(event, LeaseEvent::Renewed);
+        if matches!(event, LeaseEvent::Failed(_)) {
+            metrics.keepalive_failures.inc();
+        }
+        if tx.send(event).is_err() || last {
+            lock(&clock).stream_lost();
+            return;
+        }
+    }
 }

@@ -390,7 +390,7 @@ impl Agent {
         )
         .await?;
         self.endpoint = idx;
-        let keepalive = self.attach_lease(&mut store).await?;
+        let attached = self.attach_lease(&mut store).await?;
         self.arm_fence();
         // Addresses a previous process left (SIGHUP) get their lifetimes looked at.
         self.refresh_due.get_or_insert_with(Instant::now);
@@ -408,13 +408,16 @@ impl Agent {
             "connected to etcd"
         );
         self.count_watch();
-        let (task, lease_events) = keepalive::spawn(
-            keepalive,
-            self.clock.clone(),
-            keepalive_interval(self.cfg.lease_ttl),
-            self.answer_timeout(),
-            self.metrics.clone(),
-        );
+        let (task, lease_events) = keepalive::spawn(keepalive::Renewing {
+            dialer: store.dialer(),
+            lease,
+            clock: self.clock.clone(),
+            every: keepalive_interval(self.cfg.lease_ttl),
+            answer_timeout: self.answer_timeout(),
+            metrics: self.metrics.clone(),
+        });
+        // The stream that attached the lease: the keepalive has its own from here on.
+        drop(attached);
         Ok(Connection {
             store,
             _keepalive: task,

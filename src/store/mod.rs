@@ -121,6 +121,33 @@ pub struct Store {
     client: Client,
     endpoint: String,
     timeout: Duration,
+    dialer: Dialer,
+}
+
+/// How to open another connection to a store's endpoint, with the same options and
+/// credentials: the lease keepalive runs on one of its own.
+#[derive(Debug, Clone)]
+pub struct Dialer {
+    endpoint: String,
+    options: ConnectOptions,
+    connect: Duration,
+    timeout: Duration,
+}
+
+impl Dialer {
+    /// A keepalive stream for `lease` on a new connection, made in the calling runtime
+    /// (its I/O runs there); opening it renews the lease once.
+    pub async fn keep_alive(&self, lease: i64) -> Result<LeaseKeepAlive, StoreError> {
+        let connect = Client::connect([self.endpoint.as_str()], Some(self.options.clone()));
+        let client = within(self.connect, "connect", connect).await?;
+        let mut store = Store {
+            client,
+            endpoint: self.endpoint.clone(),
+            timeout: self.timeout,
+            dialer: self.clone(),
+        };
+        store.keep_alive(lease).await
+    }
 }
 
 fn end_of_prefix(prefix: &str) -> Vec<u8> {
@@ -234,18 +261,29 @@ impl Store {
         let client = within(
             connect,
             "connect",
-            Client::connect([endpoint], Some(options)),
+            Client::connect([endpoint], Some(options.clone())),
         )
         .await?;
         let store = Store {
             client,
             endpoint: endpoint.to_string(),
             timeout,
+            dialer: Dialer {
+                endpoint: endpoint.to_string(),
+                options,
+                connect,
+                timeout,
+            },
         };
         let probe = GetOptions::new().with_count_only();
         let mut kv = store.client.kv_client();
         within(connect, "connect", kv.get(probe_key, Some(probe))).await?;
         Ok(store)
+    }
+
+    /// How to open another connection like this one.
+    pub fn dialer(&self) -> Dialer {
+        self.dialer.clone()
     }
 
     /// The endpoint this connection talks to.
@@ -285,7 +323,11 @@ impl Store {
     pub async fn keep_alive(&mut self, lease: i64) -> Result<LeaseKeepAlive, StoreError> {
         let open = self.client.lease_keep_alive(lease);
         match within(self.timeout, "lease keepalive", open).await {
-            Ok((keeper, stream)) => Ok(LeaseKeepAlive { keeper, stream }),
+            Ok((keeper, stream)) => Ok(LeaseKeepAlive {
+                keeper,
+                stream,
+                _connection: self.client.clone(),
+            }),
             // The client reports a TTL of 0 on the first answer as this error.
             Err(StoreError::Request {
                 source: etcd_client::Error::LeaseKeepAliveError(msg),
@@ -538,6 +580,8 @@ async fn within<T>(
 pub struct LeaseKeepAlive {
     keeper: LeaseKeeper,
     stream: LeaseKeepAliveStream,
+    /// The connection the stream runs on, kept open as long as the stream.
+    _connection: Client,
 }
 
 impl LeaseKeepAlive {
