@@ -10,9 +10,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     extip::cli::init_logging(cli.log_format);
     // Two workers beside the main thread: the agent's event loop runs on the main
-    // thread (block_on), and its keepalive task and the etcd and netlink connections run
-    // on the workers, so a long reconcile (planning thousands of IPs) cannot delay a
-    // renewal past the fence deadline (at TTL 2 s it did, on a loaded host).
+    // thread (block_on), the etcd and netlink connections on the workers, so a long
+    // reconcile (planning thousands of IPs) does not stall them. The lease keepalive has
+    // a thread, runtime and connection of its own (agent/keepalive.rs).
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
