@@ -87,11 +87,7 @@ fn usage(pid: u32) -> (f64, u64) {
 /// Reconciles an agent has run and the seconds they took, from its /metrics.
 fn reconciles(lab: &Lab, h: usize) -> (f64, f64) {
     let text = lab.exec(h, &["curl", "-s", "http://127.0.0.1:9478/metrics"]);
-    let metric = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or(0.0)
-    };
+    let metric = |name: &str| lab::sample_value(&text, name).unwrap_or(0.0);
     (
         metric("extip_reconcile_duration_seconds_count"),
         metric("extip_reconcile_duration_seconds_sum"),

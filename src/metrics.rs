@@ -44,7 +44,7 @@ pub struct Metrics {
     /// Age of the oldest desired IP without any claim, set at each scrape.
     pub unclaimed_slot_age: Gauge<f64, AtomicU64>,
     /// Since when that IP has been without a claim (none: every IP is claimed).
-    pub unclaimed_since: Mutex<Option<Instant>>,
+    unclaimed_since: Mutex<Option<Instant>>,
     /// Claim transactions won.
     pub claims_won: Counter,
     /// Claim transactions that found the slot taken.
@@ -189,6 +189,14 @@ impl Metrics {
             m.reconcile_duration.clone(),
         );
         Metrics { registry, ..m }
+    }
+
+    /// Note since when the oldest unclaimed desired IP has had no claim (`None`: none).
+    pub fn note_unclaimed_since(&self, since: Option<Instant>) {
+        *self
+            .unclaimed_since
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = since;
     }
 
     /// Seconds the oldest unclaimed desired IP has been so at `now` (0 when none).

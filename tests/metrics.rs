@@ -29,9 +29,7 @@ fn get(lab: &Lab, h: usize, path: &str) -> (u16, String) {
 
 /// The value of a sample line `name value` in a Prometheus exposition.
 fn sample(body: &str, name: &str) -> f64 {
-    body.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in:\n{body}"))
+    lab::sample_value(body, name).unwrap_or_else(|| panic!("no {name} in:\n{body}"))
 }
 
 #[test]

@@ -118,11 +118,7 @@ impl Agent {
             self.unclaimed_since.entry(*ip).or_insert(now);
         }
         let oldest = self.unclaimed_since.values().min().copied();
-        *self
-            .metrics
-            .unclaimed_since
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = oldest;
+        self.metrics.note_unclaimed_since(oldest);
     }
 
     /// Recompute the ideal placement if desired IPs, nodes, drains or pools changed.

@@ -438,6 +438,12 @@ impl Lab {
     }
 }
 
+/// The value of the sample line `name value` (no labels) in a Prometheus exposition.
+pub fn sample_value(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
 /// Poll `check` every 5 ms until it holds; the time it took, or `None` after `timeout`.
 pub fn wait_for(timeout: Duration, mut check: impl FnMut() -> bool) -> Option<Duration> {
     let start = Instant::now();

@@ -56,8 +56,7 @@ impl SyncReplica {
     /// The value of metric `name` (no labels) on its `/metrics`.
     pub fn metric(&self, name: &str) -> Option<f64> {
         let (_, body) = self.http("/metrics");
-        body.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        crate::lab::sample_value(&body, name)
     }
 
     /// Its log so far.
