@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use extip::net::Netlink;
-use extip::plan::LocalAddress;
+use extip::observed::LocalAddress;
 
 const INSIDE: &str = "EXTIP_BENCH_INSIDE";
 

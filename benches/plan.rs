@@ -8,8 +8,9 @@ use std::net::{IpAddr, Ipv6Addr};
 use std::time::Instant;
 
 use extip::model::{DesiredIp, NodeValue};
+use extip::observed::{Claims, Holder};
 use extip::placement;
-use extip::plan::{plan, Claims, Holder, Link, Me, Mode, World};
+use extip::plan::{plan, Link, Me, Mode, World};
 
 fn main() {
     let none = BTreeSet::new();

@@ -7,6 +7,7 @@ pub mod config;
 pub mod metrics;
 pub mod model;
 pub mod net;
+pub mod observed;
 pub mod placement;
 pub mod plan;
 pub mod pools;

@@ -3,7 +3,7 @@
 //! Users script against these keys with `etcdctl`, so everything here is public
 //! interface: change it only in a backwards-compatible way.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
@@ -262,6 +262,9 @@ pub struct DesiredIp {
     pub source: Option<Source>,
     /// Labels a node must carry (all of them) to serve it; empty: any node.
     pub node_selector: BTreeMap<String, String>,
+    /// The only nodes that may serve it, by node name or [`KUBERNETES_NODE_LABEL`];
+    /// `None`: any node. Written by extip-sync for `externalTrafficPolicy: Local`.
+    pub nodes: Option<BTreeSet<String>>,
 }
 
 impl DesiredIp {
@@ -274,6 +277,7 @@ impl DesiredIp {
             pool: None,
             source: None,
             node_selector: BTreeMap::new(),
+            nodes: None,
         }
     }
 }
@@ -299,6 +303,9 @@ pub struct DesiredValue {
     /// See [`DesiredIp::node_selector`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_selector: Option<BTreeMap<String, String>>,
+    /// See [`DesiredIp::nodes`]; checked by hand so that an error names the field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<serde_json::Value>,
     /// `"extip-sync"` on keys extip-sync wrote: the only keys it ever changes or removes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub managed_by: Option<String>,
@@ -341,6 +348,7 @@ pub fn parse_desired(ip: IpAddr, raw: &[u8]) -> Result<ParsedDesired, ContractEr
         pool: value.pool,
         source: value.source,
         node_selector: value.node_selector.unwrap_or_default(),
+        nodes: value.nodes.as_ref().map(parse_node_list).transpose()?,
     };
     Ok(ParsedDesired {
         desired,
@@ -387,6 +395,46 @@ pub fn validate_interface(name: String) -> Result<String, ContractError> {
             field: "interface",
             reason: format!("`{name}` is not a valid interface name"),
         })
+    }
+}
+
+/// Agent label naming the Kubernetes node an agent runs on, when that differs from
+/// its `--node` name: `nodes` lists Kubernetes node names (EndpointSlice `nodeName`).
+pub const KUBERNETES_NODE_LABEL: &str = "extip.io/kubernetes-node";
+
+/// Most names `nodes` may list: bounds a value written by hand.
+pub const MAX_NODES_LISTED: usize = 1024;
+
+/// Parse `nodes`: a list of node names (1-253 characters, no `/`, spaces or controls).
+pub fn parse_node_list(v: &serde_json::Value) -> Result<BTreeSet<String>, ContractError> {
+    let not_names = || ContractError::BadField {
+        field: "nodes",
+        reason: format!("{v} is not a list of node names"),
+    };
+    let names = v
+        .as_array()
+        .ok_or_else(not_names)?
+        .iter()
+        .map(|n| n.as_str().ok_or_else(not_names))
+        .collect::<Result<Vec<&str>, _>>()?;
+    if names.len() > MAX_NODES_LISTED {
+        return Err(ContractError::BadField {
+            field: "nodes",
+            reason: format!("{} names, more than {MAX_NODES_LISTED}", names.len()),
+        });
+    }
+    let bad = names.iter().find(|n| {
+        n.is_empty()
+            || n.len() > 253
+            || n.contains('/')
+            || n.chars().any(|c| c.is_whitespace() || c.is_control())
+    });
+    match bad {
+        Some(n) => Err(ContractError::BadField {
+            field: "nodes",
+            reason: format!("`{n}` is not a node name (1-253 characters, no `/` or spaces)"),
+        }),
+        None => Ok(names.into_iter().map(str::to_string).collect()),
     }
 }
 
@@ -578,24 +626,27 @@ mod tests {
 
     #[test]
     fn full_value_parses_and_unknown_fields_are_reported() {
-        let raw = br#"{"prefix_len":24,"replicas":"all","interface":"eth0","pool":"p","source":["a/b","c/d"],"colour":"red"}"#;
+        let raw = br#"{"prefix_len":24,"replicas":"all","interface":"eth0","pool":"p","source":["a/b","c/d"],"nodes":["h1","h3","h1"],"colour":"red"}"#;
         let p = parse_desired(ip("198.51.100.10"), raw).unwrap();
         assert_eq!(p.desired.prefix_len, Some(24));
         assert_eq!(p.desired.replicas, Replicas::All);
         assert_eq!(p.desired.interface.as_deref(), Some("eth0"));
+        assert_eq!(p.desired.nodes, Some(["h1".into(), "h3".into()].into()));
         assert_eq!(p.ignored_fields, vec!["colour".to_string()]);
     }
 
     #[test]
     fn bad_values_name_their_field() {
         let v4 = ip("198.51.100.10");
-        let cases: [(&[u8], &str); 6] = [
+        let cases: [(&[u8], &str); 8] = [
             (b"not json", "not valid JSON"),
             (br#"{"prefix_len":33}"#, "prefix_len"),
             (br#"{"prefix_len":"24"}"#, "prefix_len"),
             (br#"{"replicas":"some"}"#, "replicas"),
             (br#"{"replicas":0}"#, "replicas"),
             (br#"{"interface":"a/b"}"#, "interface"),
+            (br#"{"nodes":["h1","a b"]}"#, "nodes"),
+            (br#"{"nodes":"h1"}"#, "nodes"),
         ];
         for (raw, needle) in cases {
             let err = parse_desired(v4, raw).unwrap_err().to_string();

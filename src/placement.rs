@@ -12,8 +12,8 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use crate::model::{DesiredIp, NodeValue, Replicas};
-use crate::plan::Claims;
+use crate::model::{DesiredIp, NodeValue, Replicas, KUBERNETES_NODE_LABEL};
+use crate::observed::Claims;
 
 /// Load bound: a node above `ceil(average × 1.05)` passes a slot to its next-ranked node.
 const LOAD_FACTOR: f64 = 1.05;
@@ -48,7 +48,23 @@ pub fn node_can_serve(node: &NodeValue, ip: IpAddr, desired: &DesiredIp) -> bool
         Some(i) => node.interfaces.iter().any(|n| n == i),
         None => true,
     };
-    allowed && interface && selects(&desired.node_selector, &node.labels)
+    allowed
+        && interface
+        && selects(&desired.node_selector, &node.labels)
+        && lists(desired.nodes.as_ref(), &node.node, &node.labels)
+}
+
+/// Whether the node `name` (with `labels`) is among `nodes`, by its name or by the
+/// Kubernetes node name its [`KUBERNETES_NODE_LABEL`] gives; `None` lists every node.
+pub fn lists(
+    nodes: Option<&BTreeSet<String>>,
+    name: &str,
+    labels: &BTreeMap<String, String>,
+) -> bool {
+    nodes.is_none_or(|listed| {
+        let kubernetes = labels.get(KUBERNETES_NODE_LABEL).map(String::as_str);
+        listed.contains(kubernetes.unwrap_or(name))
+    })
 }
 
 /// Whether `labels` carry every pair of `selector`.

@@ -15,38 +15,7 @@ use ipnet::IpNet;
 use crate::model::{max_prefix_len, DesiredIp, NodeValue, Replicas};
 use crate::placement;
 
-/// An etcd lease ID.
-pub type LeaseId = i64;
-
-/// An address on this host that carries extip's ownership mark.
-/// Ordered by IP first, so the addresses of one IP are one range of a set.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct LocalAddress {
-    /// The address.
-    pub ip: IpAddr,
-    /// Its mask length.
-    pub prefix_len: u8,
-    /// Kernel interface index.
-    pub ifindex: u32,
-}
-
-impl fmt::Display for LocalAddress {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.ip, self.prefix_len)
-    }
-}
-
-/// Who holds one claim slot, as seen in etcd.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Holder {
-    /// Node name from the claim value; `None` when the value is unreadable.
-    pub node: Option<String>,
-    /// The lease the claim key hangs on (0: none).
-    pub lease: LeaseId,
-}
-
-/// Claims per IP, per slot.
-pub type Claims = BTreeMap<IpAddr, BTreeMap<u32, Holder>>;
+use crate::observed::{Claims, LeaseId, LocalAddress};
 
 /// Whether this agent may hold addresses right now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,6 +108,8 @@ pub enum Ineligible {
     Draining,
     /// The node lacks a label the IP's `node_selector` asks for.
     NotSelected,
+    /// The IP's `nodes` does not list this node (no ready endpoint here).
+    NotListed,
     /// Another host on the segment answers for the IP (conflict probe).
     Conflict,
 }
@@ -154,6 +125,7 @@ impl fmt::Display for Ineligible {
             Ineligible::NotSelected => {
                 f.write_str("node_selector does not match this node's labels")
             }
+            Ineligible::NotListed => f.write_str("its `nodes` list does not name this node"),
         }
     }
 }
@@ -165,6 +137,9 @@ pub fn eligibility(me: &Me, ip: IpAddr, desired: &DesiredIp) -> Result<(), Ineli
     }
     if !placement::selects(&desired.node_selector, me.labels) {
         return Err(Ineligible::NotSelected);
+    }
+    if !placement::lists(desired.nodes.as_ref(), me.node, me.labels) {
+        return Err(Ineligible::NotListed);
     }
     let link = serving_link(me, desired)?;
     if !link.up {

@@ -12,7 +12,8 @@ use super::Agent;
 use crate::model::{ConflictValue, Replicas};
 use crate::net::announce::{self, Port};
 use crate::net::packets::Mac;
-use crate::plan::{Action, LocalAddress};
+use crate::observed::LocalAddress;
+use crate::plan::Action;
 use crate::store::{Store, StoreError};
 
 /// How long an agent stays away from an IP another host answered for; then it may

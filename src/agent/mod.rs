@@ -125,7 +125,7 @@ pub struct Agent {
     /// When `--announce-refresh` announces everything again.
     announce_refresh_at: Option<Instant>,
     /// Addresses added in the current planning round, so only they are announced.
-    added_now: std::collections::BTreeSet<crate::plan::LocalAddress>,
+    added_now: std::collections::BTreeSet<crate::observed::LocalAddress>,
     /// Prometheus metrics and readiness.
     metrics: std::sync::Arc<crate::metrics::Metrics>,
     /// When each claim was won, for the claim-to-address histogram.

@@ -13,7 +13,8 @@ use std::collections::BTreeSet;
 use crate::config::EtcdLossPolicy;
 use crate::model::{ClaimValue, Replicas};
 use crate::net::ExportRoute;
-use crate::plan::{eligibility, plan, Action, Holder, LocalAddress, Me, Mode, World};
+use crate::observed::{Holder, LocalAddress};
+use crate::plan::{eligibility, plan, Action, Me, Mode, World};
 use crate::store::{Store, StoreError};
 
 /// Lifetime refreshes sent before waiting for their answers.

@@ -9,7 +9,7 @@ use super::tally::KeyTally;
 use crate::model::{
     self, DesiredIp, KeyKind, Keys, MemberAddresses, NodeValue, ParsedDesired, Refusal,
 };
-use crate::plan::{Claims, Holder};
+use crate::observed::{Claims, Holder};
 use crate::pools::{self, Pool};
 use crate::store::{Change, PrefixSummary, RawKv, Snapshot};
 

@@ -17,7 +17,7 @@ use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags};
 use rtnetlink::{AddressMessageBuilder, Handle, MulticastGroup};
 use thiserror::Error;
 
-use crate::plan::LocalAddress;
+use crate::observed::LocalAddress;
 
 pub mod announce;
 pub mod fence;

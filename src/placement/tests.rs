@@ -1,5 +1,5 @@
 use super::*;
-use crate::plan::Holder;
+use crate::observed::Holder;
 
 /// `assign` with the ideal computed from the same inputs.
 fn assign_fresh(
@@ -270,6 +270,28 @@ fn a_node_selector_limits_placement_to_matching_nodes() {
     let a = assign_fresh(&desired, &Claims::new(), &all);
     assert_eq!(a.len(), 10);
     assert!(a.values().all(|n| n == "h2"), "{a:?}");
+}
+
+#[test]
+fn a_nodes_list_limits_placement_and_the_kubernetes_label_names_a_node() {
+    let mut all = nodes(&["h1", "h2", "h3"]);
+    all.get_mut("h3")
+        .unwrap()
+        .labels
+        .insert(KUBERNETES_NODE_LABEL.into(), "worker-3".into());
+    let mut d = exclusive();
+    d.nodes = Some(["h1".to_string(), "worker-3".to_string()].into());
+    let desired: BTreeMap<IpAddr, DesiredIp> = (1..=20)
+        .map(|i| (format!("198.51.100.{i}").parse().unwrap(), d.clone()))
+        .collect();
+    let a = assign_fresh(&desired, &Claims::new(), &all);
+    assert_eq!(a.len(), 20);
+    let used: BTreeSet<&str> = a.values().map(String::as_str).collect();
+    assert_eq!(used, ["h1", "h3"].into(), "{a:?}");
+    // h3 is `worker-3` to Kubernetes: its agent name alone does not list it.
+    d.nodes = Some(["h3".to_string()].into());
+    let desired: BTreeMap<IpAddr, DesiredIp> = [("198.51.100.1".parse().unwrap(), d)].into();
+    assert!(assign_fresh(&desired, &Claims::new(), &all).is_empty());
 }
 
 /// The IPs whose slot 0 `node` holds.

@@ -1,6 +1,7 @@
 //! Unit tests of single plans, and a simulation of several agents sharing one etcd.
 
 use super::*;
+use crate::observed::Holder;
 
 static NONE: BTreeSet<IpAddr> = BTreeSet::new();
 static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
@@ -514,4 +515,41 @@ fn an_ip_whose_selector_this_node_lacks_is_not_served() {
             slot: 0
         }]
     );
+}
+
+#[test]
+fn an_ip_whose_nodes_list_leaves_this_node_out_is_given_away_and_not_claimed() {
+    let a = allowed();
+    let m = me(7, &a);
+    let mut elsewhere = exclusive();
+    elsewhere.nodes = Some(["h2".to_string()].into());
+    assert_eq!(
+        eligibility(&m, ip("198.51.100.10"), &elsewhere),
+        Err(Ineligible::NotListed)
+    );
+    let held = Case::new()
+        .want("198.51.100.10", elsewhere.clone())
+        .claim("198.51.100.10", 0, 7)
+        .owns(addr("198.51.100.10", 32));
+    assert_eq!(
+        held.plan(&m),
+        vec![Action::RemoveAddress(addr("198.51.100.10", 32))]
+    );
+    let mut here = exclusive();
+    here.nodes = Some(["h1".to_string(), "h2".to_string()].into());
+    assert_eq!(eligibility(&m, ip("198.51.100.10"), &here), Ok(()));
+    assert_eq!(
+        Case::new().want("198.51.100.10", here).plan(&m),
+        vec![Action::Claim {
+            ip: ip("198.51.100.10"),
+            slot: 0
+        }]
+    );
+    // An empty list: the IP is desired, yet no node may serve it.
+    let mut nowhere = exclusive();
+    nowhere.nodes = Some(BTreeSet::new());
+    assert!(Case::new()
+        .want("198.51.100.10", nowhere)
+        .plan(&m)
+        .is_empty());
 }
