@@ -1,10 +1,11 @@
 //! extip-sync's Kubernetes side: what a Service asks for, its load-balancer status,
 //! and Events that tell the Service's owner why an IP was refused.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::Client;
@@ -22,8 +23,65 @@ pub fn service_name(svc: &Service) -> String {
     )
 }
 
-/// What the sync needs of a Service.
-pub fn view_of(svc: &Service) -> ServiceView {
+/// Label an EndpointSlice carries naming its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// What extip-sync keeps of one EndpointSlice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SliceNodes {
+    /// `namespace/name` of the Service it belongs to.
+    pub service: String,
+    /// Nodes of its ready endpoints (`conditions.ready` true or unset, as the API says).
+    pub ready: BTreeSet<String>,
+}
+
+/// The EndpointSlices the sync watches, by `namespace/name` of the slice.
+pub type SliceMap = BTreeMap<String, SliceNodes>;
+
+/// `namespace/name` of an EndpointSlice.
+pub fn slice_name(slice: &EndpointSlice) -> String {
+    format!(
+        "{}/{}",
+        slice.metadata.namespace.as_deref().unwrap_or("default"),
+        slice.metadata.name.as_deref().unwrap_or_default()
+    )
+}
+
+/// The Service and ready nodes of `slice`; `None` for a slice of no Service.
+pub fn slice_nodes(slice: &EndpointSlice) -> Option<SliceNodes> {
+    let labels = slice.metadata.labels.as_ref()?;
+    let service = labels.get(SERVICE_NAME_LABEL)?;
+    let ns = slice.metadata.namespace.as_deref().unwrap_or("default");
+    let ready = slice
+        .endpoints
+        .iter()
+        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false))
+        .filter_map(|e| e.node_name.clone())
+        .collect();
+    Some(SliceNodes {
+        service: format!("{ns}/{service}"),
+        ready,
+    })
+}
+
+/// Ready nodes per Service, over all its slices.
+pub fn ready_nodes(slices: &SliceMap) -> BTreeMap<String, BTreeSet<String>> {
+    let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for s in slices.values() {
+        out.entry(s.service.clone())
+            .or_default()
+            .extend(s.ready.iter().cloned());
+    }
+    out
+}
+
+/// Whether `svc` is `type: LoadBalancer`.
+pub fn is_load_balancer(svc: &Service) -> bool {
+    svc.spec.as_ref().and_then(|s| s.type_.as_deref()) == Some("LoadBalancer")
+}
+
+/// What the sync needs of a Service; `ready` gives the ready nodes per Service.
+pub fn view_of(svc: &Service, ready: &BTreeMap<String, BTreeSet<String>>) -> ServiceView {
     let spec = svc.spec.clone().unwrap_or_default();
     let annotation = |key: &str| {
         svc.metadata
@@ -33,9 +91,12 @@ pub fn view_of(svc: &Service) -> ServiceView {
             .map(|v| v.trim().to_string())
             .filter(|v| !v.is_empty())
     };
+    let name = service_name(svc);
     ServiceView {
-        name: service_name(svc),
-        load_balancer: spec.type_.as_deref() == Some("LoadBalancer"),
+        ready_nodes: ready.get(&name).cloned().unwrap_or_default(),
+        local_traffic: spec.external_traffic_policy.as_deref() == Some("Local"),
+        name,
+        load_balancer: is_load_balancer(svc),
         external_ips: spec.external_ips.unwrap_or_default(),
         requested_ip: annotation(ANNOTATION_IP)
             .or_else(|| spec.load_balancer_ip.filter(|ip| !ip.is_empty())),
@@ -172,23 +233,67 @@ mod tests {
 
     #[test]
     fn the_annotation_wins_over_load_balancer_ip_and_blanks_count_as_unset() {
-        let v = view_of(&svc(
-            &[(ANNOTATION_IP, "198.51.100.7")],
-            Some("198.51.100.8"),
-        ));
+        let v = view_of(
+            &svc(&[(ANNOTATION_IP, "198.51.100.7")], Some("198.51.100.8")),
+            &BTreeMap::new(),
+        );
         assert_eq!(v.name, "shop/web");
         assert!(v.load_balancer);
         assert_eq!(v.requested_ip.as_deref(), Some("198.51.100.7"));
         assert_eq!(v.external_ips, vec!["198.51.100.20".to_string()]);
-        let v = view_of(&svc(&[(ANNOTATION_IP, " ")], Some("198.51.100.8")));
+        let v = view_of(
+            &svc(&[(ANNOTATION_IP, " ")], Some("198.51.100.8")),
+            &BTreeMap::new(),
+        );
         assert_eq!(v.requested_ip.as_deref(), Some("198.51.100.8"));
-        let v = view_of(&svc(
-            &[(ANNOTATION_POOL, "lb"), (ANNOTATION_REPLICAS, "2")],
-            Some(""),
-        ));
+        let v = view_of(
+            &svc(
+                &[(ANNOTATION_POOL, "lb"), (ANNOTATION_REPLICAS, "2")],
+                Some(""),
+            ),
+            &BTreeMap::new(),
+        );
         assert_eq!(
             (v.requested_ip, v.pool.as_deref(), v.replicas.as_deref()),
             (None, Some("lb"), Some("2"))
         );
+    }
+
+    #[test]
+    fn a_slice_gives_its_service_and_the_nodes_of_ready_endpoints_only() {
+        use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions};
+        let endpoint = |node: Option<&str>, ready: Option<bool>| Endpoint {
+            node_name: node.map(str::to_string),
+            conditions: Some(EndpointConditions {
+                ready,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let mut slice = EndpointSlice {
+            metadata: ObjectMeta {
+                name: Some("web-x1".into()),
+                namespace: Some("shop".into()),
+                labels: Some([(SERVICE_NAME_LABEL.to_string(), "web".to_string())].into()),
+                ..Default::default()
+            },
+            endpoints: vec![
+                endpoint(Some("k1"), Some(true)),
+                endpoint(Some("k2"), Some(false)),
+                endpoint(Some("k3"), None),
+                endpoint(None, Some(true)),
+            ],
+            ..Default::default()
+        };
+        let nodes = slice_nodes(&slice).expect("a Service's slice");
+        assert_eq!(nodes.service, "shop/web");
+        assert_eq!(nodes.ready, ["k1".to_string(), "k3".to_string()].into());
+        let slices = SliceMap::from([(slice_name(&slice), nodes)]);
+        assert_eq!(
+            ready_nodes(&slices)["shop/web"],
+            ["k1".to_string(), "k3".to_string()].into()
+        );
+        slice.metadata.labels = None;
+        assert_eq!(slice_nodes(&slice), None);
     }
 }

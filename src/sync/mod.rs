@@ -5,6 +5,7 @@
 //! steps, desired keys, Service status, Events. Standbys keep their map warm and write
 //! nothing.
 
+mod cache;
 pub mod config;
 mod etcd;
 pub mod kube;
@@ -13,7 +14,6 @@ pub mod metrics;
 pub mod plan;
 mod reconcile;
 
-use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +23,7 @@ use ::kube::runtime::WatchStreamExt;
 use ::kube::{Api, Client};
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
@@ -30,8 +31,9 @@ use tracing::{debug, info, warn};
 use crate::model::Keys;
 use crate::store::{EtcdAuth, Store, StoreError};
 
+use cache::WatchCache;
 pub use config::{SyncCli, SyncConfig, SyncSettings};
-use kube::{of_class, service_name, ServiceMap};
+use kube::{of_class, service_name, slice_name, slice_nodes, SliceNodes, SERVICE_NAME_LABEL};
 use metrics::SyncMetrics;
 use reconcile::Reconciler;
 
@@ -85,12 +87,22 @@ async fn kube_client(path: Option<&std::path::Path>) -> anyhow::Result<Client> {
     Ok(Client::try_from(config)?)
 }
 
-/// Watch streams, one per namespace (or one for all), tagged with their index.
-fn service_streams(
+/// Watch streams of `K`, one per namespace (or one for all), tagged with their index.
+fn watch_streams<K>(
     client: &Client,
     namespaces: &[String],
-) -> impl Stream<Item = (usize, watcher::Result<Event<Service>>)> + Unpin {
-    let apis: Vec<Api<Service>> = if namespaces.is_empty() {
+    config: &watcher::Config,
+) -> impl Stream<Item = (usize, watcher::Result<Event<K>>)> + Unpin
+where
+    K: ::kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + 'static,
+    K::DynamicType: Default,
+{
+    let apis: Vec<Api<K>> = if namespaces.is_empty() {
         vec![Api::all(client.clone())]
     } else {
         namespaces
@@ -99,7 +111,7 @@ fn service_streams(
             .collect()
     };
     let streams = apis.into_iter().enumerate().map(|(i, api)| {
-        watcher(api, watcher::Config::default())
+        watcher(api, config.clone())
             .default_backoff()
             .map(move |e| (i, e))
             .boxed()
@@ -107,86 +119,13 @@ fn service_streams(
     futures::stream::select_all(streams)
 }
 
-/// The Services as the watchers report them, swapped in whole after each (re-)list.
-struct ServiceCache {
-    /// `None` scope: all namespaces.
-    scopes: Vec<Option<String>>,
-    /// The `spec.loadBalancerClass` served: Services of another are left out of the map.
-    class: Option<String>,
-    map: ServiceMap,
-    listing: HashMap<usize, ServiceMap>,
-    listed: BTreeSet<usize>,
-}
-
-impl ServiceCache {
-    fn new(namespaces: &[String], class: Option<String>) -> Self {
-        let scopes = if namespaces.is_empty() {
-            vec![None]
-        } else {
-            namespaces.iter().cloned().map(Some).collect()
-        };
-        ServiceCache {
-            scopes,
-            class,
-            map: ServiceMap::new(),
-            listing: HashMap::new(),
-            listed: BTreeSet::new(),
-        }
+/// Whether `svc` is of the class served (another class is noted at debug level).
+fn of_our_class(svc: &Service, class: Option<&str>) -> bool {
+    let ours = of_class(svc, class);
+    if !ours {
+        debug!(service = %service_name(svc), "another loadBalancerClass: left to its controller");
     }
-
-    /// Every scope listed once and none in the middle of a re-list: the map is complete.
-    fn complete(&self) -> bool {
-        self.listing.is_empty() && self.listed.len() == self.scopes.len()
-    }
-
-    /// Whether `svc` is of the class served (another class is noted at debug level).
-    fn ours(&self, svc: &Service) -> bool {
-        let ours = of_class(svc, self.class.as_deref());
-        if !ours {
-            debug!(service = %service_name(svc), "another loadBalancerClass: left to its controller");
-        }
-        ours
-    }
-
-    /// Apply one watcher event; true when the map changed.
-    fn apply(&mut self, i: usize, event: Event<Service>) -> bool {
-        match event {
-            Event::Init => {
-                self.listing.insert(i, ServiceMap::new());
-                false
-            }
-            Event::InitApply(svc) if self.ours(&svc) => {
-                self.listing
-                    .entry(i)
-                    .or_default()
-                    .insert(service_name(&svc), svc);
-                false
-            }
-            Event::InitApply(_) => false,
-            Event::InitDone => {
-                let fresh = self.listing.remove(&i).unwrap_or_default();
-                let scope = self.scopes.get(i).cloned().flatten();
-                self.map.retain(|name, _| {
-                    scope
-                        .as_ref()
-                        .is_some_and(|ns| !name.starts_with(&format!("{ns}/")))
-                });
-                self.map.extend(fresh);
-                self.listed.insert(i);
-                info!(services = self.map.len(), "Services listed");
-                true
-            }
-            Event::Apply(svc) if self.ours(&svc) => {
-                self.map.insert(service_name(&svc), svc);
-                true
-            }
-            Event::Apply(svc) => self.map.remove(&service_name(&svc)).is_some(),
-            Event::Delete(svc) => {
-                self.map.remove(&service_name(&svc));
-                true
-            }
-        }
-    }
+    ours
 }
 
 /// Run extip-sync until SIGTERM or SIGINT.
@@ -211,8 +150,12 @@ pub async fn run(cfg: SyncConfig) -> anyhow::Result<()> {
     ));
     let (pools_tx, mut pools_changed) = tokio::sync::mpsc::channel(1);
     tokio::spawn(etcd::watch_pools(connector.clone(), pools_tx));
-    let mut streams = service_streams(&client, &cfg.namespaces);
-    let mut cache = ServiceCache::new(&cfg.namespaces, cfg.load_balancer_class.clone());
+    let mut services = watch_streams::<Service>(&client, &cfg.namespaces, &Default::default());
+    let by_service = watcher::Config::default().labels(SERVICE_NAME_LABEL);
+    let mut slices = watch_streams::<EndpointSlice>(&client, &cfg.namespaces, &by_service);
+    let mut cache: WatchCache<Service> = WatchCache::new(&cfg.namespaces);
+    let mut endpoints: WatchCache<SliceNodes> = WatchCache::new(&cfg.namespaces);
+    let class = cfg.load_balancer_class.clone();
     let metrics = Arc::new(SyncMetrics::new());
     if let Some(addr) = cfg.listen {
         metrics::serve(addr, metrics.clone())
@@ -225,19 +168,33 @@ pub async fn run(cfg: SyncConfig) -> anyhow::Result<()> {
     let mut failures: u32 = 0;
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
-        let ready = cache.complete() && *leading.borrow();
+        let whole = cache.complete() && endpoints.complete();
+        let ready = whole && *leading.borrow();
         if !*leading.borrow() {
-            // A standby is ready once it could take over: its view of the Services is whole.
-            metrics.ready.store(cache.complete(), Ordering::Relaxed);
+            // A standby is ready once it could take over: its view of the cluster is whole.
+            metrics.ready.store(whole, Ordering::Relaxed);
         }
         let at = due.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
         tokio::select! {
-            Some((i, event)) = streams.next() => match event {
-                Ok(e) => if cache.apply(i, e) {
-                    metrics.services.set(cache.map.len() as i64);
+            Some((i, event)) = services.next() => match event {
+                Ok(e) => {
+                    let listed = matches!(e, Event::InitDone);
+                    let ours = |svc: &Service| of_our_class(svc, class.as_deref()).then(|| svc.clone());
+                    if cache.apply(i, e, service_name, ours) {
+                        metrics.services.set(cache.map.len() as i64);
+                        due = due.or(Some(Instant::now() + DEBOUNCE));
+                    }
+                    if listed {
+                        info!(services = cache.map.len(), "Services listed");
+                    }
+                }
+                Err(e) => warn!(error = %e, "Service watch failed; kube-rs retries with back-off"),
+            },
+            Some((i, event)) = slices.next() => match event {
+                Ok(e) => if endpoints.apply(i, e, slice_name, slice_nodes) {
                     due = due.or(Some(Instant::now() + DEBOUNCE));
                 },
-                Err(e) => warn!(error = %e, "Service watch failed; kube-rs retries with back-off"),
+                Err(e) => warn!(error = %e, "EndpointSlice watch failed; kube-rs retries with back-off"),
             },
             Ok(()) = leading.changed() => {
                 metrics.leader.set(i64::from(*leading.borrow()));
@@ -246,7 +203,7 @@ pub async fn run(cfg: SyncConfig) -> anyhow::Result<()> {
             _ = resync.tick() => due = due.or(Some(Instant::now())),
             Some(()) = pools_changed.recv() => due = due.or(Some(Instant::now() + DEBOUNCE)),
             () = tokio::time::sleep_until(at), if ready && due.is_some() => {
-                let outcome = reconciler.reconcile(&cache.map).await;
+                let outcome = reconciler.reconcile(&cache.map, &endpoints.map).await;
                 metrics.ready.store(outcome.is_ok(), Ordering::Relaxed);
                 due = match outcome {
                     Ok(()) => {
@@ -269,39 +226,4 @@ pub async fn run(cfg: SyncConfig) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(ETCD_TIMEOUT, election).await;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn svc(ns: &str, name: &str) -> Service {
-        let mut s = Service::default();
-        s.metadata.namespace = Some(ns.into());
-        s.metadata.name = Some(name.into());
-        s
-    }
-
-    #[test]
-    fn the_cache_is_complete_only_between_lists_and_a_relist_replaces_only_its_namespace() {
-        let mut cache = ServiceCache::new(&["a".into(), "b".into()], None);
-        assert!(!cache.complete());
-        for (i, ns) in [(0, "a"), (1, "b")] {
-            cache.apply(i, Event::Init);
-            cache.apply(i, Event::InitApply(svc(ns, "web")));
-            assert!(cache.apply(i, Event::InitDone));
-        }
-        assert!(cache.complete());
-        // A re-list of `a` (after 410 Gone): incomplete until it is done, then `a/web`
-        // is gone because the new list lacks it, and `b/web` is untouched.
-        cache.apply(0, Event::Init);
-        cache.apply(0, Event::InitApply(svc("a", "api")));
-        assert!(!cache.complete());
-        cache.apply(0, Event::InitDone);
-        assert!(cache.complete());
-        let names: Vec<&String> = cache.map.keys().collect();
-        assert_eq!(names, ["a/api", "b/web"]);
-        assert!(cache.apply(1, Event::Delete(svc("b", "web"))));
-        assert_eq!(cache.map.len(), 1);
-    }
 }

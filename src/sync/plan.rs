@@ -35,6 +35,10 @@ pub struct ServiceView {
     pub replicas: Option<String>,
     /// `extip.io/interface`.
     pub interface: Option<String>,
+    /// `externalTrafficPolicy: Local`: only nodes with a ready endpoint may serve its IPs.
+    pub local_traffic: bool,
+    /// Kubernetes nodes with a ready endpoint of the Service (its EndpointSlices).
+    pub ready_nodes: BTreeSet<String>,
 }
 
 /// Something a Service asked for that the sync will not do, and why.
@@ -283,15 +287,55 @@ pub fn desired_values(
             users.entry(*ip).or_default().push(svc);
         }
     }
-    let desired = users
-        .into_iter()
-        .map(|(ip, mut svcs)| {
-            svcs.sort_by(|a, b| a.name.cmp(&b.name));
-            svcs.dedup_by(|a, b| a.name == b.name);
-            (ip, desired_value(ip, &svcs, policy, &mut refusals))
-        })
-        .collect();
+    let mut desired = BTreeMap::new();
+    for (ip, mut svcs) in users {
+        svcs.sort_by(|a, b| a.name.cmp(&b.name));
+        svcs.dedup_by(|a, b| a.name == b.name);
+        let Some(nodes) = serving_nodes(ip, &svcs, &mut refusals) else {
+            continue;
+        };
+        let mut value = desired_value(ip, &svcs, policy, &mut refusals);
+        value.nodes = nodes.map(|n| serde_json::json!(n));
+        desired.insert(ip, value);
+    }
     (desired, refusals)
+}
+
+/// Where the IP shared by `svcs` may be served: `Some(None)` anywhere, `Some(Some(n))`
+/// only on nodes `n`, `None` nowhere (withdrawn, with a refusal per Service).
+/// Services with `externalTrafficPolicy: Local` confine it to the nodes of their ready
+/// endpoints; a `Cluster` Service on the same IP is served from those nodes too (kube-proxy
+/// forwards it from any node), and keeps the IP up anywhere while the Local ones have none.
+fn serving_nodes(
+    ip: IpAddr,
+    svcs: &[&ServiceView],
+    refusals: &mut Vec<Refusal>,
+) -> Option<Option<BTreeSet<String>>> {
+    let local: Vec<&&ServiceView> = svcs.iter().filter(|s| s.local_traffic).collect();
+    if local.is_empty() {
+        return Some(None);
+    }
+    let ready: BTreeSet<String> = local
+        .iter()
+        .flat_map(|s| s.ready_nodes.iter().cloned())
+        .collect();
+    if !ready.is_empty() {
+        return Some(Some(ready));
+    }
+    if local.len() < svcs.len() {
+        return Some(None);
+    }
+    for svc in local {
+        refusals.push(refuse(
+            &svc.name,
+            "NoReadyEndpoints",
+            format!(
+                "externalTrafficPolicy is Local and no node has a ready endpoint: IP {ip} \
+                 is withdrawn until one is ready"
+            ),
+        ));
+    }
+    None
 }
 
 fn desired_value(

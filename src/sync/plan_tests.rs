@@ -214,6 +214,58 @@ fn annotations_override_replicas_and_interface_and_bad_ones_are_reported() {
     assert_eq!(refused[0].reason, "InvalidAnnotation");
 }
 
+#[test]
+fn local_traffic_confines_the_ip_to_ready_nodes_and_withdraws_it_when_none_is_left() {
+    let p = pools(&[("lb", "198.51.100.0/28", true)]);
+    let policy = Policy {
+        pools: &p,
+        allow_external: &[],
+    };
+    let local = |ready: &[&str]| ServiceView {
+        local_traffic: true,
+        ready_nodes: ready.iter().map(|n| n.to_string()).collect(),
+        ..lb("default/web")
+    };
+    let lb_ips = BTreeMap::from([("default/web".to_string(), ip("198.51.100.1"))]);
+    let nodes_of = |svcs: &[ServiceView]| {
+        let (desired, refused) = desired_values(svcs, &lb_ips, &policy);
+        let nodes = desired.get(&ip("198.51.100.1")).map(|v| v.nodes.clone());
+        (nodes, refused)
+    };
+    let (nodes, refused) = nodes_of(&[local(&["k1", "k3"])]);
+    assert_eq!(nodes, Some(Some(serde_json::json!(["k1", "k3"]))));
+    assert!(refused.is_empty());
+    // No ready endpoint: no desired key at all, and one refusal that says why.
+    let (nodes, refused) = nodes_of(&[local(&[])]);
+    assert_eq!(nodes, None);
+    assert_eq!(refused.len(), 1);
+    assert_eq!(
+        (refused[0].service.as_str(), refused[0].reason),
+        ("default/web", "NoReadyEndpoints")
+    );
+    // Cluster policy: anywhere, whatever the endpoints.
+    let cluster = ServiceView {
+        local_traffic: false,
+        ..local(&["k1"])
+    };
+    assert_eq!(nodes_of(&[cluster.clone()]).0, Some(None));
+    // A Cluster Service sharing the IP: served where the Local one's endpoints are, and
+    // anywhere while it has none (kube-proxy forwards Cluster traffic from any node).
+    let sharing = |local_svc: ServiceView| {
+        let mut other = cluster.clone();
+        other.name = "default/api".into();
+        let ips = BTreeMap::from([
+            ("default/web".to_string(), ip("198.51.100.1")),
+            ("default/api".to_string(), ip("198.51.100.1")),
+        ]);
+        desired_values(&[local_svc, other], &ips, &policy).0[&ip("198.51.100.1")]
+            .nodes
+            .clone()
+    };
+    assert_eq!(sharing(local(&["k2"])), Some(serde_json::json!(["k2"])));
+    assert_eq!(sharing(local(&[])), None);
+}
+
 fn existing(value: serde_json::Value, lease: i64) -> ExistingKey {
     ExistingKey {
         value,

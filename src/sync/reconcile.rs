@@ -13,7 +13,10 @@ use crate::store::{Store, StoreError};
 
 use super::config::SyncConfig;
 use super::etcd::{read_state, run_step, write_keys};
-use super::kube::{ingress_ips, post_event, set_ingress, view_of, EventType, ServiceMap};
+use super::kube::{
+    ingress_ips, is_load_balancer, post_event, ready_nodes, set_ingress, view_of, EventType,
+    ServiceMap, SliceMap,
+};
 use super::metrics::{ResultLabel, SyncMetrics};
 use super::plan::{
     allocation_steps, desired_values, key_writes, order_for_replica, Policy, Refusal, ServiceView,
@@ -98,14 +101,18 @@ impl Reconciler {
         Ok(id)
     }
 
-    /// Bring etcd and the Services' status in line with `services`.
-    pub async fn reconcile(&mut self, services: &ServiceMap) -> anyhow::Result<()> {
+    /// Bring etcd and the Services' status in line with `services` and their endpoints.
+    pub async fn reconcile(
+        &mut self,
+        services: &ServiceMap,
+        slices: &SliceMap,
+    ) -> anyhow::Result<()> {
         let mut store = match self.store.take() {
             Some(s) => s,
             None => self.connector.connect().await?,
         };
         let started = std::time::Instant::now();
-        let result = self.reconcile_with(&mut store, services).await;
+        let result = self.reconcile_with(&mut store, services, slices).await;
         let m = &self.metrics;
         m.reconcile_duration
             .observe(started.elapsed().as_secs_f64());
@@ -123,6 +130,7 @@ impl Reconciler {
         &mut self,
         store: &mut Store,
         services: &ServiceMap,
+        slices: &SliceMap,
     ) -> anyhow::Result<()> {
         let keys = self.connector.keys.clone();
         let lease = self.lease(store).await?;
@@ -132,7 +140,8 @@ impl Reconciler {
             warn!(%key, "bad data in etcd: {why}");
         }
         self.bad_logged = bad;
-        let views: Vec<ServiceView> = services.values().map(view_of).collect();
+        let ready = ready_nodes(slices);
+        let views: Vec<ServiceView> = services.values().map(|s| view_of(s, &ready)).collect();
         let pools = state.pools.clone();
         let policy = Policy {
             pools: &pools,
@@ -179,7 +188,7 @@ impl Reconciler {
     /// Write each LoadBalancer Service's IP into `status.loadBalancer.ingress`.
     async fn update_status(&self, services: &ServiceMap, lb_ips: &BTreeMap<String, IpAddr>) {
         for (name, svc) in services {
-            if view_of(svc).load_balancer {
+            if is_load_balancer(svc) {
                 let want = lb_ips.get(name).copied();
                 let have = ingress_ips(svc);
                 if have != want.iter().map(ToString::to_string).collect::<Vec<_>>() {
