@@ -248,7 +248,7 @@ fn local_traffic_confines_the_ip_to_ready_nodes_and_withdraws_it_when_none_is_le
         local_traffic: false,
         ..local(&["k1"])
     };
-    assert_eq!(nodes_of(&[cluster.clone()]).0, Some(None));
+    assert_eq!(nodes_of(std::slice::from_ref(&cluster)).0, Some(None));
     // A Cluster Service sharing the IP: served where the Local one's endpoints are, and
     // anywhere while it has none (kube-proxy forwards Cluster traffic from any node).
     let sharing = |local_svc: ServiceView| {
