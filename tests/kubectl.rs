@@ -85,6 +85,46 @@ fn kubectl_applies_gets_patches_and_deletes_a_service() {
 }
 
 #[test]
+fn kubectl_applies_gets_and_deletes_an_endpoint_slice_of_discovery_v1() {
+    let dir = scratch();
+    let api = ApiServer::start(None, "127.0.0.1", &dir.0);
+    let slice = kube::endpoint_slice("web", "web-abc", &[("k1", true), ("k3", true)]);
+    let out = api.apply(&slice);
+    assert!(
+        out.contains("endpointslice.discovery.k8s.io/web-abc created"),
+        "{out}"
+    );
+    let table = api.kubectl(&[
+        "get",
+        "endpointslices",
+        "-l",
+        "kubernetes.io/service-name=web",
+    ]);
+    assert!(
+        table.contains("ADDRESSTYPE") && table.contains("192.0.2.200,192.0.2.201"),
+        "{table}"
+    );
+    // A changed readiness goes through kubectl's strategic merge patch; `endpoints`
+    // has no merge key, so the list is replaced.
+    let changed = kube::endpoint_slice("web", "web-abc", &[("k1", true), ("k3", false)]);
+    let out = api.apply(&changed);
+    assert!(out.contains("configured"), "{out}");
+    let held = api.endpoint_slice("default", "web-abc").expect("slice");
+    assert_eq!(held["apiVersion"], "discovery.k8s.io/v1");
+    assert_eq!(held["endpoints"][1]["conditions"]["ready"], false);
+    assert_eq!(held["endpoints"].as_array().map(Vec::len), Some(2));
+    let json: serde_json::Value =
+        serde_json::from_str(&api.kubectl(&["get", "endpointslice", "web-abc", "-o", "json"]))
+            .expect("json");
+    assert_eq!(json["endpoints"][0]["nodeName"], "k1");
+    let out = api.kubectl(&["delete", "endpointslice", "web-abc"]);
+    assert!(out.contains("deleted"), "{out}");
+    assert!(api.endpoint_slice("default", "web-abc").is_none());
+    let none = api.kubectl_output(&["get", "endpointslices", "web-abc"], None);
+    assert!(!none.status.success());
+}
+
+#[test]
 fn kubectl_get_watch_prints_changes_as_they_happen() {
     let dir = scratch();
     let api = ApiServer::start(None, "127.0.0.1", &dir.0);

@@ -214,11 +214,11 @@ fn every_sync_request_is_allowed_by_the_shipped_cluster_role(
         .iter()
         .find(|o| o["kind"] == "ClusterRole")
         .expect("ClusterRole");
-    let allowed = |verb: &str, resource: &str| {
+    let allowed = |verb: &str, (group, resource): &(String, String)| {
         role["rules"].as_array().into_iter().flatten().any(|r| {
             let has =
                 |field: &str, v: &str| r[field].as_array().into_iter().flatten().any(|x| x == v);
-            has("apiGroups", "") && has("resources", resource) && has("verbs", verb)
+            has("apiGroups", group) && has("resources", resource) && has("verbs", verb)
         })
     };
     let mut used = std::collections::BTreeSet::new();
@@ -229,11 +229,20 @@ fn every_sync_request_is_allowed_by_the_shipped_cluster_role(
             parts.next().unwrap_or(""),
             parts.next().unwrap_or(""),
         );
-        if agent.starts_with("kubectl") || !target.starts_with("/api/v1/") {
+        let path = target.split('?').next().unwrap_or("");
+        // Core resources under /api/v1/, a group's under /apis/<group>/<version>/.
+        let (group, rest) = match path.split('/').collect::<Vec<_>>().as_slice() {
+            ["", "api", "v1", ..] => (String::new(), path.trim_start_matches("/api/v1/")),
+            ["", "apis", group, version, ..] => {
+                let prefix = format!("/apis/{group}/{version}/");
+                (group.to_string(), &path[prefix.len().min(path.len())..])
+            }
+            _ => continue,
+        };
+        if agent.starts_with("kubectl") {
             continue;
         }
-        let path = target.split('?').next().unwrap_or("");
-        let segments: Vec<&str> = path.trim_start_matches("/api/v1/").split('/').collect();
+        let segments: Vec<&str> = rest.split('/').collect();
         let (resource, named) = match segments.as_slice() {
             ["namespaces", _, r, _, "status"] => (format!("{r}/status"), true),
             ["namespaces", _, r, _] => (r.to_string(), true),
@@ -250,19 +259,21 @@ fn every_sync_request_is_allowed_by_the_shipped_cluster_role(
             ("DELETE", _) => "delete",
             _ => panic!("unexpected request {line}"),
         };
-        used.insert((verb, resource));
+        used.insert((verb, (group, resource)));
     }
     eprintln!("requests of extip-sync: {used:?}");
     assert!(
-        used.contains(&(expected.0, expected.1.to_string())),
+        used.contains(&(expected.0, (String::new(), expected.1.to_string()))),
         "{used:?}"
     );
     for (verb, resource) in &used {
         assert!(
             allowed(verb, resource),
-            "config/k8s/rbac.yaml does not allow {verb} {resource}"
+            "config/k8s/rbac.yaml does not allow {verb} {resource:?}"
         );
     }
+    let slices = ("discovery.k8s.io".to_string(), "endpointslices".to_string());
+    assert!(used.contains(&("watch", slices)), "{used:?}");
 }
 
 #[test]

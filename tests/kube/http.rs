@@ -38,12 +38,14 @@ struct Target {
 
 fn parse_target(path: &str) -> Option<Target> {
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let (ns, rest): (Option<String>, &[&str]) = match parts.as_slice() {
-        ["api", "v1", "namespaces", ns, rest @ ..] if !rest.is_empty() => {
-            (Some(ns.to_string()), rest)
-        }
-        ["api", "v1", rest @ ..] => (None, rest),
+    let (group, tail): (&str, &[&str]) = match parts.as_slice() {
+        ["api", "v1", tail @ ..] => ("v1", tail),
+        ["apis", "discovery.k8s.io", "v1", tail @ ..] => ("discovery.k8s.io/v1", tail),
         _ => return None,
+    };
+    let (ns, rest): (Option<String>, &[&str]) = match tail {
+        ["namespaces", ns, rest @ ..] if !rest.is_empty() => (Some(ns.to_string()), rest),
+        rest => (None, rest),
     };
     let (resource, name, status) = match rest {
         [r] => (r, None, false),
@@ -51,8 +53,9 @@ fn parse_target(path: &str) -> Option<Target> {
         [r, n, "status"] => (r, Some(n.to_string()), true),
         _ => return None,
     };
+    let resource = Resource::from_plural(resource).filter(|r| r.api_version() == group)?;
     Some(Target {
-        resource: Resource::from_plural(resource)?,
+        resource,
         namespace: ns,
         name,
         status,
@@ -248,7 +251,7 @@ fn list(shared: &Shared, target: &Target, q: &HashMap<String, String>, as_table:
     respond(
         200,
         &json!({
-            "kind": format!("{}List", target.resource.kind()), "apiVersion": "v1",
+            "kind": format!("{}List", target.resource.kind()), "apiVersion": target.resource.api_version(),
             "metadata": {"resourceVersion": rv.to_string()},
             "items": items,
         }),
@@ -358,7 +361,7 @@ impl WatchStream {
                 () = self.tx.closed() => return,
                 _ = ticks.tick(), if self.bookmarks => {
                     if !self.shared.paused.load(Ordering::SeqCst) {
-                        let mark = json!({"type": "BOOKMARK", "object": {"kind": self.target.resource.kind(), "apiVersion": "v1", "metadata": {"resourceVersion": self.last_rv.to_string()}}});
+                        let mark = json!({"type": "BOOKMARK", "object": {"kind": self.target.resource.kind(), "apiVersion": self.target.resource.api_version(), "metadata": {"resourceVersion": self.last_rv.to_string()}}});
                         self.send_raw(&mark).await;
                     }
                 }
@@ -416,7 +419,22 @@ fn discovery(path: &str) -> Option<Value> {
         "/api" => {
             json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []})
         }
-        "/apis" => json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": []}),
+        "/apis" => json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": [{
+            "name": "discovery.k8s.io",
+            "versions": [{"groupVersion": "discovery.k8s.io/v1", "version": "v1"}],
+            "preferredVersion": {"groupVersion": "discovery.k8s.io/v1", "version": "v1"},
+        }]}),
+        "/apis/discovery.k8s.io" => json!({
+            "kind": "APIGroup", "apiVersion": "v1", "name": "discovery.k8s.io",
+            "versions": [{"groupVersion": "discovery.k8s.io/v1", "version": "v1"}],
+            "preferredVersion": {"groupVersion": "discovery.k8s.io/v1", "version": "v1"},
+        }),
+        "/apis/discovery.k8s.io/v1" => json!({
+            "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "discovery.k8s.io/v1",
+            "resources": [
+                {"name": "endpointslices", "singularName": "endpointslice", "namespaced": true, "kind": "EndpointSlice", "verbs": verbs},
+            ],
+        }),
         "/api/v1" => json!({
             "kind": "APIResourceList", "groupVersion": "v1",
             "resources": [
@@ -426,25 +444,44 @@ fn discovery(path: &str) -> Option<Value> {
             ],
         }),
         "/openapi/v3" => {
-            json!({"paths": {"api/v1": {"serverRelativeURL": "/openapi/v3/api/v1?hash=extip-stand-in"}}})
+            json!({"paths": {
+                "api/v1": {"serverRelativeURL": "/openapi/v3/api/v1?hash=extip-stand-in"},
+                "apis/discovery.k8s.io/v1": {"serverRelativeURL": "/openapi/v3/apis/discovery.k8s.io/v1?hash=extip-stand-in"},
+            }})
         }
         "/openapi/v3/api/v1" => openapi_v1(),
+        "/openapi/v3/apis/discovery.k8s.io/v1" => openapi_discovery_v1(),
         _ => return None,
+    })
+}
+
+/// A PATCH operation on `kind` of `group` that takes `fieldValidation`.
+fn patch_op(group: &str, kind: &str) -> Value {
+    json!({
+        "patch": {
+            "x-kubernetes-group-version-kind": {"group": group, "version": "v1", "kind": kind},
+            "parameters": [{"name": "fieldValidation", "in": "query", "schema": {"type": "string"}}],
+            "responses": {"200": {"description": "OK"}},
+        }
+    })
+}
+
+/// The OpenAPI v3 document of discovery.k8s.io/v1, as [`openapi_v1`] is of core/v1.
+fn openapi_discovery_v1() -> Value {
+    json!({
+        "openapi": "3.0.0",
+        "info": {"title": "extip stand-in", "version": "v1.32.0"},
+        "paths": {
+            "/apis/discovery.k8s.io/v1/namespaces/{namespace}/endpointslices/{name}": patch_op("discovery.k8s.io", "EndpointSlice"),
+        },
+        "components": {"schemas": {}},
     })
 }
 
 /// Just enough OpenAPI v3 for kubectl to see that PATCH of a Service takes the
 /// `fieldValidation` query parameter, so it validates on the server, not locally.
 fn openapi_v1() -> Value {
-    let op = |kind: &str| {
-        json!({
-            "patch": {
-                "x-kubernetes-group-version-kind": {"group": "", "version": "v1", "kind": kind},
-                "parameters": [{"name": "fieldValidation", "in": "query", "schema": {"type": "string"}}],
-                "responses": {"200": {"description": "OK"}},
-            }
-        })
-    };
+    let op = |kind: &str| patch_op("", kind);
     json!({
         "openapi": "3.0.0",
         "info": {"title": "extip stand-in", "version": "v1.32.0"},

@@ -186,6 +186,7 @@ fn columns(resource: Resource) -> Value {
             "Age",
         ],
         Resource::Events => &["Last Seen", "Type", "Reason", "Object", "Message"],
+        Resource::EndpointSlices => &["Name", "AddressType", "Ports", "Endpoints", "Age"],
     };
     names
         .iter()
@@ -221,6 +222,33 @@ fn cells(resource: Resource, o: &Value) -> Vec<Value> {
             )),
             json!(text(&o["message"])),
         ],
+        Resource::EndpointSlices => vec![
+            o["metadata"]["name"].clone(),
+            json!(text(&o["addressType"])),
+            json!(list_cell(&o["ports"], "port")),
+            json!(list_cell(&o["endpoints"], "addresses")),
+            json!(age(&o["metadata"]["creationTimestamp"])),
+        ],
+    }
+}
+
+/// `field` of each item of `list`, comma-separated (arrays flattened), `<unset>` if none.
+fn list_cell(list: &Value, field: &str) -> String {
+    let parts: Vec<String> = list
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|item| match &item[field] {
+            Value::Array(values) => values.iter().map(ToString::to_string).collect(),
+            Value::Null => Vec::new(),
+            v => vec![v.to_string()],
+        })
+        .map(|t| t.trim_matches('"').to_string())
+        .collect();
+    if parts.is_empty() {
+        "<unset>".into()
+    } else {
+        parts.join(",")
     }
 }
 

@@ -162,6 +162,16 @@ impl ApiServer {
         self.kubectl(&["get", "events", "--field-selector", &selector, "-o", "json"])
     }
 
+    /// An EndpointSlice as the server holds it.
+    pub fn endpoint_slice(&self, ns: &str, name: &str) -> Option<Value> {
+        self.shared
+            .store
+            .lock()
+            .expect("store")
+            .get(Resource::EndpointSlices, ns, name)
+            .ok()
+    }
+
     /// A Service as the server holds it.
     pub fn service(&self, ns: &str, name: &str) -> Option<Value> {
         self.shared
@@ -208,6 +218,27 @@ impl Drop for ApiServer {
             let _ = t.join();
         }
     }
+}
+
+/// An EndpointSlice manifest `name` of Service `service` (port 80), one endpoint per
+/// `(node, ready)`, each with an address from 192.0.2.200 on (only its node matters).
+pub fn endpoint_slice(service: &str, name: &str, endpoints: &[(&str, bool)]) -> String {
+    let mut text = format!(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}\n  \
+         labels:\n    kubernetes.io/service-name: {service}\naddressType: IPv4\n\
+         ports:\n- name: http\n  port: 80\n  protocol: TCP\nendpoints:"
+    );
+    if endpoints.is_empty() {
+        text.push_str(" []");
+    }
+    for (i, (node, ready)) in endpoints.iter().enumerate() {
+        text.push_str(&format!(
+            "\n- addresses: [192.0.2.{}]\n  nodeName: {node}\n  conditions: {{ready: {ready}}}",
+            200 + i
+        ));
+    }
+    text.push('\n');
+    text
 }
 
 async fn serve(

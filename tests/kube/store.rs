@@ -19,6 +19,8 @@ pub enum Resource {
     Services,
     /// `events` (core/v1).
     Events,
+    /// `endpointslices` (discovery.k8s.io/v1).
+    EndpointSlices,
 }
 
 impl Resource {
@@ -27,6 +29,7 @@ impl Resource {
         match plural {
             "services" => Some(Resource::Services),
             "events" => Some(Resource::Events),
+            "endpointslices" => Some(Resource::EndpointSlices),
             _ => None,
         }
     }
@@ -36,6 +39,7 @@ impl Resource {
         match self {
             Resource::Services => "Service",
             Resource::Events => "Event",
+            Resource::EndpointSlices => "EndpointSlice",
         }
     }
 
@@ -44,6 +48,15 @@ impl Resource {
         match self {
             Resource::Services => "services",
             Resource::Events => "events",
+            Resource::EndpointSlices => "endpointslices",
+        }
+    }
+
+    /// Its `apiVersion`: group and version.
+    pub fn api_version(self) -> &'static str {
+        match self {
+            Resource::Services | Resource::Events => "v1",
+            Resource::EndpointSlices => "discovery.k8s.io/v1",
         }
     }
 }
@@ -204,7 +217,7 @@ impl Store {
         meta["uid"] = json!(format!("00000000-0000-4000-8000-{:012x}", self.uids));
         meta["creationTimestamp"] = json!(now_rfc3339());
         obj["kind"] = json!(resource.kind());
-        obj["apiVersion"] = json!("v1");
+        obj["apiVersion"] = json!(resource.api_version());
         if resource == Resource::Services {
             service_defaults(&mut obj);
         }

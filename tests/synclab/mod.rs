@@ -91,6 +91,11 @@ impl SyncLab {
         if agents {
             lab.start_all();
         }
+        Self::on(lab)
+    }
+
+    /// The API server and pool `lb` beside the hosts of `lab` (a routed lab, say).
+    pub fn on(lab: Lab) -> Self {
         let api = ApiServer::start(Some(&lab.etcd[0].ns), &lab.etcd[0].addr, lab.dir());
         lab.extip(&["pool", "add", "lb", "198.51.100.128/25", "--auto-assign"]);
         SyncLab {
