@@ -33,8 +33,22 @@ pub struct ServiceAllocation {
 /// `<prefix>/allocations/<ip>`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IpAllocation {
-    /// `namespace/name` of the Service.
+    /// `namespace/name` of the Service that keeps the record (one of them, when shared).
     pub service: String,
+    /// `extip.io/sharing-key` of the Services that share the IP: others of that
+    /// namespace with the same key may join it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sharing_key: Option<String>,
+}
+
+impl IpAllocation {
+    /// Whether `service`, with sharing key `key`, may join the IP this record keeps.
+    pub fn shareable_by(&self, service: &str, key: Option<&str>) -> bool {
+        let namespace = |name: &str| name.split('/').next().unwrap_or_default().to_string();
+        key.is_some()
+            && self.sharing_key.as_deref() == key
+            && namespace(&self.service) == namespace(service)
+    }
 }
 
 /// What a key under `<prefix>/allocations/` names.

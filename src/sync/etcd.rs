@@ -26,8 +26,8 @@ pub struct EtcdState {
     pub pools: BTreeMap<String, Pool>,
     /// `<ns>/<name>` → its allocation and the key's mod revision.
     pub services: BTreeMap<String, (ServiceAllocation, i64)>,
-    /// IP → owning Service and the key's mod revision.
-    pub ips: BTreeMap<IpAddr, (String, i64)>,
+    /// IP → its record (the Service keeping it, the sharing key) and the key's mod revision.
+    pub ips: BTreeMap<IpAddr, (IpAllocation, i64)>,
     /// Desired keys, parsed enough to diff.
     pub desired: BTreeMap<IpAddr, ExistingKey>,
     /// Allocation transactions that lost a race since this state was read.
@@ -101,7 +101,7 @@ async fn read_allocations(
             }
             Some(AllocationKey::Ip(ip)) => {
                 serde_json::from_slice::<IpAllocation>(&kv.value).map(|a| {
-                    state.ips.insert(ip, (a.service, kv.mod_revision));
+                    state.ips.insert(ip, (a, kv.mod_revision));
                 })
             }
             None => Ok(()),
@@ -137,6 +137,7 @@ pub async fn run_step(
             ip,
             pool,
             requested,
+            sharing_key,
         } => {
             let wanted = ServiceAllocation {
                 ip: *ip,
@@ -144,40 +145,56 @@ pub async fn run_step(
                 requested: *requested,
                 released_at: None,
             };
-            let refused = take(store, keys, state, service, wanted).await?;
+            let key = sharing_key.as_deref();
+            let refused = take(store, keys, state, (service, key), wanted).await?;
             // A returning Service whose kept IP was meanwhile asked for by another
             // (explicitly): it gets a new one from its pool instead.
             match (refused, pool) {
                 (Some(r), Some(pool)) if !requested && r.reason == "IPInUse" => {
-                    allocate(store, keys, state, service, pool).await
+                    allocate(store, keys, state, (service, key), pool).await
                 }
                 (refused, _) => Ok(refused),
             }
         }
-        AllocationStep::Allocate { service, pool } => {
-            allocate(store, keys, state, service, pool).await
-        }
+        AllocationStep::Allocate {
+            service,
+            pool,
+            sharing_key,
+        } => allocate(store, keys, state, (service, sharing_key.as_deref()), pool).await,
         AllocationStep::Release { service } => release(store, keys, state, service, retention)
             .await
             .map(|()| None),
     }
 }
 
-/// Give `service` the IP in `wanted` unless another live Service has it.
+/// A Service (`namespace/name`) and its sharing key.
+type Claimant<'a> = (&'a str, Option<&'a str>);
+
+/// Whether `service` holds `ip` now (not released).
+fn lives_on(state: &EtcdState, service: &str, ip: IpAddr) -> bool {
+    state
+        .services
+        .get(service)
+        .is_some_and(|(a, _)| a.released_at.is_none() && a.ip == ip)
+}
+
+/// Give `service` the IP in `wanted` unless another live Service has it and may not
+/// share it with `service`.
 async fn take(
     store: &mut Store,
     keys: &Keys,
     state: &mut EtcdState,
-    service: &str,
+    (service, key): Claimant<'_>,
     wanted: ServiceAllocation,
 ) -> Result<Option<Refusal>, StoreError> {
     for _ in 0..ALLOCATION_TRIES {
-        if let Some((owner, _)) = state.ips.get(&wanted.ip).filter(|(o, _)| o != service) {
-            let live = state
-                .services
-                .get(owner)
-                .is_some_and(|(a, _)| a.released_at.is_none() && a.ip == wanted.ip);
-            if live {
+        if let Some((record, _)) = state
+            .ips
+            .get(&wanted.ip)
+            .filter(|(r, _)| r.service != service)
+        {
+            let owner = &record.service;
+            if lives_on(state, owner, wanted.ip) && !record.shareable_by(service, key) {
                 return Ok(Some(Refusal {
                     service: service.to_string(),
                     reason: "IPInUse",
@@ -185,7 +202,7 @@ async fn take(
                 }));
             }
         }
-        if commit(store, keys, state, service, &wanted).await? {
+        if commit(store, keys, state, (service, key), &wanted).await? {
             return Ok(None);
         }
     }
@@ -197,7 +214,7 @@ async fn allocate(
     store: &mut Store,
     keys: &Keys,
     state: &mut EtcdState,
-    service: &str,
+    (service, key): Claimant<'_>,
     pool: &str,
 ) -> Result<Option<Refusal>, StoreError> {
     for _ in 0..ALLOCATION_TRIES {
@@ -225,7 +242,7 @@ async fn allocate(
             requested: false,
             released_at: None,
         };
-        if commit(store, keys, state, service, &wanted).await? {
+        if commit(store, keys, state, (service, key), &wanted).await? {
             return Ok(None);
         }
     }
@@ -234,13 +251,15 @@ async fn allocate(
 
 /// Write both allocation keys (no lease: they stay while the Service does) if nothing
 /// changed since `state` was read; frees the Service's previous IP in the same txn.
-/// `state` is updated in place on success and re-read on a lost race, so a reconcile
-/// of many Services reads the allocations once, not once per Service.
+/// Joining an IP that another live Service of its sharing group keeps writes only the
+/// Service's key, the IP's record unchanged (and compared, so a concurrent release
+/// cannot slip between). `state` is updated in place on success and re-read on a lost
+/// race, so a reconcile of many Services reads the allocations once, not once per Service.
 async fn commit(
     store: &mut Store,
     keys: &Keys,
     state: &mut EtcdState,
-    service: &str,
+    (service, key): Claimant<'_>,
     wanted: &ServiceAllocation,
 ) -> Result<bool, StoreError> {
     let svc_key = keys.service_allocation(service);
@@ -248,23 +267,47 @@ async fn commit(
     let svc_rev = state.services.get(service).map_or(0, |(_, r)| *r);
     let ip_rev = state.ips.get(&wanted.ip).map_or(0, |(_, r)| *r);
     let mut compares = vec![unchanged(&svc_key, svc_rev), unchanged(&ip_key, ip_rev)];
-    let owner = IpAllocation {
+    let kept_by_another = state
+        .ips
+        .get(&wanted.ip)
+        .map(|(r, _)| r.clone())
+        .filter(|r| r.service != service && lives_on(state, &r.service, wanted.ip));
+    let record = kept_by_another.clone().unwrap_or(IpAllocation {
         service: service.to_string(),
-    };
-    let mut ops = vec![
-        TxnOp::put(svc_key, json(wanted), None),
-        TxnOp::put(ip_key, json(&owner), None),
-    ];
+        sharing_key: key.map(str::to_string),
+    });
+    let mut ops = vec![TxnOp::put(svc_key, json(wanted), None)];
+    if kept_by_another.is_none() {
+        ops.push(TxnOp::put(ip_key, json(&record), None));
+    }
     let previous = state
         .services
         .get(service)
         .map(|(a, _)| a.ip)
         .filter(|ip| *ip != wanted.ip);
-    let freed = previous.filter(|old| state.ips.get(old).is_some_and(|(o, _)| o == service));
-    if let Some(old) = freed {
-        let old_key = keys.ip_allocation(old);
-        compares.push(unchanged(&old_key, state.ips[&old].1));
-        ops.push(TxnOp::delete(old_key, None));
+    let kept_old = previous.filter(|old| {
+        state
+            .ips
+            .get(old)
+            .is_some_and(|(r, _)| r.service == service)
+    });
+    let mut freed = None;
+    let passed = kept_old.is_some();
+    if let Some(old) = kept_old {
+        // Leaving a shared IP hands its record on; leaving one's own IP frees it.
+        match heir(state, service, old) {
+            Some(h) => {
+                let (more, op) = pass_record(keys, state, old, &h);
+                compares.extend(more);
+                ops.push(op);
+            }
+            None => {
+                let old_key = keys.ip_allocation(old);
+                compares.push(unchanged(&old_key, state.ips[&old].1));
+                ops.push(TxnOp::delete(old_key, None));
+                freed = Some(old);
+            }
+        }
     }
     match store
         .txn("allocation txn", Txn::new().when(compares).and_then(ops))
@@ -277,7 +320,15 @@ async fn commit(
             state
                 .services
                 .insert(service.to_string(), (wanted.clone(), rev));
-            state.ips.insert(wanted.ip, (service.to_string(), rev));
+            let ip_rev = if kept_by_another.is_some() {
+                ip_rev
+            } else {
+                rev
+            };
+            state.ips.insert(wanted.ip, (record, ip_rev));
+            if passed && freed.is_none() {
+                read_allocations(store, keys, state).await?; // the old record changed hands
+            }
             Ok(true)
         }
         None => {
@@ -287,6 +338,36 @@ async fn commit(
             Ok(false)
         }
     }
+}
+
+/// Another Service living on `ip` than `service`, with its key's revision: the heir of
+/// the IP's record when `service` leaves a shared IP.
+fn heir(state: &EtcdState, service: &str, ip: IpAddr) -> Option<(String, i64)> {
+    state
+        .services
+        .iter()
+        .find(|(other, (a, _))| other.as_str() != service && a.released_at.is_none() && a.ip == ip)
+        .map(|(other, (_, rev))| (other.clone(), *rev))
+}
+
+/// Hand the record of `ip`, kept by `service`, to `heir`: compares and the put.
+fn pass_record(
+    keys: &Keys,
+    state: &EtcdState,
+    ip: IpAddr,
+    (heir, heir_rev): &(String, i64),
+) -> (Vec<Compare>, TxnOp) {
+    let ip_key = keys.ip_allocation(ip);
+    let (record, rev) = state.ips[&ip].clone();
+    let compares = vec![
+        unchanged(&ip_key, rev),
+        unchanged(&keys.service_allocation(heir), *heir_rev),
+    ];
+    let record = IpAllocation {
+        service: heir.clone(),
+        ..record
+    };
+    (compares, TxnOp::put(ip_key, json(&record), None))
 }
 
 /// Keep a gone Service's IP for `retention` on a lease of that length, so the same
@@ -312,16 +393,20 @@ async fn release(
     let on_lease = || Some(PutOptions::new().with_lease(lease));
     let mut compares = vec![unchanged(&svc_key, svc_rev)];
     let mut ops = vec![TxnOp::put(svc_key, json(&released), on_lease())];
-    if let Some((_, rev)) = state.ips.get(&a.ip).filter(|(o, _)| o == service) {
-        let ip_key = keys.ip_allocation(a.ip);
-        compares.push(unchanged(&ip_key, *rev));
-        ops.push(TxnOp::put(
-            ip_key,
-            json(&IpAllocation {
-                service: service.to_string(),
-            }),
-            on_lease(),
-        ));
+    if let Some((record, rev)) = state.ips.get(&a.ip).filter(|(r, _)| r.service == service) {
+        // A shared IP outlives this Service: its record passes to one still on it.
+        match heir(state, service, a.ip) {
+            Some(h) => {
+                let (more, op) = pass_record(keys, state, a.ip, &h);
+                compares.extend(more);
+                ops.push(op);
+            }
+            None => {
+                let ip_key = keys.ip_allocation(a.ip);
+                compares.push(unchanged(&ip_key, *rev));
+                ops.push(TxnOp::put(ip_key, json(record), on_lease()));
+            }
+        }
     }
     if store
         .txn("release txn", Txn::new().when(compares).and_then(ops))

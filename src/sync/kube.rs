@@ -13,6 +13,7 @@ use kube::Client;
 use super::plan::{
     ServiceView, ANNOTATION_INTERFACE, ANNOTATION_IP, ANNOTATION_POOL, ANNOTATION_REPLICAS,
 };
+use super::sharing::ANNOTATION_SHARING_KEY;
 
 /// `namespace/name` of a Service.
 pub fn service_name(svc: &Service) -> String {
@@ -95,6 +96,13 @@ pub fn view_of(svc: &Service, ready: &BTreeMap<String, BTreeSet<String>>) -> Ser
     ServiceView {
         ready_nodes: ready.get(&name).cloned().unwrap_or_default(),
         local_traffic: spec.external_traffic_policy.as_deref() == Some("Local"),
+        sharing_key: annotation(ANNOTATION_SHARING_KEY),
+        ports: spec
+            .ports
+            .iter()
+            .flatten()
+            .map(|p| (p.protocol.clone().unwrap_or_else(|| "TCP".into()), p.port))
+            .collect(),
         name,
         load_balancer: is_load_balancer(svc),
         external_ips: spec.external_ips.unwrap_or_default(),

@@ -13,6 +13,7 @@ mod leader;
 pub mod metrics;
 pub mod plan;
 mod reconcile;
+pub mod sharing;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

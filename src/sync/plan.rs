@@ -9,6 +9,8 @@ use ipnet::IpNet;
 use crate::model::{DesiredValue, ServiceAllocation, Source, MANAGED_BY_SYNC};
 use crate::pools::{pool_for, Pool};
 
+use super::sharing;
+
 /// Annotation naming the IP a LoadBalancer Service wants.
 pub const ANNOTATION_IP: &str = "extip.io/ip";
 /// Annotation naming the pool to allocate from.
@@ -39,6 +41,10 @@ pub struct ServiceView {
     pub local_traffic: bool,
     /// Kubernetes nodes with a ready endpoint of the Service (its EndpointSlices).
     pub ready_nodes: BTreeSet<String>,
+    /// `extip.io/sharing-key`: Services of the namespace with the same key share an IP.
+    pub sharing_key: Option<String>,
+    /// `spec.ports` as (protocol, port): sharing Services must not collide on one.
+    pub ports: BTreeSet<(String, i32)>,
 }
 
 /// Something a Service asked for that the sync will not do, and why.
@@ -55,15 +61,21 @@ pub struct Refusal {
 /// A change to the allocation records.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AllocationStep {
-    /// Give the Service this IP (asked for, or its own released one back).
+    /// Give the Service this IP (asked for, its own released one back, or the one
+    /// its sharing group holds).
     Take {
         service: String,
         ip: IpAddr,
         pool: Option<String>,
         requested: bool,
+        sharing_key: Option<String>,
     },
     /// Give the Service the first free IP of `pool`.
-    Allocate { service: String, pool: String },
+    Allocate {
+        service: String,
+        pool: String,
+        sharing_key: Option<String>,
+    },
     /// The Service is gone or no longer a LoadBalancer: keep its IP for the
     /// retention window, then let it go.
     Release { service: String },
@@ -148,40 +160,78 @@ fn wanted(svc: &ServiceView, policy: &Policy) -> Result<Wanted, Refusal> {
 }
 
 /// Allocation changes that make every LoadBalancer Service have one IP and free the
-/// IPs of Services that are gone.
+/// IPs of Services that are gone. The flag says that a Service waits for its sharing
+/// group's IP, allocated by a step of this pass: plan again after running them.
 pub fn allocation_steps(
     services: &[ServiceView],
     allocations: &BTreeMap<String, ServiceAllocation>,
     policy: &Policy,
-) -> (Vec<AllocationStep>, Vec<Refusal>) {
+) -> (Vec<AllocationStep>, Vec<Refusal>, bool) {
     let mut steps = Vec::new();
     let mut refusals = Vec::new();
     let mut balancers = BTreeSet::new();
+    let by_ip = sharing::services_by_ip(services, allocations);
+    let mut allocating = sharing::Allocating::new();
+    let mut deferred = false;
     for svc in services.iter().filter(|s| s.load_balancer) {
         balancers.insert(svc.name.as_str());
         let have = allocations.get(&svc.name);
+        let take = |ip: IpAddr, pool: Option<String>, requested: bool| AllocationStep::Take {
+            service: svc.name.clone(),
+            ip,
+            pool,
+            requested,
+            sharing_key: svc.sharing_key.clone(),
+        };
         let step = match (wanted(svc, policy), have) {
             (Err(r), _) => {
                 refusals.push(r);
                 continue;
             }
             (Ok(Wanted::Ip(ip)), Some(a)) if a.ip == ip && a.released_at.is_none() => continue,
-            (Ok(Wanted::Ip(ip)), _) => AllocationStep::Take {
-                service: svc.name.clone(),
-                ip,
-                pool: pool_for(ip, policy.pools).map(|(n, _)| n.to_string()),
-                requested: true,
-            },
+            (Ok(Wanted::Ip(ip)), _) => {
+                let on_ip = by_ip.get(&ip).map_or(&[][..], Vec::as_slice);
+                if let Some(r) = sharing::join_refusal(svc, ip, on_ip) {
+                    refusals.push(r);
+                    continue;
+                }
+                take(
+                    ip,
+                    pool_for(ip, policy.pools).map(|(n, _)| n.to_string()),
+                    true,
+                )
+            }
             (Ok(Wanted::Pool(_)), Some(a)) if !a.requested && a.released_at.is_none() => continue,
-            (Ok(Wanted::Pool(_)), Some(a)) if !a.requested => AllocationStep::Take {
-                service: svc.name.clone(),
-                ip: a.ip,
-                pool: a.pool.clone(),
-                requested: false,
-            },
-            (Ok(Wanted::Pool(pool)), _) => AllocationStep::Allocate {
-                service: svc.name.clone(),
-                pool,
+            (Ok(Wanted::Pool(_)), Some(a)) if !a.requested => take(a.ip, a.pool.clone(), false),
+            (Ok(Wanted::Pool(pool)), _) => match svc
+                .sharing_key
+                .as_ref()
+                .map(|_| sharing::place(svc, &by_ip))
+            {
+                Some(sharing::Sharing::Join(ip)) => {
+                    let pool = by_ip[&ip]
+                        .iter()
+                        .find_map(|o| allocations.get(&o.name))
+                        .and_then(|a| a.pool.clone());
+                    take(ip, pool, false)
+                }
+                Some(sharing::Sharing::Collides(r)) => {
+                    refusals.push(r);
+                    continue;
+                }
+                Some(sharing::Sharing::First) | None => {
+                    if let Some(group) = sharing::group_of(svc) {
+                        if !allocating.insert(group) {
+                            deferred = true;
+                            continue;
+                        }
+                    }
+                    AllocationStep::Allocate {
+                        service: svc.name.clone(),
+                        pool,
+                        sharing_key: svc.sharing_key.clone(),
+                    }
+                }
             },
         };
         steps.push(step);
@@ -193,7 +243,7 @@ pub fn allocation_steps(
             });
         }
     }
-    (steps, refusals)
+    (steps, refusals, deferred)
 }
 
 /// Addresses of a pool that allocation looks at; bounds the search in huge IPv6 pools.

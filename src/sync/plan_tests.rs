@@ -52,13 +52,14 @@ fn a_new_load_balancer_allocates_from_the_first_auto_assign_pool() {
         pools: &p,
         allow_external: &[],
     };
-    let (steps, refused) = allocation_steps(&[lb("default/web")], &BTreeMap::new(), &policy);
+    let (steps, refused, _) = allocation_steps(&[lb("default/web")], &BTreeMap::new(), &policy);
     assert!(refused.is_empty());
     assert_eq!(
         steps,
         vec![AllocationStep::Allocate {
             service: "default/web".into(),
-            pool: "lb".into()
+            pool: "lb".into(),
+            sharing_key: None,
         }]
     );
 }
@@ -79,7 +80,7 @@ fn a_recreated_service_takes_its_released_ip_back_and_a_gone_one_releases() {
         ),
     ]);
     let services = [lb("default/web"), lb("default/kept")];
-    let (steps, _) = allocation_steps(&services, &allocations, &policy);
+    let (steps, _, _) = allocation_steps(&services, &allocations, &policy);
     assert_eq!(
         steps,
         vec![
@@ -87,7 +88,8 @@ fn a_recreated_service_takes_its_released_ip_back_and_a_gone_one_releases() {
                 service: "default/web".into(),
                 ip: ip("198.51.100.5"),
                 pool: Some("lb".into()),
-                requested: false
+                requested: false,
+                sharing_key: None,
             },
             AllocationStep::Release {
                 service: "default/old".into()
@@ -105,7 +107,7 @@ fn a_requested_ip_outside_pools_and_allowlist_is_refused() {
     };
     let mut svc = lb("default/web");
     svc.requested_ip = Some("192.0.2.9".into());
-    let (steps, refused) = allocation_steps(&[svc], &BTreeMap::new(), &policy);
+    let (steps, refused, _) = allocation_steps(&[svc], &BTreeMap::new(), &policy);
     assert!(steps.is_empty());
     assert_eq!(refused[0].reason, "IPNotAllowed");
 }
@@ -117,7 +119,7 @@ fn no_auto_assign_pool_is_a_refusal_that_says_what_to_do() {
         pools: &p,
         allow_external: &[],
     };
-    let (_, refused) = allocation_steps(&[lb("default/web")], &BTreeMap::new(), &policy);
+    let (_, refused, _) = allocation_steps(&[lb("default/web")], &BTreeMap::new(), &policy);
     assert!(refused[0].message.contains("auto_assign"), "{refused:?}");
 }
 
@@ -314,4 +316,54 @@ fn writes_reattach_to_our_lease_delete_only_our_keys_and_leave_foreign_ones() {
             },
         ]
     );
+}
+
+#[test]
+fn services_with_one_sharing_key_get_one_ip_and_a_port_collision_stays_pending() {
+    let p = pools(&[("lb", "198.51.100.0/28", true)]);
+    let policy = Policy {
+        pools: &p,
+        allow_external: &[],
+    };
+    let shared = |name: &str, port: i32| ServiceView {
+        sharing_key: Some("front".into()),
+        ports: [("TCP".to_string(), port)].into(),
+        ..lb(name)
+    };
+    let services = [
+        shared("shop/http", 80),
+        shared("shop/https", 443),
+        shared("shop/again", 80),
+    ];
+    // Nothing allocated yet: the group's first Service allocates, the others wait.
+    let (steps, refused, deferred) = allocation_steps(&services, &BTreeMap::new(), &policy);
+    assert!(refused.is_empty() && deferred);
+    assert_eq!(steps.len(), 1, "{steps:?}");
+    // Once it holds an IP, 443 joins it and the second 80 is refused.
+    let allocations =
+        BTreeMap::from([("shop/http".to_string(), allocation("198.51.100.3", false))]);
+    let (steps, refused, deferred) = allocation_steps(&services, &allocations, &policy);
+    assert!(!deferred);
+    assert_eq!(
+        steps,
+        vec![AllocationStep::Take {
+            service: "shop/https".into(),
+            ip: ip("198.51.100.3"),
+            pool: Some("lb".into()),
+            requested: false,
+            sharing_key: Some("front".into()),
+        }]
+    );
+    assert_eq!(refused.len(), 1);
+    assert_eq!(
+        (refused[0].service.as_str(), refused[0].reason),
+        ("shop/again", "PortCollision")
+    );
+    // Asking for the shared IP by name does not get round the port check.
+    let mut asking = shared("shop/asking", 80);
+    asking.requested_ip = Some("198.51.100.3".into());
+    let (steps, refused, _) =
+        allocation_steps(&[services[0].clone(), asking], &allocations, &policy);
+    assert!(steps.is_empty(), "{steps:?}");
+    assert_eq!(refused[0].reason, "PortCollision");
 }

@@ -147,11 +147,20 @@ impl Reconciler {
             pools: &pools,
             allow_external: &self.allow_external,
         };
-        let (mut steps, mut refusals) = allocation_steps(&views, &state.allocations(), &policy);
-        order_for_replica(&mut steps, &self.identity);
-        for step in &steps {
-            debug!(?step, "allocation");
-            refusals.extend(run_step(store, &keys, &mut state, step, self.retention).await?);
+        let mut refusals = Vec::new();
+        // A Service waiting for its sharing group's new IP joins it in the next pass.
+        for _pass in 0..3 {
+            let (mut steps, more, deferred) =
+                allocation_steps(&views, &state.allocations(), &policy);
+            refusals = more;
+            order_for_replica(&mut steps, &self.identity);
+            for step in &steps {
+                debug!(?step, "allocation");
+                refusals.extend(run_step(store, &keys, &mut state, step, self.retention).await?);
+            }
+            if !deferred {
+                break;
+            }
         }
         let lb_ips: BTreeMap<String, IpAddr> = state
             .services
