@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod plan;
 mod reconcile;
 pub mod sharing;
+mod traffic;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

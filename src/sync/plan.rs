@@ -9,7 +9,7 @@ use ipnet::IpNet;
 use crate::model::{DesiredValue, ServiceAllocation, Source, MANAGED_BY_SYNC};
 use crate::pools::{pool_for, Pool};
 
-use super::sharing;
+use super::{sharing, traffic};
 
 /// Annotation naming the IP a LoadBalancer Service wants.
 pub const ANNOTATION_IP: &str = "extip.io/ip";
@@ -89,7 +89,8 @@ pub struct Policy<'a> {
     pub allow_external: &'a [IpNet],
 }
 
-fn refuse(service: &str, reason: &'static str, message: String) -> Refusal {
+/// A refusal of `service`.
+pub(super) fn refuse(service: &str, reason: &'static str, message: String) -> Refusal {
     Refusal {
         service: service.to_string(),
         reason,
@@ -159,6 +160,82 @@ fn wanted(svc: &ServiceView, policy: &Policy) -> Result<Wanted, Refusal> {
     Ok(Wanted::Ip(ip))
 }
 
+/// What one LoadBalancer Service needs from allocation now.
+enum Next {
+    /// This change.
+    Step(AllocationStep),
+    /// Nothing it could have: why.
+    Refused(Refusal),
+    /// Its sharing group's IP, being allocated in this pass.
+    Wait,
+    /// It has what it asks for.
+    Nothing,
+}
+
+/// The allocation step of one LoadBalancer Service. `allocating` gathers the sharing
+/// groups that get a new IP in this pass.
+fn next_for(
+    svc: &ServiceView,
+    have: Option<&ServiceAllocation>,
+    policy: &Policy,
+    by_ip: &BTreeMap<IpAddr, Vec<&ServiceView>>,
+    allocations: &BTreeMap<String, ServiceAllocation>,
+    allocating: &mut sharing::Allocating,
+) -> Next {
+    let take = |ip: IpAddr, pool: Option<String>, requested: bool| {
+        Next::Step(AllocationStep::Take {
+            service: svc.name.clone(),
+            ip,
+            pool,
+            requested,
+            sharing_key: svc.sharing_key.clone(),
+        })
+    };
+    let live = have.filter(|a| a.released_at.is_none());
+    match wanted(svc, policy) {
+        Err(r) => Next::Refused(r),
+        Ok(Wanted::Ip(ip)) if live.is_some_and(|a| a.ip == ip) => Next::Nothing,
+        Ok(Wanted::Ip(ip)) => {
+            let on_ip = by_ip.get(&ip).map_or(&[][..], Vec::as_slice);
+            match sharing::join_refusal(svc, ip, on_ip) {
+                Some(r) => Next::Refused(r),
+                None => take(
+                    ip,
+                    pool_for(ip, policy.pools).map(|(n, _)| n.to_string()),
+                    true,
+                ),
+            }
+        }
+        Ok(Wanted::Pool(_)) if live.is_some_and(|a| !a.requested) => Next::Nothing,
+        Ok(Wanted::Pool(_)) if have.is_some_and(|a| !a.requested) => {
+            let a = have.expect("checked");
+            take(a.ip, a.pool.clone(), false)
+        }
+        Ok(Wanted::Pool(pool)) => {
+            match svc.sharing_key.as_ref().map(|_| sharing::place(svc, by_ip)) {
+                Some(sharing::Sharing::Join(ip)) => {
+                    let pool = by_ip[&ip]
+                        .iter()
+                        .find_map(|o| allocations.get(&o.name))
+                        .and_then(|a| a.pool.clone());
+                    take(ip, pool, false)
+                }
+                Some(sharing::Sharing::Collides(r)) => Next::Refused(r),
+                Some(sharing::Sharing::First) | None => {
+                    if sharing::group_of(svc).is_some_and(|g| !allocating.insert(g)) {
+                        return Next::Wait;
+                    }
+                    Next::Step(AllocationStep::Allocate {
+                        service: svc.name.clone(),
+                        pool,
+                        sharing_key: svc.sharing_key.clone(),
+                    })
+                }
+            }
+        }
+    }
+}
+
 /// Allocation changes that make every LoadBalancer Service have one IP and free the
 /// IPs of Services that are gone. The flag says that a Service waits for its sharing
 /// group's IP, allocated by a step of this pass: plan again after running them.
@@ -176,65 +253,12 @@ pub fn allocation_steps(
     for svc in services.iter().filter(|s| s.load_balancer) {
         balancers.insert(svc.name.as_str());
         let have = allocations.get(&svc.name);
-        let take = |ip: IpAddr, pool: Option<String>, requested: bool| AllocationStep::Take {
-            service: svc.name.clone(),
-            ip,
-            pool,
-            requested,
-            sharing_key: svc.sharing_key.clone(),
-        };
-        let step = match (wanted(svc, policy), have) {
-            (Err(r), _) => {
-                refusals.push(r);
-                continue;
-            }
-            (Ok(Wanted::Ip(ip)), Some(a)) if a.ip == ip && a.released_at.is_none() => continue,
-            (Ok(Wanted::Ip(ip)), _) => {
-                let on_ip = by_ip.get(&ip).map_or(&[][..], Vec::as_slice);
-                if let Some(r) = sharing::join_refusal(svc, ip, on_ip) {
-                    refusals.push(r);
-                    continue;
-                }
-                take(
-                    ip,
-                    pool_for(ip, policy.pools).map(|(n, _)| n.to_string()),
-                    true,
-                )
-            }
-            (Ok(Wanted::Pool(_)), Some(a)) if !a.requested && a.released_at.is_none() => continue,
-            (Ok(Wanted::Pool(_)), Some(a)) if !a.requested => take(a.ip, a.pool.clone(), false),
-            (Ok(Wanted::Pool(pool)), _) => match svc
-                .sharing_key
-                .as_ref()
-                .map(|_| sharing::place(svc, &by_ip))
-            {
-                Some(sharing::Sharing::Join(ip)) => {
-                    let pool = by_ip[&ip]
-                        .iter()
-                        .find_map(|o| allocations.get(&o.name))
-                        .and_then(|a| a.pool.clone());
-                    take(ip, pool, false)
-                }
-                Some(sharing::Sharing::Collides(r)) => {
-                    refusals.push(r);
-                    continue;
-                }
-                Some(sharing::Sharing::First) | None => {
-                    if let Some(group) = sharing::group_of(svc) {
-                        if !allocating.insert(group) {
-                            deferred = true;
-                            continue;
-                        }
-                    }
-                    AllocationStep::Allocate {
-                        service: svc.name.clone(),
-                        pool,
-                        sharing_key: svc.sharing_key.clone(),
-                    }
-                }
-            },
-        };
-        steps.push(step);
+        match next_for(svc, have, policy, &by_ip, allocations, &mut allocating) {
+            Next::Step(step) => steps.push(step),
+            Next::Refused(r) => refusals.push(r),
+            Next::Wait => deferred = true,
+            Next::Nothing => {}
+        }
     }
     for (service, a) in allocations {
         if a.released_at.is_none() && !balancers.contains(service.as_str()) {
@@ -341,7 +365,7 @@ pub fn desired_values(
     for (ip, mut svcs) in users {
         svcs.sort_by(|a, b| a.name.cmp(&b.name));
         svcs.dedup_by(|a, b| a.name == b.name);
-        let Some(nodes) = serving_nodes(ip, &svcs, &mut refusals) else {
+        let Some(nodes) = traffic::serving_nodes(ip, &svcs, &mut refusals) else {
             continue;
         };
         let mut value = desired_value(ip, &svcs, policy, &mut refusals);
@@ -349,43 +373,6 @@ pub fn desired_values(
         desired.insert(ip, value);
     }
     (desired, refusals)
-}
-
-/// Where the IP shared by `svcs` may be served: `Some(None)` anywhere, `Some(Some(n))`
-/// only on nodes `n`, `None` nowhere (withdrawn, with a refusal per Service).
-/// Services with `externalTrafficPolicy: Local` confine it to the nodes of their ready
-/// endpoints; a `Cluster` Service on the same IP is served from those nodes too (kube-proxy
-/// forwards it from any node), and keeps the IP up anywhere while the Local ones have none.
-fn serving_nodes(
-    ip: IpAddr,
-    svcs: &[&ServiceView],
-    refusals: &mut Vec<Refusal>,
-) -> Option<Option<BTreeSet<String>>> {
-    let local: Vec<&&ServiceView> = svcs.iter().filter(|s| s.local_traffic).collect();
-    if local.is_empty() {
-        return Some(None);
-    }
-    let ready: BTreeSet<String> = local
-        .iter()
-        .flat_map(|s| s.ready_nodes.iter().cloned())
-        .collect();
-    if !ready.is_empty() {
-        return Some(Some(ready));
-    }
-    if local.len() < svcs.len() {
-        return Some(None);
-    }
-    for svc in local {
-        refusals.push(refuse(
-            &svc.name,
-            "NoReadyEndpoints",
-            format!(
-                "externalTrafficPolicy is Local and no node has a ready endpoint: IP {ip} \
-                 is withdrawn until one is ready"
-            ),
-        ));
-    }
-    None
 }
 
 fn desired_value(
