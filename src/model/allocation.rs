@@ -4,7 +4,8 @@
 //! neither exists: `<ns>/<name>` says which IP a Service has, `<ip>` says which Service
 //! an IP belongs to. The first makes a Service get one IP however many syncs race; the
 //! second makes an IP go to one Service. A namespace cannot contain `.` or `:`, so one
-//! path segment is an IP and two are a Service.
+//! path segment is an IP and two are a Service; a dual-stack Service's second family
+//! has a third, `ipv4` or `ipv6`.
 
 use std::net::IpAddr;
 
@@ -67,6 +68,10 @@ pub fn parse_allocation_key(rest: &str) -> Option<AllocationKey> {
         [ns, name] if !ns.is_empty() && !name.is_empty() => {
             Some(AllocationKey::Service(rest.to_string()))
         }
+        // A dual-stack Service's second family.
+        [ns, name, "ipv4" | "ipv6"] if !ns.is_empty() && !name.is_empty() => {
+            Some(AllocationKey::Service(rest.to_string()))
+        }
         _ => None,
     }
 }
@@ -88,6 +93,10 @@ mod tests {
         assert_eq!(
             parse_allocation_key("default/web"),
             Some(AllocationKey::Service("default/web".into()))
+        );
+        assert_eq!(
+            parse_allocation_key("default/web/ipv6"),
+            Some(AllocationKey::Service("default/web/ipv6".into()))
         );
         assert_eq!(parse_allocation_key("default"), None);
         assert_eq!(parse_allocation_key("a/b/c"), None);

@@ -10,6 +10,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::Client;
 
+use super::family::{Family, Stack};
 use super::plan::{
     ServiceView, ANNOTATION_INTERFACE, ANNOTATION_IP, ANNOTATION_POOL, ANNOTATION_REPLICAS,
 };
@@ -97,6 +98,15 @@ pub fn view_of(svc: &Service, ready: &BTreeMap<String, BTreeSet<String>>) -> Ser
         ready_nodes: ready.get(&name).cloned().unwrap_or_default(),
         local_traffic: spec.external_traffic_policy.as_deref() == Some("Local"),
         sharing_key: annotation(ANNOTATION_SHARING_KEY),
+        stack: Stack::parse(spec.ip_family_policy.as_deref()),
+        families: spec
+            .ip_families
+            .iter()
+            .flatten()
+            .filter_map(|f| Family::parse(f))
+            .collect(),
+        family: None,
+        secondary: false,
         ports: spec
             .ports
             .iter()
@@ -135,13 +145,13 @@ pub fn ingress_ips(svc: &Service) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Set `status.loadBalancer.ingress` to `ip` (nothing: empty) through the status subresource.
-pub async fn set_ingress(client: &Client, svc: &Service, ip: Option<IpAddr>) -> kube::Result<()> {
+/// Set `status.loadBalancer.ingress` to `ips` through the status subresource.
+pub async fn set_ingress(client: &Client, svc: &Service, ips: &[IpAddr]) -> kube::Result<()> {
     let ns = svc.metadata.namespace.as_deref().unwrap_or("default");
     let name = svc.metadata.name.as_deref().unwrap_or_default();
-    let ingress: Vec<serde_json::Value> = ip
+    let ingress: Vec<serde_json::Value> = ips
+        .iter()
         .map(|ip| serde_json::json!({"ip": ip.to_string(), "ipMode": "VIP"}))
-        .into_iter()
         .collect();
     let patch = serde_json::json!({"status": {"loadBalancer": {"ingress": ingress}}});
     Api::<Service>::namespaced(client.clone(), ns)

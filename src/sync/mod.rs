@@ -8,6 +8,7 @@
 mod cache;
 pub mod config;
 mod etcd;
+pub mod family;
 pub mod kube;
 mod leader;
 pub mod metrics;

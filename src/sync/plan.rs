@@ -9,6 +9,7 @@ use ipnet::IpNet;
 use crate::model::{DesiredValue, ServiceAllocation, Source, MANAGED_BY_SYNC};
 use crate::pools::{pool_for, Pool};
 
+use super::family::{slot, Family, Stack};
 use super::{sharing, traffic};
 
 /// Annotation naming the IP a LoadBalancer Service wants.
@@ -45,6 +46,15 @@ pub struct ServiceView {
     pub sharing_key: Option<String>,
     /// `spec.ports` as (protocol, port): sharing Services must not collide on one.
     pub ports: BTreeSet<(String, i32)>,
+    /// `spec.ipFamilyPolicy`.
+    pub stack: Stack,
+    /// `spec.ipFamilies`, in order.
+    pub families: Vec<Family>,
+    /// The family this view allocates (a dual-stack Service has a view per family);
+    /// `None`: its pool's.
+    pub family: Option<Family>,
+    /// The view of a dual-stack Service's second family.
+    pub secondary: bool,
 }
 
 /// Something a Service asked for that the sync will not do, and why.
@@ -102,33 +112,45 @@ fn parse_ip(text: &str) -> Option<IpAddr> {
     text.trim().parse().ok()
 }
 
-/// The pool a LoadBalancer Service allocates from: its annotation, else the first pool
-/// (by name) with `auto_assign`.
+/// The pool a LoadBalancer Service allocates from: the one its annotation names (of its
+/// family, when the annotation lists one pool per family), else the first pool (by name)
+/// of its family with `auto_assign`.
 fn pool_of<'a>(svc: &ServiceView, policy: &Policy<'a>) -> Result<&'a str, Refusal> {
-    match &svc.pool {
-        Some(name) => match policy.pools.get_key_value(name) {
-            Some((name, _)) => Ok(name),
-            None => Err(refuse(
+    let of_family = |p: &Pool| svc.family.is_none_or(|f| f.holds(p.cidr.addr()));
+    if let Some(names) = &svc.pool {
+        let mut named = names.split(',').map(str::trim).filter(|n| !n.is_empty());
+        let missing = named.clone().find(|n| !policy.pools.contains_key(*n));
+        if let Some(name) = missing {
+            return Err(refuse(
                 &svc.name,
                 "PoolNotFound",
                 format!("annotation {ANNOTATION_POOL} names pool `{name}`, which does not exist"),
-            )),
-        },
-        None => policy
-            .pools
-            .iter()
-            .find(|(_, p)| p.auto_assign)
-            .map(|(n, _)| n.as_str())
-            .ok_or_else(|| {
-                refuse(
-                    &svc.name,
-                    "NoPool",
-                    "no pool has auto_assign, so no IP can be allocated; create one with \
-                     `extip pool add NAME CIDR --auto-assign` or annotate the Service"
-                        .into(),
-                )
-            }),
+            ));
+        }
+        let found = named.find_map(|n| policy.pools.get_key_value(n).filter(|(_, p)| of_family(p)));
+        // No named pool of this family: an auto-assign one of it.
+        if let Some((name, _)) = found {
+            return Ok(name);
+        }
     }
+    let family = svc
+        .family
+        .map_or(String::new(), |f| format!(" of family {}", f.name()));
+    policy
+        .pools
+        .iter()
+        .find(|(_, p)| p.auto_assign && of_family(p))
+        .map(|(n, _)| n.as_str())
+        .ok_or_else(|| {
+            refuse(
+                &svc.name,
+                "NoPool",
+                format!(
+                    "no pool{family} has auto_assign, so no IP can be allocated; create one \
+                     with `extip pool add NAME CIDR --auto-assign` or annotate the Service"
+                ),
+            )
+        })
 }
 
 /// Where a LoadBalancer Service's IP comes from.
@@ -137,8 +159,18 @@ enum Wanted {
     Pool(String),
 }
 
+/// The IP `svc` asks for: for a view of one family, the one of that family among those
+/// listed (comma-separated), else the first.
+fn requested(svc: &ServiceView) -> Option<&str> {
+    let mut listed = svc.requested_ip.as_deref()?.split(',').map(str::trim);
+    match svc.family {
+        None => listed.next(),
+        Some(f) => listed.find(|t| parse_ip(t).is_none_or(|ip| f.holds(ip))),
+    }
+}
+
 fn wanted(svc: &ServiceView, policy: &Policy) -> Result<Wanted, Refusal> {
-    let Some(text) = &svc.requested_ip else {
+    let Some(text) = requested(svc) else {
         return pool_of(svc, policy).map(|p| Wanted::Pool(p.to_string()));
     };
     let ip = parse_ip(text).ok_or_else(|| {
@@ -184,7 +216,7 @@ fn next_for(
 ) -> Next {
     let take = |ip: IpAddr, pool: Option<String>, requested: bool| {
         Next::Step(AllocationStep::Take {
-            service: svc.name.clone(),
+            service: slot(svc),
             ip,
             pool,
             requested,
@@ -193,6 +225,8 @@ fn next_for(
     };
     let live = have.filter(|a| a.released_at.is_none());
     match wanted(svc, policy) {
+        // PreferDualStack: no IP of the second family is no reason to complain.
+        Err(_) if svc.secondary && svc.stack == Stack::Prefer => Next::Nothing,
         Err(r) => Next::Refused(r),
         Ok(Wanted::Ip(ip)) if live.is_some_and(|a| a.ip == ip) => Next::Nothing,
         Ok(Wanted::Ip(ip)) => {
@@ -226,7 +260,7 @@ fn next_for(
                         return Next::Wait;
                     }
                     Next::Step(AllocationStep::Allocate {
-                        service: svc.name.clone(),
+                        service: slot(svc),
                         pool,
                         sharing_key: svc.sharing_key.clone(),
                     })
@@ -250,9 +284,20 @@ pub fn allocation_steps(
     let by_ip = sharing::services_by_ip(services, allocations);
     let mut allocating = sharing::Allocating::new();
     let mut deferred = false;
+    // RequireDualStack: a family that cannot be had keeps the whole Service pending.
+    let pending: BTreeSet<&str> = services
+        .iter()
+        .filter(|s| s.load_balancer && s.stack == Stack::Require && s.family.is_some())
+        .filter(|s| wanted(s, policy).is_err())
+        .map(|s| s.name.as_str())
+        .collect();
     for svc in services.iter().filter(|s| s.load_balancer) {
-        balancers.insert(svc.name.as_str());
-        let have = allocations.get(&svc.name);
+        balancers.insert(slot(svc));
+        let have = allocations.get(&slot(svc));
+        if pending.contains(svc.name.as_str()) {
+            refusals.extend(wanted(svc, policy).err());
+            continue;
+        }
         match next_for(svc, have, policy, &by_ip, allocations, &mut allocating) {
             Next::Step(step) => steps.push(step),
             Next::Refused(r) => refusals.push(r),
@@ -261,7 +306,7 @@ pub fn allocation_steps(
         }
     }
     for (service, a) in allocations {
-        if a.released_at.is_none() && !balancers.contains(service.as_str()) {
+        if a.released_at.is_none() && !balancers.contains(service) {
             steps.push(AllocationStep::Release {
                 service: service.clone(),
             });
@@ -357,7 +402,7 @@ pub fn desired_values(
                 )),
             }
         }
-        if let Some(ip) = lb_ips.get(&svc.name).filter(|_| svc.load_balancer) {
+        if let Some(ip) = lb_ips.get(&slot(svc)).filter(|_| svc.load_balancer) {
             users.entry(*ip).or_default().push(svc);
         }
     }

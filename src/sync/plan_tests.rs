@@ -367,3 +367,63 @@ fn services_with_one_sharing_key_get_one_ip_and_a_port_collision_stays_pending()
     assert!(steps.is_empty(), "{steps:?}");
     assert_eq!(refused[0].reason, "PortCollision");
 }
+
+#[test]
+fn a_dual_stack_service_gets_one_ip_per_family_or_waits_when_it_requires_both() {
+    use crate::sync::family::{per_family, Family, Stack};
+    let dual = |stack: Stack| {
+        per_family(vec![ServiceView {
+            stack,
+            families: vec![Family::V4, Family::V6],
+            ..lb("shop/web")
+        }])
+    };
+    let v4_only = pools(&[("lb", "198.51.100.0/28", true)]);
+    let both = pools(&[
+        ("lb", "198.51.100.0/28", true),
+        ("lb6", "2001:db8::/120", true),
+    ]);
+    let policy = |pools| Policy {
+        pools,
+        allow_external: &[],
+    };
+    let allocate = |service: &str, pool: &str| AllocationStep::Allocate {
+        service: service.into(),
+        pool: pool.into(),
+        sharing_key: None,
+    };
+    let (steps, refused, _) =
+        allocation_steps(&dual(Stack::Require), &BTreeMap::new(), &policy(&both));
+    assert!(refused.is_empty());
+    assert_eq!(
+        steps,
+        vec![allocate("shop/web", "lb"), allocate("shop/web/ipv6", "lb6")]
+    );
+    // RequireDualStack without an IPv6 pool: nothing allocated, the reason given.
+    let (steps, refused, _) =
+        allocation_steps(&dual(Stack::Require), &BTreeMap::new(), &policy(&v4_only));
+    assert!(steps.is_empty(), "{steps:?}");
+    assert_eq!(refused.len(), 1);
+    assert_eq!(refused[0].reason, "NoPool");
+    assert!(
+        refused[0].message.contains("IPv6"),
+        "{}",
+        refused[0].message
+    );
+    // PreferDualStack: the family it can have, without complaint.
+    let (steps, refused, _) =
+        allocation_steps(&dual(Stack::Prefer), &BTreeMap::new(), &policy(&v4_only));
+    assert!(refused.is_empty());
+    assert_eq!(steps, vec![allocate("shop/web", "lb")]);
+    // Both IPs become desired keys naming the one Service.
+    let lb_ips = BTreeMap::from([
+        ("shop/web".to_string(), ip("198.51.100.3")),
+        ("shop/web/ipv6".to_string(), ip("2001:db8::3")),
+    ]);
+    let (desired, _) = desired_values(&dual(Stack::Require), &lb_ips, &policy(&both));
+    let sources: Vec<_> = desired.values().map(|v| v.source.clone()).collect();
+    assert_eq!(desired.len(), 2);
+    assert!(sources
+        .iter()
+        .all(|s| *s == Some(Source::One("shop/web".into()))));
+}

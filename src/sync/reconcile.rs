@@ -13,6 +13,7 @@ use crate::store::{Store, StoreError};
 
 use super::config::SyncConfig;
 use super::etcd::{read_state, run_step, write_keys};
+use super::family::{per_family, service_of};
 use super::kube::{
     ingress_ips, is_load_balancer, post_event, ready_nodes, set_ingress, view_of, EventType,
     ServiceMap, SliceMap,
@@ -141,7 +142,8 @@ impl Reconciler {
         }
         self.bad_logged = bad;
         let ready = ready_nodes(slices);
-        let views: Vec<ServiceView> = services.values().map(|s| view_of(s, &ready)).collect();
+        let views: Vec<ServiceView> =
+            per_family(services.values().map(|s| view_of(s, &ready)).collect());
         let pools = state.pools.clone();
         let policy = Policy {
             pools: &pools,
@@ -194,19 +196,32 @@ impl Reconciler {
         Ok(())
     }
 
-    /// Write each LoadBalancer Service's IP into `status.loadBalancer.ingress`.
+    /// Write each LoadBalancer Service's IPs (one per family, its own record's first)
+    /// into `status.loadBalancer.ingress`.
     async fn update_status(&self, services: &ServiceMap, lb_ips: &BTreeMap<String, IpAddr>) {
+        let mut by_service: BTreeMap<&str, Vec<IpAddr>> = BTreeMap::new();
+        for (slot, ip) in lb_ips {
+            let ips = by_service.entry(service_of(slot)).or_default();
+            if slot.as_str() == service_of(slot) {
+                ips.insert(0, *ip);
+            } else {
+                ips.push(*ip);
+            }
+        }
         for (name, svc) in services {
             if is_load_balancer(svc) {
-                let want = lb_ips.get(name).copied();
+                let want = by_service.get(name.as_str()).cloned().unwrap_or_default();
                 let have = ingress_ips(svc);
                 if have != want.iter().map(ToString::to_string).collect::<Vec<_>>() {
-                    match set_ingress(&self.client, svc, want).await {
+                    match set_ingress(&self.client, svc, &want).await {
                         Ok(()) => {
-                            info!(service = %name, ip = ?want, "load-balancer status updated");
-                            if let Some(ip) = want {
+                            info!(service = %name, ips = ?want, "load-balancer status updated");
+                            if !want.is_empty() {
+                                let list: Vec<String> =
+                                    want.iter().map(ToString::to_string).collect();
                                 let text = format!(
-                                    "IP {ip} allocated; written to status.loadBalancer.ingress"
+                                    "IP {} allocated; written to status.loadBalancer.ingress",
+                                    list.join(" and ")
                                 );
                                 let event = ("IPAllocated", text.as_str(), EventType::Normal);
                                 if let Err(e) =

@@ -7,6 +7,7 @@ use std::net::IpAddr;
 
 use crate::model::ServiceAllocation;
 
+use super::family::slot;
 use super::plan::{Refusal, ServiceView};
 
 /// Annotation: Services of one namespace with the same value share one IP.
@@ -51,7 +52,7 @@ pub fn services_by_ip<'a>(
     let mut out: BTreeMap<IpAddr, Vec<&ServiceView>> = BTreeMap::new();
     for svc in services.iter().filter(|s| s.load_balancer) {
         if let Some(a) = allocations
-            .get(&svc.name)
+            .get(&slot(svc))
             .filter(|a| a.released_at.is_none())
         {
             out.entry(a.ip).or_default().push(svc);
@@ -63,7 +64,7 @@ pub fn services_by_ip<'a>(
 /// A refusal unless `svc` can join the Services on `ip` (`on_ip`, itself excluded): all
 /// of its group and no port shared.
 pub fn join_refusal(svc: &ServiceView, ip: IpAddr, on_ip: &[&ServiceView]) -> Option<Refusal> {
-    let others: Vec<&&ServiceView> = on_ip.iter().filter(|o| o.name != svc.name).collect();
+    let others: Vec<&&ServiceView> = on_ip.iter().filter(|o| slot(o) != slot(svc)).collect();
     if others.is_empty() || !others.iter().all(|o| same_group(svc, o)) {
         return None; // not a sharing case: the allocation decides (IPInUse)
     }
@@ -90,6 +91,7 @@ pub fn join_refusal(svc: &ServiceView, ip: IpAddr, on_ip: &[&ServiceView]) -> Op
 pub fn place(svc: &ServiceView, by_ip: &BTreeMap<IpAddr, Vec<&ServiceView>>) -> Sharing {
     let group: Vec<(&IpAddr, &Vec<&ServiceView>)> = by_ip
         .iter()
+        .filter(|(ip, _)| svc.family.is_none_or(|f| f.holds(**ip)))
         .filter(|(_, on)| on.iter().any(|o| o.name != svc.name && same_group(svc, o)))
         .collect();
     let mut refusal = None;

@@ -358,6 +358,17 @@ fn service_defaults(obj: &mut Value) {
     if obj["status"].is_null() {
         obj["status"] = json!({"loadBalancer": {}});
     }
+    // As a dual-stack cluster with IPv4 first defaults them.
+    let spec = &mut obj["spec"];
+    if spec["ipFamilyPolicy"].is_null() {
+        spec["ipFamilyPolicy"] = json!("SingleStack");
+    }
+    if spec["ipFamilies"].is_null() {
+        spec["ipFamilies"] = match spec["ipFamilyPolicy"].as_str() {
+            Some("SingleStack") => json!(["IPv4"]),
+            _ => json!(["IPv4", "IPv6"]),
+        };
+    }
 }
 
 /// Now as RFC 3339 UTC, the way Kubernetes writes timestamps.
