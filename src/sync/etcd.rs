@@ -14,7 +14,8 @@ use crate::model::{
 use crate::pools::{parse_pool, Pool};
 use crate::store::{Store, StoreError};
 
-use super::plan::{free_ip, AllocationStep, ExistingKey, KeyWrite, Refusal};
+use super::free_ip::free_ip;
+use super::plan::{AllocationStep, ExistingKey, KeyWrite, Refusal};
 
 /// Attempts at one allocation before giving up for this round (each loses a race).
 const ALLOCATION_TRIES: usize = 64;

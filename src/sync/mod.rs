@@ -9,6 +9,7 @@ mod cache;
 pub mod config;
 mod etcd;
 pub mod family;
+mod free_ip;
 pub mod kube;
 mod leader;
 pub mod metrics;

@@ -1,4 +1,5 @@
 use super::*;
+use crate::sync::free_ip::free_ip;
 
 fn pools(entries: &[(&str, &str, bool)]) -> BTreeMap<String, Pool> {
     entries
