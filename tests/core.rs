@@ -311,4 +311,8 @@ fn a_changed_mask_is_applied_and_ipv6_works_the_same() {
         lab.holders(v6) == vec![1 - holder6]
     });
     assert!(moved.is_some(), "IPv6 did not move: {:?}", lab.holders(v6));
+    // The old holder reaches the IP where it now is: no route of the old address is
+    // left behind pointing into its own loopback.
+    let left = lab.exec(holder6, &["ip", "-6", "route", "show", "table", "all", v6]);
+    assert!(left.trim().is_empty(), "left behind on the old holder: {left}");
 }

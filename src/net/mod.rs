@@ -303,8 +303,16 @@ fn marked_message(address: LocalAddress, lifetime: Option<u32>) -> AddressMessag
     lifetimes.ifa_valid = lifetime;
     attributes.push(AddressAttribute::CacheInfo(lifetimes));
     if address.ip.is_ipv6() {
-        // A takeover must not wait for duplicate address detection.
-        attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
+        // A takeover must not wait for duplicate address detection. A full-length
+        // address needs no prefix route, and the kernel would leave one behind when the
+        // address goes (it cleans up only after addresses without a lifetime): on `lo`
+        // that stale route would send this host's own traffic for the IP, served
+        // elsewhere by then, into the loopback.
+        let mut flags = AddressFlags::Nodad;
+        if address.prefix_len == 128 {
+            flags |= AddressFlags::Noprefixroute;
+        }
+        attributes.push(AddressAttribute::Flags(flags));
     }
     message
 }

@@ -4,9 +4,14 @@
 //! a routing daemon selects exactly these routes (BIRD: `krt_source = 88`) and
 //! announces them. Only routes with the mark are touched.
 //!
-//! Why the main table: when the kernel removes an address (a killed agent's lifetime
-//! ran out), it flushes main-table routes whose preferred source was that address, so
-//! the announcement dies with the address. It does so for no other table.
+//! Why the main table: when the kernel removes an IPv4 address (a killed agent's
+//! lifetime ran out), it flushes main-table routes whose preferred source was that
+//! address, so the announcement dies with the address. It does so for no other table.
+//! IPv6 keeps the route and only clears its preferred source (`rt6_remove_prefsrc`),
+//! and a route on `lo` keeps no expiry: so an IPv6 export route also carries its address
+//! as preferred source, and the routing daemon exports only routes whose preferred
+//! source is still their own address (BIRD: `krt_prefsrc = net.ip`, with a table
+//! rescan every second to notice the change, which the kernel does not announce).
 
 use std::collections::BTreeSet;
 use std::io;
@@ -40,14 +45,14 @@ fn route_message(route: ExportRoute) -> RouteMessage {
         .output_interface(route.ifindex)
         .table_id(MAIN)
         .protocol(RouteProtocol::Other(OWNER_PROTO));
+    // The address as preferred source: when the kernel removes the address (its
+    // lifetime ran out because the agent died), it flushes an IPv4 route with it and
+    // clears an IPv6 route's source (see the module comment).
+    let builder = builder
+        .pref_source(route.ip)
+        .expect("a source of the route's own family");
     match route.ip {
-        // The address as preferred source: when the kernel removes the address (its
-        // lifetime ran out because the agent died), it flushes this route with it.
-        IpAddr::V4(_) => builder
-            .pref_source(route.ip)
-            .expect("an IPv4 source for an IPv4 route")
-            .scope(RouteScope::Link)
-            .build(),
+        IpAddr::V4(_) => builder.scope(RouteScope::Link).build(),
         IpAddr::V6(_) => builder.build(),
     }
 }
