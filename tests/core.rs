@@ -314,5 +314,8 @@ fn a_changed_mask_is_applied_and_ipv6_works_the_same() {
     // The old holder reaches the IP where it now is: no route of the old address is
     // left behind pointing into its own loopback.
     let left = lab.exec(holder6, &["ip", "-6", "route", "show", "table", "all", v6]);
-    assert!(left.trim().is_empty(), "left behind on the old holder: {left}");
+    assert!(
+        left.trim().is_empty(),
+        "left behind on the old holder: {left}"
+    );
 }

@@ -110,7 +110,11 @@ fn the_router_learns_exactly_the_holders_and_follows_every_change() {
     let learned: Vec<String> = lab
         .router_destinations(&router)
         .into_iter()
-        .filter(|d| !d.starts_with("192.0.2."))
+        .filter(|d| {
+            !d.starts_with("192.0.2.")
+                && !d.starts_with("2001:db8:ffff::")
+                && !d.starts_with("fe80::")
+        })
         .collect();
     for d in &learned {
         assert!(
@@ -121,6 +125,102 @@ fn the_router_learns_exactly_the_holders_and_follows_every_change() {
     assert!(!learned
         .iter()
         .any(|d| d.contains("198.51.100.99") || d.starts_with("127.")));
+}
+
+#[test]
+fn ipv6_is_routed_like_ipv4_and_a_killed_agents_routes_leave_with_its_addresses() {
+    // `withdraw`: shared IPs are fenced and get the backstop lifetime like exclusive
+    // ones (with the default `keep` a dead agent's shared IPs stay, by design).
+    let dual = [
+        &ARGS[..],
+        &["--allowed-cidr", "198.51.100.0/24,2001:db8::/32"],
+        &["--on-etcd-loss", "withdraw"],
+    ]
+    .concat();
+    let (mut lab, router, _client) = Lab::routed(3, &dual);
+    // Added by hand, in the range the router accepts: never announced.
+    lab.exec(0, &["ip", "addr", "add", "2001:db8:5::99/128", "dev", "lo"]);
+    let (v4, v6) = ("198.51.100.40", "2001:db8:5::40");
+    for ip in [v4, v6] {
+        lab.put(&format!("/extip/ips/{ip}"), r#"{"replicas":"all"}"#);
+        assert!(
+            wait_routes_match_holders(&lab, &router, ip, 3).is_some(),
+            "{ip}: router {:?}, holders {:?}",
+            lab.router_next_hops(&router, ip),
+            holder_gateways(&lab, ip)
+        );
+    }
+    let learned = lab.router_destinations(&router);
+    assert!(learned.contains(&v6.to_string()), "{learned:?}");
+    assert!(
+        !learned.iter().any(|d| d.contains("2001:db8:5::99")),
+        "{learned:?}"
+    );
+
+    // An IPv6 address removed by hand: the kernel keeps its route but clears the
+    // route's source; the agent adds the address back and must renew the route too,
+    // or the host would stay unannounced.
+    lab.exec(2, &["ip", "addr", "del", &format!("{v6}/128"), "dev", "lo"]);
+    let sourced = format!("src {v6}");
+    let renewed = wait_for(Duration::from_secs(10), || {
+        lab.exec(2, &["ip", "-6", "route", "show", "proto", "88"])
+            .contains(&sourced)
+            && lab.router_next_hops(&router, v6).len() == 3
+            && lab.holders(v6).len() == 3
+    });
+    renewed.unwrap_or_else(|| {
+        let table = lab.exec(2, &["ip", "-6", "route", "show", "proto", "88"]);
+        panic!(
+            "not renewed: {table}, router {:?}",
+            lab.router_next_hops(&router, v6)
+        )
+    });
+
+    // SIGKILL: the agent cannot withdraw anything; its addresses run out (two TTLs)
+    // and each family's route must leave the router with them.
+    let start = Instant::now();
+    lab.kill(1);
+    // When each address left the dead host, and when its route left the router.
+    let (mut gone, mut unaddressed) = ([None, None], [None, None]);
+    wait_for(Duration::from_secs(15), || {
+        let on_host = lab.addresses(1, "lo");
+        for (k, ip) in [v4, v6].iter().enumerate() {
+            let hop = lab::routing::gateway(1, ip);
+            if unaddressed[k].is_none() && !lab::monitor::has_ip(&on_host, ip) {
+                unaddressed[k] = Some(start.elapsed());
+            }
+            if gone[k].is_none() && !lab.router_next_hops(&router, ip).contains(&hop) {
+                gone[k] = Some(start.elapsed());
+            }
+        }
+        gone.iter().all(Option::is_some)
+    });
+    let gone4 = gone[0].unwrap_or_else(|| {
+        let addrs = lab.exec(1, &["ip", "addr", "show", "dev", "lo"]);
+        let table = lab.exec(1, &["ip", "route", "show", "proto", "88"]);
+        panic!(
+            "the killed agent's IPv4 route stayed: router {:?}; its lo: {addrs}; its routes: {table}",
+            lab.router_next_hops(&router, v4)
+        )
+    });
+    let gone6 = gone[1].unwrap_or_else(|| {
+        let table = lab.exec(1, &["ip", "-6", "route", "show", "proto", "88"]);
+        panic!("the killed agent's IPv6 route stayed; its table: {table}")
+    });
+    eprintln!(
+        "SIGKILL: the dead agent's IPv4 address left its host after {:?} and its route the \
+         router after {gone4:?}; IPv6: {:?} and {gone6:?} (TTL {TTL}, address lifetime 6s)",
+        unaddressed[0], unaddressed[1]
+    );
+    // The IPv4 bound of the test above: address lifetime, renewal at half use, the
+    // kernel's check, BIRD's scan. Generous, not a timing goal.
+    assert!(
+        gone6 < Duration::from_secs(10),
+        "IPv6 route gone after {gone6:?}"
+    );
+    for ip in [v4, v6] {
+        assert_eq!(lab.router_next_hops(&router, ip).len(), 2, "{ip}");
+    }
 }
 
 #[test]

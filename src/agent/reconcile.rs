@@ -196,11 +196,10 @@ impl Agent {
         };
         let wanted: BTreeSet<ExportRoute> = owned
             .iter()
-            .map(|a| ExportRoute {
-                ip: a.ip,
-                ifindex: a.ifindex,
-            })
+            .map(|a| ExportRoute::of(a.ip, a.ifindex))
             .collect();
+        // An IPv6 route whose address went and came back lost its source: it is in
+        // neither set alike, so it is removed and added again, announced again.
         for &route in have.difference(&wanted) {
             match self.net.remove_export_route(route).await {
                 Ok(()) => info!(ip = %route.ip, "export route removed"),

@@ -33,6 +33,20 @@ pub struct ExportRoute {
     pub ip: IpAddr,
     /// The interface the address is on.
     pub ifindex: u32,
+    /// Its preferred source is the address itself. An IPv6 route loses it when the
+    /// address goes (and is then no longer announced), so one without it is replaced.
+    pub sourced: bool,
+}
+
+impl ExportRoute {
+    /// The route that announces `ip` on `ifindex`.
+    pub fn of(ip: IpAddr, ifindex: u32) -> Self {
+        ExportRoute {
+            ip,
+            ifindex,
+            sourced: true,
+        }
+    }
 }
 
 /// The main routing table.
@@ -48,9 +62,13 @@ fn route_message(route: ExportRoute) -> RouteMessage {
     // The address as preferred source: when the kernel removes the address (its
     // lifetime ran out because the agent died), it flushes an IPv4 route with it and
     // clears an IPv6 route's source (see the module comment).
-    let builder = builder
-        .pref_source(route.ip)
-        .expect("a source of the route's own family");
+    let builder = if route.sourced {
+        builder
+            .pref_source(route.ip)
+            .expect("a source of the route's own family")
+    } else {
+        builder
+    };
     match route.ip {
         IpAddr::V4(_) => builder.scope(RouteScope::Link).build(),
         IpAddr::V6(_) => builder.build(),
@@ -63,12 +81,14 @@ fn exported(message: &RouteMessage) -> Option<ExportRoute> {
         return None;
     }
     let mut in_table = u32::from(message.header.table) == table;
-    let (mut ip, mut ifindex) = (None, None);
+    let (mut ip, mut ifindex, mut source) = (None, None, None);
     for attribute in &message.attributes {
         match attribute {
             RouteAttribute::Table(t) => in_table = *t == table,
             RouteAttribute::Destination(RouteAddress::Inet(a)) => ip = Some(IpAddr::V4(*a)),
             RouteAttribute::Destination(RouteAddress::Inet6(a)) => ip = Some(IpAddr::V6(*a)),
+            RouteAttribute::PrefSource(RouteAddress::Inet(a)) => source = Some(IpAddr::V4(*a)),
+            RouteAttribute::PrefSource(RouteAddress::Inet6(a)) => source = Some(IpAddr::V6(*a)),
             RouteAttribute::Oif(i) => ifindex = Some(*i),
             _ => {}
         }
@@ -78,6 +98,7 @@ fn exported(message: &RouteMessage) -> Option<ExportRoute> {
     (in_table && host).then_some(ExportRoute {
         ip,
         ifindex: ifindex?,
+        sourced: source == Some(ip),
     })
 }
 

@@ -19,12 +19,24 @@ fn shipped(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// The router's IPv6 address on the bridge; host `i` has `2001:db8:ffff::<i+1>`.
+pub const ROUTER6: &str = "2001:db8:ffff::fe";
+
+/// Host `h`'s bridge address of `ip`'s family: a next hop as the router names it.
+pub fn gateway(h: usize, ip: &str) -> String {
+    if ip.contains(':') {
+        format!("2001:db8:ffff::{}", h + 1)
+    } else {
+        format!("192.0.2.{}", h + 1)
+    }
+}
+
 /// The hosts' bridge addresses that hold `ip` on `lo`, as the router names them.
 pub fn holder_gateways(lab: &Lab, ip: &str) -> Vec<String> {
     let mut gw: Vec<String> = lab
         .holders(ip)
         .into_iter()
-        .map(|h| format!("192.0.2.{}", h + 1))
+        .map(|h| gateway(h, ip))
         .collect();
     gw.sort();
     gw
@@ -90,6 +102,18 @@ impl Lab {
         let router = format!("{}-r1", self.name);
         let client = format!("{}-rc", self.name);
         self.attach("pr", &router, ROUTER);
+        // IPv6 on the bridge too, for IPv6 routes over the same BGP sessions.
+        let v6 = |ns: &str, addr: &str| {
+            let cidr = format!("{addr}/64");
+            run(
+                "ip",
+                &["-n", ns, "addr", "add", &cidr, "dev", "eth0", "nodad"],
+            );
+        };
+        v6(&router, ROUTER6);
+        for (i, host) in self.hosts.iter().enumerate() {
+            v6(&host.ns, &gateway(i, "::"));
+        }
         run("ip", &["netns", "add", &client]);
         run("ip", &["-n", &client, "link", "set", "lo", "up"]);
         let peer = [
@@ -212,10 +236,12 @@ impl Lab {
 
     /// The next hops the router's kernel has for `ip`, read with `ip -j route`.
     pub fn router_next_hops(&self, router: &str, ip: &str) -> Vec<String> {
-        let out = run(
-            "ip",
-            &["-n", router, "-j", "route", "show", &format!("{ip}/32")],
-        );
+        let (family, host) = if ip.contains(':') {
+            ("-6", format!("{ip}/128"))
+        } else {
+            ("-4", format!("{ip}/32"))
+        };
+        let out = run("ip", &["-n", router, family, "-j", "route", "show", &host]);
         let routes: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
         let mut hops: Vec<String> = Vec::new();
         for r in routes.as_array().into_iter().flatten() {
@@ -232,15 +258,20 @@ impl Lab {
         hops
     }
 
-    /// Every destination in the router's main table, read with `ip -j route`.
+    /// Every destination in the router's main tables, IPv4 and IPv6, read with `ip -j route`.
     pub fn router_destinations(&self, router: &str) -> Vec<String> {
-        let out = run("ip", &["-n", router, "-j", "route", "show"]);
-        let routes: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
-        routes
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|r| r["dst"].as_str().map(str::to_string))
-            .collect()
+        let mut all = Vec::new();
+        for family in ["-4", "-6"] {
+            let out = run("ip", &["-n", router, family, "-j", "route", "show"]);
+            let routes: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+            all.extend(
+                routes
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|r| r["dst"].as_str().map(str::to_string)),
+            );
+        }
+        all
     }
 }
