@@ -118,3 +118,65 @@ fn prefer_dual_stack_without_an_ipv6_pool_gets_its_ipv4_ip_quietly() {
         s.api.events_of("web")
     );
 }
+
+#[test]
+fn routed_both_families_reach_the_router_and_leave_it_when_their_holder_is_killed() {
+    use lab::routing::{gateway, wait_routes_match_holders};
+    use std::time::Instant;
+    let args = [&["--lease-ttl", "3s"][..], &DUAL_CIDRS[..]].concat();
+    let (lab, router, _client) = Lab::routed(3, &args);
+    let mut s = SyncLab::on(lab);
+    s.lab
+        .extip(&["pool", "add", "lb6", "2001:db8:5::/120", "--auto-assign"]);
+    let _sync = s.sync("s1", &[]);
+    wait_leader(&s);
+    let spec = "  type: LoadBalancer\n  ipFamilyPolicy: RequireDualStack\n";
+    s.api.apply(&service("web", spec));
+    wait_for(Duration::from_secs(15), || {
+        ingress_ips(&s, "web").len() == 2
+    })
+    .expect("two IPs");
+    let ips: Vec<String> = ingress_ips(&s, "web")
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    for ip in &ips {
+        wait_routes_match_holders(&s.lab, &router, ip, 1)
+            .unwrap_or_else(|| panic!("{ip}: router {:?}", s.lab.router_next_hops(&router, ip)));
+    }
+    // SIGKILL every holder (one host, or two when the families landed apart).
+    let dead: Vec<usize> = {
+        let mut d: Vec<usize> = ips.iter().map(|ip| s.lab.holders(ip)[0]).collect();
+        d.dedup();
+        d
+    };
+    let start = Instant::now();
+    for &h in &dead {
+        s.lab.kill(h);
+    }
+    let mut left = vec![None; ips.len()];
+    let mut moved = vec![None; ips.len()];
+    wait_for(Duration::from_secs(20), || {
+        for (k, ip) in ips.iter().enumerate() {
+            let hops = s.lab.router_next_hops(&router, ip);
+            let dead_hops = dead.iter().map(|&h| gateway(h, ip)).collect::<Vec<_>>();
+            if left[k].is_none() && !hops.iter().any(|h| dead_hops.contains(h)) {
+                left[k] = Some(start.elapsed());
+            }
+            if moved[k].is_none() && hops.iter().any(|h| !dead_hops.contains(h)) {
+                moved[k] = Some(start.elapsed());
+            }
+        }
+        left.iter().chain(&moved).all(Option::is_some)
+    });
+    for (k, ip) in ips.iter().enumerate() {
+        let (gone, new) = (left[k], moved[k]);
+        eprintln!(
+            "{ip}: the killed holder's route left the router after {gone:?}; a new holder's \
+             reached it after {new:?} (TTL 3s; {} host(s) killed)",
+            dead.len()
+        );
+        assert!(gone.is_some(), "{ip}: the dead holder's route stayed");
+        assert!(new.is_some(), "{ip}: no new holder's route");
+    }
+}
