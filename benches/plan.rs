@@ -71,9 +71,14 @@ fn main() {
                 owned: &owned,
                 nodes: &node_map,
                 overdue: &overdue,
-                ideal: &ideal,
+                assignment: &Default::default(),
             };
             let t = Instant::now();
+            let assignment = extip::placement::assign(&ideal, &claims, &node_map);
+            let world = World {
+                assignment: &assignment,
+                ..world
+            };
             let actions = plan(&me, &world);
             timings.push((t.elapsed().as_secs_f64() * 1e3, actions.len()));
         }

@@ -189,13 +189,12 @@ impl Ideal {
     }
 }
 
+/// Free slots and the node that should claim each.
+pub type Assignment = BTreeMap<(IpAddr, u32), String>;
+
 /// For every free slot, the node that should claim it: an ideal holder of the IP
 /// that holds no slot of it yet, else the best-ranked node under the load bound.
-pub fn assign(
-    ideal: &Ideal,
-    claims: &Claims,
-    nodes: &BTreeMap<String, NodeValue>,
-) -> BTreeMap<(IpAddr, u32), String> {
+pub fn assign(ideal: &Ideal, claims: &Claims, nodes: &BTreeMap<String, NodeValue>) -> Assignment {
     let cap = ideal.cap;
     let mut load = loads(claims, nodes);
     let mut out = BTreeMap::new();

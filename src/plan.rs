@@ -75,8 +75,9 @@ pub struct World<'a> {
     pub nodes: &'a BTreeMap<String, NodeValue>,
     /// Free slots left unclaimed past the grace period: anyone eligible may take them.
     pub overdue: &'a BTreeSet<(IpAddr, u32)>,
-    /// The balanced placement of `desired` over `nodes` (see [`placement::Ideal`]).
-    pub ideal: &'a placement::Ideal,
+    /// Which node should claim each free slot ([`placement::assign`]): computed once
+    /// per reconcile, since a slot claimed meanwhile shows in `claims` anyway.
+    pub assignment: &'a placement::Assignment,
 }
 
 /// One step for the agent to execute. Variants are ordered as they must run.
@@ -188,7 +189,7 @@ fn slot_is_valid(replicas: Replicas, slot: u32) -> bool {
 fn slot_to_claim(
     me: &Me,
     world: &World,
-    assignment: &Assignment,
+    assignment: &placement::Assignment,
     ip: IpAddr,
     replicas: Replicas,
 ) -> Option<u32> {
@@ -205,15 +206,11 @@ fn slot_to_claim(
     assigned.or(overdue)
 }
 
-/// Free slots and the node that should claim each.
-type Assignment = BTreeMap<(IpAddr, u32), String>;
-
 /// Decide the next actions. Run them in order, then plan again until nothing is left.
 pub fn plan(me: &Me, world: &World) -> Vec<Action> {
     let mut actions = Vec::new();
-    let assignment = placement::assign(world.ideal, world.claims, world.nodes);
     for (&ip, desired) in world.desired {
-        plan_ip(me, world, &assignment, ip, desired, &mut actions);
+        plan_ip(me, world, world.assignment, ip, desired, &mut actions);
     }
     plan_strays(me, world, &mut actions);
     actions.sort();
@@ -255,7 +252,7 @@ fn owned_for(world: &World, ip: IpAddr) -> Vec<LocalAddress> {
 fn plan_ip(
     me: &Me,
     world: &World,
-    assignment: &Assignment,
+    assignment: &placement::Assignment,
     ip: IpAddr,
     desired: &DesiredIp,
     out: &mut Vec<Action>,

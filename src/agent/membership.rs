@@ -89,7 +89,8 @@ impl Agent {
         let now = Instant::now();
         self.refresh_ideal();
         let nodes = self.view.placement_nodes();
-        let free = placement::assign(&self.ideal.1, &self.view.claims, &nodes);
+        self.assignment = placement::assign(&self.ideal.1, &self.view.claims, &nodes);
+        let free = &self.assignment;
         self.free_since.retain(|slot, _| free.contains_key(slot));
         for slot in free.keys() {
             self.free_since.entry(*slot).or_insert(now);

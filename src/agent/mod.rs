@@ -142,6 +142,8 @@ pub struct Agent {
     last_handover: Option<std::time::Instant>,
     /// The ideal placement and the view generation it was computed for.
     ideal: (u64, crate::placement::Ideal),
+    /// Who should claim each free slot, from the last reconcile's view.
+    assignment: crate::placement::Assignment,
     /// The binary and arguments this process started with, for SIGHUP.
     exe: Option<PathBuf>,
     args: Vec<OsString>,
@@ -306,6 +308,7 @@ impl Agent {
             added_now: Default::default(),
             last_handover: None,
             ideal: (u64::MAX, Default::default()),
+            assignment: Default::default(),
             exe: std::env::current_exe().ok(),
             args: std::env::args_os().skip(1).collect(),
             cfg,

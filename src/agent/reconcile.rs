@@ -15,7 +15,7 @@ use crate::model::{ClaimValue, Replicas};
 use crate::net::ExportRoute;
 use crate::observed::{Holder, LocalAddress};
 use crate::plan::{eligibility, plan, Action, Me, Mode, World};
-use crate::store::{Store, StoreError};
+use crate::store::{CreateOutcome, Store, StoreError};
 
 /// Lifetime refreshes sent before waiting for their answers.
 const REFRESHES_IN_FLIGHT: usize = 64;
@@ -56,7 +56,7 @@ impl Agent {
             owned,
             nodes,
             overdue: &self.overdue,
-            ideal: &self.ideal.1,
+            assignment: &self.assignment,
         }
     }
 
@@ -241,9 +241,20 @@ impl Agent {
             }
             self.added_now.clear();
             self.probe_before_adding(&actions).await;
+            // Claims of distinct slots do not depend on each other nor on the other
+            // actions: they go last, many to a transaction.
+            let mut claims = Vec::new();
             for action in actions {
-                self.execute(action, store.as_deref_mut()).await?;
+                match action {
+                    Action::Claim { ip, slot } => claims.push((ip, slot)),
+                    other => self.execute(other, store.as_deref_mut()).await?,
+                }
                 self.refresh_if_urgent().await;
+            }
+            if let (Some(store), Some(lease), false) =
+                (store.as_deref_mut(), self.lease, claims.is_empty())
+            {
+                self.claim(store, &claims, lease).await?;
             }
         }
         Ok(())
@@ -268,7 +279,7 @@ impl Agent {
             }
             Action::Claim { ip, slot } => {
                 if let (Some(store), Some(lease)) = (store, self.lease) {
-                    self.claim(store, ip, slot, lease).await?;
+                    self.claim(store, &[(ip, slot)], lease).await?;
                 }
             }
             Action::Release { ip, slot } => {
@@ -408,11 +419,11 @@ impl Agent {
         }
     }
 
+    /// Try to create the claim keys of `slots` on `lease`, in batches.
     async fn claim(
         &mut self,
         store: &mut Store,
-        ip: std::net::IpAddr,
-        slot: u32,
+        slots: &[(IpAddr, u32)],
         lease: i64,
     ) -> Result<(), StoreError> {
         let value = ClaimValue {
@@ -420,9 +431,19 @@ impl Agent {
             since: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
         };
         let value = serde_json::to_vec(&value).expect("claim value serializes");
-        let outcome = store
-            .create_if_absent(&self.keys.claim(ip, slot), &value, lease)
-            .await?;
+        let entries: Vec<(String, Vec<u8>)> = slots
+            .iter()
+            .map(|&(ip, slot)| (self.keys.claim(ip, slot), value.clone()))
+            .collect();
+        let outcomes = store.create_many_if_absent(&entries, lease).await?;
+        for (&(ip, slot), outcome) in slots.iter().zip(outcomes) {
+            self.note_claim(ip, slot, lease, outcome);
+        }
+        Ok(())
+    }
+
+    /// Record what a claim attempt found: won, or held by someone else.
+    fn note_claim(&mut self, ip: IpAddr, slot: u32, lease: i64, outcome: CreateOutcome) {
         if outcome.created {
             info!(%ip, slot, "claim won");
             self.metrics.claims_won.inc();
@@ -438,7 +459,6 @@ impl Agent {
             let holder = self.view.holder_of(&existing);
             self.view.claimed(ip, slot, holder, existing.mod_revision);
         }
-        Ok(())
     }
 
     /// Set the held-addresses gauges from a converged address table.

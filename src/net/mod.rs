@@ -9,6 +9,7 @@
 use std::collections::BTreeSet;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::fd::AsRawFd;
 
 use futures::channel::mpsc::UnboundedReceiver;
 use futures::{StreamExt, TryStreamExt};
@@ -135,6 +136,33 @@ fn errno_kind(err: &rtnetlink::Error) -> Option<io::ErrorKind> {
     }
 }
 
+/// Room for the address events of a placement burst: every address this agent (or
+/// anyone) adds is one notification of about 1 KiB of kernel memory, and a burst of
+/// 10,000 while the agent is busy overran the default 208 KiB (the events were then
+/// lost and the table re-read). Memory is taken only while events wait.
+const EVENT_BUFFER: libc::c_int = 32 << 20;
+
+/// Give the event socket [`EVENT_BUFFER`]: `SO_RCVBUFFORCE` passes `net.core.rmem_max`
+/// (the agent has CAP_NET_ADMIN); without the capability, as much as the limit allows.
+fn size_receive_buffer(fd: std::os::fd::RawFd) {
+    let set = |option| {
+        let size = EVENT_BUFFER;
+        // SAFETY: a valid socket descriptor and a pointer to a c_int of the given size.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                option,
+                std::ptr::addr_of!(size).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        }
+    };
+    if set(libc::SO_RCVBUFFORCE) != 0 && set(libc::SO_RCVBUF) != 0 {
+        tracing::warn!(error = %io::Error::last_os_error(), "cannot size the netlink event buffer");
+    }
+}
+
 impl Netlink {
     /// Open a netlink socket; the connection runs on the current tokio runtime.
     pub fn open() -> Result<Netlink, NetError> {
@@ -150,8 +178,9 @@ impl Netlink {
             MulticastGroup::Ipv6Ifaddr,
             MulticastGroup::Link,
         ];
-        let (connection, _, messages) =
+        let (mut connection, _, messages) =
             rtnetlink::new_multicast_connection(&groups).map_err(NetError::Socket)?;
+        size_receive_buffer(connection.socket_mut().as_raw_fd());
         tokio::spawn(connection);
         Ok(AddressEvents { messages })
     }

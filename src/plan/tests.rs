@@ -105,6 +105,8 @@ impl Case {
         self
     }
     fn plan(&self, me: &Me) -> Vec<Action> {
+        let ideal = crate::placement::Ideal::new(&self.desired, &self.nodes);
+        let assignment = crate::placement::assign(&ideal, &self.claims, &self.nodes);
         plan(
             me,
             &World {
@@ -113,7 +115,7 @@ impl Case {
                 owned: &self.owned,
                 nodes: &self.nodes,
                 overdue: &self.overdue,
-                ideal: &crate::placement::Ideal::new(&self.desired, &self.nodes),
+                assignment: &assignment,
             },
         )
     }

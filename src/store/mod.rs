@@ -49,6 +49,9 @@ pub enum StoreError {
     /// The watch start revision was compacted away.
     #[error("etcd watch start revision compacted (oldest is {0})")]
     Compacted(i64),
+    /// An answer that does not fit the request.
+    #[error("etcd answer does not fit the request: {0}")]
+    Unexpected(String),
 }
 
 /// One key-value pair, decoupled from the client library.
@@ -116,6 +119,10 @@ pub struct CreateOutcome {
     /// The key as it is now, when someone else holds it.
     pub existing: Option<RawKv>,
 }
+
+/// Most keys one batched transaction creates: etcd refuses a transaction with more
+/// operations than its `--max-txn-ops` (128 by default).
+pub const MAX_BATCH: usize = 100;
 
 /// A connection to one etcd endpoint.
 pub struct Store {
@@ -389,47 +396,100 @@ impl Store {
         Ok(Watch { stream })
     }
 
-    /// Create `key` with `value` on `lease` only if it does not exist.
-    pub async fn create_if_absent(
+    /// Run `txns` as nested transactions of one transaction per [`MAX_BATCH`]: each
+    /// compares and acts on its own, so one failing compare costs only its own write.
+    /// One response per transaction, in order, and the store revision after each batch.
+    async fn run_nested(
         &mut self,
-        key: &str,
-        value: &[u8],
-        lease: i64,
-    ) -> Result<CreateOutcome, StoreError> {
-        let txn = Txn::new()
-            .when([Compare::create_revision(key, CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(
-                key,
-                value,
-                Some(PutOptions::new().with_lease(lease)),
-            )])
-            .or_else([TxnOp::get(key, None)]);
-        let resp = within(self.timeout, "claim txn", self.client.txn(txn)).await?;
-        let revision = resp.header().map_or(0, |h| h.revision());
-        let existing = resp.op_responses().into_iter().find_map(|r| match r {
-            etcd_client::TxnOpResponse::Get(g) => g.kvs().first().map(RawKv::from),
-            _ => None,
-        });
-        Ok(CreateOutcome {
-            created: resp.succeeded(),
-            revision,
-            existing,
-        })
+        txns: Vec<Txn>,
+        what: &'static str,
+    ) -> Result<Vec<(etcd_client::TxnResponse, i64)>, StoreError> {
+        let mut out = Vec::with_capacity(txns.len());
+        let mut txns = txns.into_iter().peekable();
+        while txns.peek().is_some() {
+            let ops: Vec<TxnOp> = txns.by_ref().take(MAX_BATCH).map(TxnOp::txn).collect();
+            let sent = ops.len();
+            let resp = within(
+                self.timeout,
+                what,
+                self.client.txn(Txn::new().and_then(ops)),
+            )
+            .await?;
+            let revision = resp.header().map_or(0, |h| h.revision());
+            let inner: Vec<_> = resp
+                .op_responses()
+                .into_iter()
+                .filter_map(|r| match r {
+                    etcd_client::TxnOpResponse::Txn(t) => Some((t, revision)),
+                    _ => None,
+                })
+                .collect();
+            if inner.len() != sent {
+                return Err(StoreError::Unexpected(format!(
+                    "{what}: {sent} nested transactions, {} answers",
+                    inner.len()
+                )));
+            }
+            out.extend(inner);
+        }
+        Ok(out)
     }
 
-    /// Put `value` at `key` only if the key's last change is still `mod_revision` (0:
-    /// the key does not exist); whether it was written.
-    pub async fn put_if_unchanged(
+    /// Create each `(key, value)` on `lease` only if that key does not exist, many to a
+    /// transaction ([`Store::run_nested`]): every key wins or loses on its own.
+    /// Outcomes in the order of `entries`.
+    pub async fn create_many_if_absent(
         &mut self,
-        key: &str,
-        value: &[u8],
-        mod_revision: i64,
-    ) -> Result<bool, StoreError> {
-        let txn = Txn::new()
-            .when([Compare::mod_revision(key, CompareOp::Equal, mod_revision)])
-            .and_then([TxnOp::put(key, value, None)]);
-        let resp = within(self.timeout, "history txn", self.client.txn(txn)).await?;
-        Ok(resp.succeeded())
+        entries: &[(String, Vec<u8>)],
+        lease: i64,
+    ) -> Result<Vec<CreateOutcome>, StoreError> {
+        let txns = entries
+            .iter()
+            .map(|(key, value)| {
+                Txn::new()
+                    .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
+                    .and_then([TxnOp::put(
+                        key.as_str(),
+                        value.as_slice(),
+                        Some(PutOptions::new().with_lease(lease)),
+                    )])
+                    .or_else([TxnOp::get(key.as_str(), None)])
+            })
+            .collect();
+        let answers = self.run_nested(txns, "claim batch txn").await?;
+        Ok(answers
+            .into_iter()
+            .map(|(inner, revision)| CreateOutcome {
+                created: inner.succeeded(),
+                revision,
+                existing: inner.op_responses().into_iter().find_map(|r| match r {
+                    etcd_client::TxnOpResponse::Get(g) => g.kvs().first().map(RawKv::from),
+                    _ => None,
+                }),
+            })
+            .collect())
+    }
+
+    /// Put each `(key, value)` only if the key's last change is still its `mod_revision`
+    /// (0: absent), many to a transaction; whether each was written, in order.
+    pub async fn put_many_if_unchanged(
+        &mut self,
+        entries: &[(String, Vec<u8>, i64)],
+    ) -> Result<Vec<bool>, StoreError> {
+        let txns = entries
+            .iter()
+            .map(|(key, value, revision)| {
+                Txn::new()
+                    .when([Compare::mod_revision(
+                        key.as_str(),
+                        CompareOp::Equal,
+                        *revision,
+                    )])
+                    .and_then([TxnOp::put(key.as_str(), value.as_slice(), None)])
+            })
+            .collect();
+        let answers = self.run_nested(txns, "history batch txn").await?;
+        Ok(answers.into_iter().map(|(t, _)| t.succeeded()).collect())
     }
 
     /// Delete `key` only while it hangs on `lease`; the revision of the deletion, or

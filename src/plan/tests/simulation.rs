@@ -116,7 +116,11 @@ impl Sim {
                 owned: &agent.owned,
                 nodes: &agent.view.nodes,
                 overdue: &BTreeSet::new(),
-                ideal: &crate::placement::Ideal::new(&agent.view.desired, &agent.view.nodes),
+                assignment: &crate::placement::assign(
+                    &crate::placement::Ideal::new(&agent.view.desired, &agent.view.nodes),
+                    &agent.view.claims,
+                    &agent.view.nodes,
+                ),
             },
         )
     }
@@ -205,7 +209,7 @@ impl Sim {
                     owned: &agent.owned,
                     nodes: &empty.nodes,
                     overdue: &BTreeSet::new(),
-                    ideal: &crate::placement::Ideal::default(),
+                    assignment: &Default::default(),
                 };
                 for action in plan(&me, &world) {
                     let Action::RemoveAddress(x) = action else {
