@@ -1,7 +1,8 @@
-//! Cost of one planning pass at scale: `cargo bench --bench plan` (no root needed).
-//! M desired IPs over N nodes, as one agent sees them: nothing claimed yet (initial
-//! placement) and everything claimed (steady state). The agent plans a few times per
-//! reconcile, so this bounds how fast a large cluster can converge.
+//! Cost of planning at scale: `cargo bench --bench plan` (no root needed).
+//! M desired IPs over N nodes, as one agent sees them: the ideal placement, the free-slot
+//! assignment with nothing claimed (initial placement), one planning pass then, a pass
+//! with everything claimed (steady state), and the assignment after a host is lost. Up
+//! to 100 nodes × 100,000 IPs: the size docs/benchmarks.md plans for, on paper and here.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv6Addr};
@@ -9,82 +10,139 @@ use std::time::Instant;
 
 use extip::model::{DesiredIp, NodeValue};
 use extip::observed::{Claims, Holder};
-use extip::placement;
+use extip::placement::{self, Assignment, Ideal};
 use extip::plan::{plan, Link, Me, Mode, World};
+
+/// Resident memory of this process, KiB, from /proc.
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn millis(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
+}
+
+/// `ips` exclusive IPv6 IPs and nodes h1..h`nodes`.
+fn cluster(ips: u32, nodes: usize) -> (BTreeMap<IpAddr, DesiredIp>, BTreeMap<String, NodeValue>) {
+    let desired = (0..ips)
+        .map(|i| {
+            let ip = Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, (i >> 16) as u16, i as u16);
+            (IpAddr::V6(ip), DesiredIp::exclusive())
+        })
+        .collect();
+    let node_map = (1..=nodes)
+        .map(|n| {
+            let name = format!("h{n}");
+            (name.clone(), NodeValue::new(&name, &["lo"]))
+        })
+        .collect();
+    (desired, node_map)
+}
+
+/// The claims once every free slot went where `assignment` says; node hN holds lease N.
+fn claimed(assignment: &Assignment) -> Claims {
+    let mut full = Claims::new();
+    for (&(ip, slot), node) in assignment {
+        let holder = Holder {
+            node: Some(node.clone()),
+            lease: node[1..].parse().unwrap_or(0),
+        };
+        full.entry(ip).or_default().insert(slot, holder);
+    }
+    full
+}
+
+/// Lowest and highest count of slots per node in `assignment`.
+fn spread(assignment: &Assignment) -> (usize, usize) {
+    let mut per: BTreeMap<&str, usize> = BTreeMap::new();
+    for node in assignment.values() {
+        *per.entry(node).or_default() += 1;
+    }
+    let min = per.values().copied().min().unwrap_or(0);
+    (min, per.values().copied().max().unwrap_or(0))
+}
 
 fn main() {
     let none = BTreeSet::new();
     let labels = BTreeMap::new();
     let allowed = vec!["2001:db8::/32".parse().unwrap()];
-    println!("| IPs | nodes | Ideal::new + assign, nothing claimed | plan (ideal cached), nothing claimed | plan, all claimed |");
-    println!("|---|---|---|---|---|");
-    for (ips, nodes) in [(1_000, 3), (10_000, 10)] {
-        let desired: BTreeMap<IpAddr, DesiredIp> = (0..ips)
-            .map(|i| {
-                let ip = Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, (i >> 16) as u16, i as u16);
-                (IpAddr::V6(ip), DesiredIp::exclusive())
-            })
-            .collect();
-        let names: Vec<String> = (1..=nodes).map(|n| format!("h{n}")).collect();
-        let node_map: BTreeMap<String, NodeValue> = names
-            .iter()
-            .map(|n| (n.clone(), NodeValue::new(n, &["lo"])))
-            .collect();
+    let lo = [Link {
+        name: "lo".into(),
+        ifindex: 1,
+        up: true,
+    }];
+    let me = Me {
+        node: "h1",
+        lease: Some(1),
+        links: &lo,
+        allowed: &allowed,
+        mode: Mode::Serve,
+        keep_shared_when_fenced: true,
+        draining: false,
+        give_away: &none,
+        conflicts: &none,
+        labels: &labels,
+    };
+    println!("| IPs | nodes | Ideal::new | assign, nothing claimed (per node) | plan, nothing claimed | assign + plan, all claimed | host lost: assign (its IPs per survivor) | memory |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for (ips, nodes) in [(1_000, 3), (10_000, 10), (100_000, 100)] {
+        let rss = rss_kib();
+        let (desired, node_map) = cluster(ips, nodes);
         let t = Instant::now();
-        let ideal = placement::Ideal::new(&desired, &node_map);
+        let ideal = Ideal::new(&desired, &node_map);
+        let ideal_ms = millis(t);
+        let t = Instant::now();
         let assignment = placement::assign(&ideal, &Claims::new(), &node_map);
-        let assign_ms = t.elapsed().as_secs_f64() * 1e3;
-        let mut full = Claims::new();
-        for (&(ip, slot), node) in &assignment {
-            // Lease n for node hn: h1 (this agent) holds lease 1.
-            let lease = node[1..].parse().unwrap_or(0);
-            let holder = Holder {
-                node: Some(node.clone()),
-                lease,
-            };
-            full.entry(ip).or_default().insert(slot, holder);
-        }
-        let lo = [Link {
-            name: "lo".into(),
-            ifindex: 1,
-            up: true,
-        }];
-        let me = Me {
-            node: "h1",
-            lease: Some(1),
-            links: &lo,
-            allowed: &allowed,
-            mode: Mode::Serve,
-            keep_shared_when_fenced: true,
-            draining: false,
-            give_away: &none,
-            conflicts: &none,
-            labels: &labels,
+        let assign_ms = millis(t);
+        let (lo_n, hi_n) = spread(&assignment);
+        let (owned, overdue) = (BTreeSet::new(), BTreeSet::new());
+        let empty = Claims::new();
+        let world = World {
+            desired: &desired,
+            claims: &empty,
+            owned: &owned,
+            nodes: &node_map,
+            overdue: &overdue,
+            assignment: &assignment,
         };
-        let mut timings = Vec::new();
-        for claims in [Claims::new(), full] {
-            let owned = BTreeSet::new();
-            let overdue = BTreeSet::new();
-            let world = World {
-                desired: &desired,
-                claims: &claims,
-                owned: &owned,
-                nodes: &node_map,
-                overdue: &overdue,
-                assignment: &Default::default(),
-            };
-            let t = Instant::now();
-            let assignment = extip::placement::assign(&ideal, &claims, &node_map);
-            let world = World {
-                assignment: &assignment,
+        let t = Instant::now();
+        let first = plan(&me, &world);
+        let plan_ms = millis(t);
+        let full = claimed(&assignment);
+        let t = Instant::now();
+        let none_free = placement::assign(&ideal, &full, &node_map);
+        let steady = plan(
+            &me,
+            &World {
+                claims: &full,
+                assignment: &none_free,
                 ..world
-            };
-            let actions = plan(&me, &world);
-            timings.push((t.elapsed().as_secs_f64() * 1e3, actions.len()));
-        }
+            },
+        );
+        let steady_ms = millis(t);
+        // h2 is lost: its claims vanish with its lease, and it leaves the node records.
+        let mut survivors = node_map.clone();
+        survivors.remove("h2");
+        let mut after = full.clone();
+        after.retain(|_, slots| slots.values().all(|h| h.node.as_deref() != Some("h2")));
+        let t = Instant::now();
+        let survivors_ideal = Ideal::new(&desired, &survivors);
+        let refill = placement::assign(&survivors_ideal, &after, &survivors);
+        let lost_ms = millis(t);
+        let (lo_r, hi_r) = spread(&refill);
+        let memory = rss_kib().saturating_sub(rss) / 1024;
         println!(
-            "| {ips} | {nodes} | {assign_ms:.1} ms | {:.1} ms ({} actions) | {:.1} ms ({} actions) |",
-            timings[0].0, timings[0].1, timings[1].0, timings[1].1
+            "| {ips} | {nodes} | {ideal_ms:.1} ms | {assign_ms:.1} ms ({lo_n}-{hi_n}) | \
+             {plan_ms:.1} ms ({} actions) | {steady_ms:.1} ms ({} actions) | \
+             {lost_ms:.1} ms ({} IPs: {lo_r}-{hi_r}) | {memory} MiB |",
+            first.len(),
+            steady.len(),
+            refill.len()
         );
     }
 }

@@ -58,6 +58,15 @@ fn spread(p: &BTreeMap<String, Vec<usize>>, hosts: &[usize]) -> (usize, usize) {
     )
 }
 
+/// IPs a sample saw on two hosts that the first of them still holds when read again:
+/// both held it at the same instant (hosts are read one after another).
+fn confirmed_overlaps(lab: &Lab, p: &BTreeMap<String, Vec<usize>>) -> usize {
+    p.iter()
+        .filter(|(_, on)| on.len() > 1)
+        .filter(|(ip, on)| lab::monitor::has_ip(&lab.addresses(on[0], "lo"), ip))
+        .count()
+}
+
 fn served_once(p: &BTreeMap<String, Vec<usize>>, total: usize) -> bool {
     p.len() == total && p.values().all(|on| on.len() == 1)
 }
@@ -241,6 +250,7 @@ fn main() {
     let survivors: Vec<usize> = hosts.iter().copied().filter(|&h| h != victim).collect();
     let lost = before.values().filter(|on| on[0] == victim).count();
     let t = Instant::now();
+    let killed_at = std::time::SystemTime::now();
     lab.kill(victim);
     lab.cut(victim);
     let took = wait_for(Duration::from_secs(120), || {
@@ -257,12 +267,30 @@ fn main() {
         "| host lost ({lost} IPs) | served again after {:.1} s | survivor IPs moved: {moved} |",
         took.as_secs_f64()
     );
+    let offsets = |what: &str| log_offsets(&lab, &survivors, what, killed_at);
+    let (claims, adds) = (offsets("claim won"), offsets("address added"));
+    println!(
+        "| after the loss, survivors' logs | first / last claim won {:.2} / {:.2} s | first / last address added {:.2} / {:.2} s |",
+        claims.0, claims.1, adds.0, adds.1
+    );
 
-    // It returns: rebalancing after the stabilization window.
+    // It returns: rebalancing after the stabilization window. Every address added
+    // anywhere meanwhile is one move (ip monitor), and every sample that shows an IP on
+    // two hosts is confirmed by reading the first of them again.
+    let events: Vec<_> = hosts
+        .iter()
+        .map(|&h| lab::monitor::AddressEvents::start(&lab.hosts[h].ns))
+        .collect();
     lab.reconnect(victim);
     lab.start_agent(victim, &agent_args);
     let t = Instant::now();
-    let balanced = wait_for(Duration::from_secs(300), || even(&lab));
+    let mut overlaps = 0;
+    let balanced = wait_for(Duration::from_secs(300), || {
+        let p = placement(&lab, &hosts);
+        overlaps += confirmed_overlaps(&lab, &p);
+        let (lo, hi) = spread(&p, &hosts);
+        served_once(&p, m) && lo as f64 >= avg * 0.9 && hi as f64 <= avg * 1.1
+    });
     let end = placement(&lab, &hosts);
     let moved = end
         .iter()
@@ -273,7 +301,44 @@ fn main() {
         Some(d) => println!("| host returns | balanced after {:.1} s (window 10 s) | {moved} IPs moved; per host {lo}–{hi} |", d.as_secs_f64()),
         None => println!("| host returns | not balanced after {:.0} s | {moved} IPs moved; per host {lo}–{hi} |", t.elapsed().as_secs_f64()),
     }
+    let mut adds: BTreeMap<String, usize> = BTreeMap::new();
+    for e in events {
+        for line in e.additions("2001:db8:100:") {
+            if let Some(ip) = line
+                .split_whitespace()
+                .find(|w| w.starts_with("2001:db8:100:"))
+            {
+                *adds
+                    .entry(ip.trim_end_matches("/128").to_string())
+                    .or_default() += 1;
+            }
+        }
+    }
+    let twice = adds.values().filter(|&&n| n > 1).count();
+    println!(
+        "| while it returned | {} addresses added ({} IPs), {twice} IPs moved more than once | overlap samples (an IP on two hosts, confirmed): {overlaps} |",
+        adds.values().sum::<usize>(),
+        adds.len()
+    );
     print_log_counts(&lab, &hosts);
+}
+
+/// Seconds from `since` to the first and the last log line containing `what` written
+/// after it by the agents of `hosts` (their timestamps, RFC 3339 UTC).
+fn log_offsets(lab: &Lab, hosts: &[usize], what: &str, since: std::time::SystemTime) -> (f64, f64) {
+    let mut seen: Vec<f64> = Vec::new();
+    for &h in hosts {
+        for line in lab.agent_log(h).lines().filter(|l| l.contains(what)) {
+            let stamp = line.split_whitespace().next().unwrap_or("");
+            if let Ok(at) = humantime::parse_rfc3339(stamp) {
+                if let Ok(d) = at.duration_since(since) {
+                    seen.push(d.as_secs_f64());
+                }
+            }
+        }
+    }
+    let first = seen.iter().copied().fold(f64::INFINITY, f64::min);
+    (first, seen.iter().copied().fold(0.0, f64::max))
 }
 
 /// How often the agents logged the lines that say the lease or etcd was in trouble,

@@ -57,24 +57,6 @@ impl Agent {
         }
     }
 
-    /// Put `ip` behind the fence before its address is added; false when it cannot be,
-    /// and then the address must not be added.
-    pub(super) fn fence_before_adding(&mut self, ip: IpAddr) -> bool {
-        if !self.fenced_ip(ip) || self.fenced_ips.contains(&ip) {
-            return true;
-        }
-        match self.fence.add(&BTreeSet::from([ip])) {
-            Ok(()) => {
-                self.fenced_ips.insert(ip);
-                true
-            }
-            Err(e) => {
-                error!(%ip, error = %e, "cannot fence the IP; not adding it");
-                false
-            }
-        }
-    }
-
     /// Make the fence hold exactly the fenced IPs among `owned`: all at once the first
     /// time (the fence may hold a previous run's IPs), then by difference.
     pub(super) fn sync_fence(&mut self, owned: &BTreeSet<IpAddr>) {

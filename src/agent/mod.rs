@@ -1,6 +1,7 @@
 //! The host agent: one event loop over the etcd watch, the lease keepalive, netlink
 //! address events, a periodic resync, the lease deadline and shutdown signals.
 
+mod adding;
 mod announce;
 mod fencing;
 mod history;

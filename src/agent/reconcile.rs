@@ -85,7 +85,7 @@ impl Agent {
     }
 
     /// The name of the served interface with this index, for logs.
-    fn link_name(&self, ifindex: u32) -> &str {
+    pub(super) fn link_name(&self, ifindex: u32) -> &str {
         self.links
             .iter()
             .find(|l| l.ifindex == ifindex)
@@ -242,15 +242,22 @@ impl Agent {
             self.added_now.clear();
             self.probe_before_adding(&actions).await;
             // Claims of distinct slots do not depend on each other nor on the other
-            // actions: they go last, many to a transaction.
+            // actions: they go last, many to a transaction. Adds (sorted together, before
+            // their announcements) go many at a time too.
             let mut claims = Vec::new();
+            let mut adds = Vec::new();
             for action in actions {
                 match action {
                     Action::Claim { ip, slot } => claims.push((ip, slot)),
-                    other => self.execute(other, store.as_deref_mut()).await?,
+                    Action::AddAddress(a) => adds.push(a),
+                    other => {
+                        self.add_addresses(&std::mem::take(&mut adds)).await;
+                        self.execute(other, store.as_deref_mut()).await?;
+                    }
                 }
                 self.refresh_if_urgent().await;
             }
+            self.add_addresses(&adds).await;
             if let (Some(store), Some(lease), false) =
                 (store.as_deref_mut(), self.lease, claims.is_empty())
             {
@@ -267,11 +274,7 @@ impl Agent {
     ) -> Result<(), StoreError> {
         match action {
             Action::RemoveAddress(a) => self.remove_address(a, "not held").await,
-            Action::AddAddress(a) => {
-                if !self.conflicts.ips.contains(&a.ip) && self.add_address(a).await {
-                    self.added_now.insert(a);
-                }
-            }
+            Action::AddAddress(a) => self.add_addresses(&[a]).await,
             Action::Announce(a) => {
                 if self.added_now.remove(&a) {
                     self.announce(a);
@@ -303,7 +306,7 @@ impl Agent {
     /// Fenced IPs get the backstop kernel lifetime (whole seconds): if this agent is
     /// killed or frozen, the fence darkens them at once and the kernel removes them
     /// later. Shared IPs kept through etcd outages live until removed.
-    fn lifetime_for(&self, ip: IpAddr) -> Option<u32> {
+    pub(super) fn lifetime_for(&self, ip: IpAddr) -> Option<u32> {
         self.fenced_ip(ip)
             .then(|| u32::try_from(self.backstop().as_secs()).unwrap_or(u32::MAX))
     }
@@ -313,35 +316,6 @@ impl Agent {
         self.cfg
             .address_lifetime
             .unwrap_or_else(|| backstop_lifetime(self.cfg.lease_ttl, self.cfg.export_routes))
-    }
-
-    /// Add an address; whether it is there now.
-    async fn add_address(&mut self, a: LocalAddress) -> bool {
-        if !self.clock().is_safe(Instant::now()) {
-            // A long reconcile can outlast the lease deadline it was planned under.
-            warn!(address = %a, "lease deadline passed; not adding the address");
-            return false;
-        }
-        if !self.fence_before_adding(a.ip) {
-            return false;
-        }
-        let lifetime = self.lifetime_for(a.ip);
-        match self.net.add(a, lifetime).await {
-            Ok(()) => {
-                info!(address = %a, interface = self.link_name(a.ifindex), lifetime, "address added");
-                self.metrics.takeovers.inc();
-                if let Some(claimed) = self.claimed_at.remove(&a.ip) {
-                    let took = claimed.elapsed().as_secs_f64();
-                    self.metrics.claim_to_address.observe(took);
-                }
-                self.note_lifetime(lifetime, Instant::now());
-                true
-            }
-            Err(e) => {
-                error!(error = %e, "cannot add address");
-                false
-            }
-        }
     }
 
     /// Give the backstop lifetime again to the held addresses that used a quarter of it,
@@ -401,7 +375,7 @@ impl Agent {
 
     /// Remember the earliest end of a lifetime set on an owned address, and when the
     /// refresh round for it is due.
-    fn note_lifetime(&mut self, lifetime: Option<u32>, now: Instant) {
+    pub(super) fn note_lifetime(&mut self, lifetime: Option<u32>, now: Instant) {
         let Some(secs) = lifetime else { return };
         let end = now + Duration::from_secs(secs.into());
         let earliest = self.lifetimes_end.map_or(end, |e| e.min(end));
