@@ -38,7 +38,11 @@ fn placement(lab: &Lab, hosts: &[usize]) -> BTreeMap<String, Vec<usize>> {
                 .strip_suffix("/128")
                 .filter(|ip| ip.starts_with("2001:db8:100:"))
             {
-                on.entry(ip.to_string()).or_default().push(h);
+                // A dump of a changing table can list an address twice.
+                let holders = on.entry(ip.to_string()).or_default();
+                if !holders.contains(&h) {
+                    holders.push(h);
+                }
             }
         }
     }
@@ -60,11 +64,12 @@ fn spread(p: &BTreeMap<String, Vec<usize>>, hosts: &[usize]) -> (usize, usize) {
 
 /// IPs a sample saw on two hosts that the first of them still holds when read again:
 /// both held it at the same instant (hosts are read one after another).
-fn confirmed_overlaps(lab: &Lab, p: &BTreeMap<String, Vec<usize>>) -> usize {
+fn confirmed_overlaps(lab: &Lab, p: &BTreeMap<String, Vec<usize>>) -> Vec<(String, Vec<usize>)> {
     p.iter()
         .filter(|(_, on)| on.len() > 1)
         .filter(|(ip, on)| lab::monitor::has_ip(&lab.addresses(on[0], "lo"), ip))
-        .count()
+        .map(|(ip, on)| (ip.clone(), on.clone()))
+        .collect()
 }
 
 fn served_once(p: &BTreeMap<String, Vec<usize>>, total: usize) -> bool {
@@ -249,6 +254,10 @@ fn main() {
     let victim = 1;
     let survivors: Vec<usize> = hosts.iter().copied().filter(|&h| h != victim).collect();
     let lost = before.values().filter(|on| on[0] == victim).count();
+    let monitors: Vec<_> = survivors
+        .iter()
+        .map(|&h| lab::monitor::AddressEvents::start_timestamped(&lab.hosts[h].ns))
+        .collect();
     let t = Instant::now();
     let killed_at = std::time::SystemTime::now();
     lab.kill(victim);
@@ -263,8 +272,31 @@ fn main() {
         .filter(|(ip, on)| on[0] != victim && after.get(*ip) != Some(*on))
         .count();
     let _ = t;
+    // Served again: when the last of the lost IPs was added on a survivor, as `ip
+    // monitor` stamped it (the polling above only says when it was seen).
+    let lost_ips: std::collections::BTreeSet<&String> = before
+        .iter()
+        .filter(|(_, on)| on[0] == victim)
+        .map(|(ip, _)| ip)
+        .collect();
+    let mut first_add: BTreeMap<String, std::time::SystemTime> = BTreeMap::new();
+    for m in monitors {
+        for (at, address) in m.timed_additions("2001:db8:100:") {
+            let ip = address.trim_end_matches("/128").to_string();
+            if lost_ips.contains(&ip) && at > killed_at {
+                let e = first_add.entry(ip).or_insert(at);
+                *e = (*e).min(at);
+            }
+        }
+    }
+    let served = first_add
+        .values()
+        .filter_map(|at| at.duration_since(killed_at).ok())
+        .max()
+        .unwrap_or(took);
     println!(
-        "| host lost ({lost} IPs) | served again after {:.1} s | survivor IPs moved: {moved} |",
+        "| host lost ({lost} IPs) | served again after {:.2} s (last one added, ip monitor; seen by polling after {:.1} s) | survivor IPs moved: {moved} |",
+        served.as_secs_f64(),
         took.as_secs_f64()
     );
     let offsets = |what: &str| log_offsets(&lab, &survivors, what, killed_at);
@@ -274,20 +306,22 @@ fn main() {
         claims.0, claims.1, adds.0, adds.1
     );
 
-    // It returns: rebalancing after the stabilization window. Every address added
-    // anywhere meanwhile is one move (ip monitor), and every sample that shows an IP on
-    // two hosts is confirmed by reading the first of them again.
-    let events: Vec<_> = hosts
-        .iter()
-        .map(|&h| lab::monitor::AddressEvents::start(&lab.hosts[h].ns))
-        .collect();
+    // It returns: rebalancing after the stabilization window. Its old addresses are
+    // still listed (fenced, not answering) until its new agent removes them at start:
+    // overlaps are sampled from then on, each confirmed by reading the first host again.
+    // Every claim won meanwhile is one move (the agents' logs).
     lab.reconnect(victim);
+    let returned_at = std::time::SystemTime::now();
     lab.start_agent(victim, &agent_args);
     let t = Instant::now();
-    let mut overlaps = 0;
+    let stale = wait_for(Duration::from_secs(10), || {
+        let held = lab.addresses(victim, "lo");
+        !lost_ips.iter().any(|ip| lab::monitor::has_ip(&held, ip))
+    });
+    let mut seen_twice = Vec::new();
     let balanced = wait_for(Duration::from_secs(300), || {
         let p = placement(&lab, &hosts);
-        overlaps += confirmed_overlaps(&lab, &p);
+        seen_twice.extend(confirmed_overlaps(&lab, &p));
         let (lo, hi) = spread(&p, &hosts);
         served_once(&p, m) && lo as f64 >= avg * 0.9 && hi as f64 <= avg * 1.1
     });
@@ -298,27 +332,70 @@ fn main() {
         .count();
     let (lo, hi) = spread(&end, &hosts);
     match balanced {
-        Some(d) => println!("| host returns | balanced after {:.1} s (window 10 s) | {moved} IPs moved; per host {lo}–{hi} |", d.as_secs_f64()),
+        Some(_) => println!("| host returns | balanced after {:.1} s (window 10 s) | {moved} IPs moved; per host {lo}–{hi} |", t.elapsed().as_secs_f64()),
         None => println!("| host returns | not balanced after {:.0} s | {moved} IPs moved; per host {lo}–{hi} |", t.elapsed().as_secs_f64()),
     }
-    let mut adds: BTreeMap<String, usize> = BTreeMap::new();
-    for e in events {
-        for line in e.additions("2001:db8:100:") {
-            if let Some(ip) = line
-                .split_whitespace()
-                .find(|w| w.starts_with("2001:db8:100:"))
-            {
-                *adds
-                    .entry(ip.trim_end_matches("/128").to_string())
-                    .or_default() += 1;
+    let overlaps = seen_twice.len();
+    // What the agents logged about the first few IPs seen on two hosts, to stderr.
+    for (ip, on) in seen_twice.iter().take(3) {
+        eprintln!("---- {ip} seen on hosts {on:?}");
+        for &h in &hosts {
+            for line in lab.agent_log(h).lines().filter(|l| l.contains(ip.as_str())) {
+                eprintln!("h{}: {line}", h + 1);
             }
         }
     }
-    let twice = adds.values().filter(|&&n| n > 1).count();
+    for &h in &hosts {
+        for line in lab
+            .agent_log(h)
+            .lines()
+            .filter(|l| l.contains("etcd connection lost"))
+        {
+            eprintln!("h{}: {line}", h + 1);
+        }
+    }
+    eprintln!(
+        "kill at {}, return at {}",
+        humantime::format_rfc3339_micros(killed_at),
+        humantime::format_rfc3339_micros(returned_at)
+    );
+    let wins = claims_won_since(&lab, &hosts, returned_at);
+    let twice = wins.values().filter(|&&n| n > 1).count();
+    for ip in wins
+        .iter()
+        .filter(|(_, &n)| n > 1)
+        .map(|(ip, _)| ip)
+        .take(2)
+    {
+        eprintln!("---- {ip} claimed more than once since the return");
+        for &h in &hosts {
+            for line in lab.agent_log(h).lines().filter(|l| l.contains(ip.as_str())) {
+                eprintln!("h{}: {line}", h + 1);
+            }
+        }
+    }
+    for &h in &hosts {
+        let log = lab.agent_log(h);
+        let lines: Vec<&str> = log.lines().collect();
+        if let Some(k) = lines
+            .iter()
+            .position(|l| l.contains("lease deadline reached"))
+        {
+            eprintln!("---- h{} before its first missed deadline", h + 1);
+            let from = k.saturating_sub(25);
+            for l in lines[from..(k + 3).min(lines.len())]
+                .iter()
+                .filter(|l| !l.contains("address added"))
+            {
+                eprintln!("h{}: {l}", h + 1);
+            }
+        }
+    }
     println!(
-        "| while it returned | {} addresses added ({} IPs), {twice} IPs moved more than once | overlap samples (an IP on two hosts, confirmed): {overlaps} |",
-        adds.values().sum::<usize>(),
-        adds.len()
+        "| while it returned | {} claims won ({} IPs), {twice} IPs moved more than once | overlap samples (an IP on two hosts, confirmed): {overlaps}; its old addresses listed for {:.1} s after it started |",
+        wins.values().sum::<usize>(),
+        wins.len(),
+        stale.map_or(f64::NAN, |d| d.as_secs_f64())
     );
     print_log_counts(&lab, &hosts);
 }
@@ -339,6 +416,26 @@ fn log_offsets(lab: &Lab, hosts: &[usize], what: &str, since: std::time::SystemT
     }
     let first = seen.iter().copied().fold(f64::INFINITY, f64::min);
     (first, seen.iter().copied().fold(0.0, f64::max))
+}
+
+/// Claims won per IP by the agents of `hosts` since `since`, from their logs.
+fn claims_won_since(
+    lab: &Lab,
+    hosts: &[usize],
+    since: std::time::SystemTime,
+) -> BTreeMap<String, usize> {
+    let mut wins: BTreeMap<String, usize> = BTreeMap::new();
+    for &h in hosts {
+        for line in lab.agent_log(h).lines().filter(|l| l.contains("claim won")) {
+            let stamp = line.split_whitespace().next().unwrap_or("");
+            let after = humantime::parse_rfc3339(stamp).is_ok_and(|at| at >= since);
+            let ip = line.split_whitespace().find_map(|w| w.strip_prefix("ip="));
+            if let (true, Some(ip)) = (after, ip) {
+                *wins.entry(ip.to_string()).or_default() += 1;
+            }
+        }
+    }
+    wins
 }
 
 /// How often the agents logged the lines that say the lease or etcd was in trouble,

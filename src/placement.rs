@@ -131,6 +131,8 @@ pub struct Ideal {
     cap: usize,
     /// Slots per serving node.
     average: f64,
+    /// Slots wanted in all.
+    total: usize,
 }
 
 impl Ideal {
@@ -185,6 +187,7 @@ impl Ideal {
             rankings,
             cap,
             average: total as f64 / serving as f64,
+            total,
         }
     }
 }
@@ -266,7 +269,20 @@ pub fn handovers(
     me: &str,
     stable: &BTreeSet<String>,
 ) -> Vec<IpAddr> {
-    let (average, cap) = (ideal.average, ideal.cap);
+    // Loads are judged against the stable serving nodes only: a node back for less than
+    // the stabilization window would lower the average at once and make the others
+    // pass IPs among themselves, which then move again to it once it is stable.
+    let stable_serving = nodes
+        .iter()
+        .filter(|(n, v)| stable.contains(*n) && !v.draining && !v.interfaces.is_empty())
+        .count();
+    let (average, cap) = match stable_serving {
+        0 => (ideal.average, ideal.cap),
+        k => {
+            let average = ideal.total as f64 / k as f64;
+            (average, (average * LOAD_FACTOR - ROUNDING).ceil() as usize)
+        }
+    };
     let underloaded_below = (average * UNDERLOAD + ROUNDING).floor();
     let overloaded_above = (average * OVERLOAD - ROUNDING).ceil();
     let mut load = loads(claims, nodes);

@@ -509,7 +509,8 @@ impl Agent {
         events: &mut AddressEvents,
         signals: &mut watch::Receiver<Signal>,
     ) -> Stop {
-        let mut resync = interval_at(Instant::now() + self.cfg.resync, self.cfg.resync);
+        let first = Instant::now() + resync_phase(&self.cfg.node, self.cfg.resync);
+        let mut resync = interval_at(first, self.cfg.resync);
         if let Err(e) = self.reconcile(Some(&mut conn.store)).await {
             return Stop::Lost(e.to_string());
         }
@@ -712,4 +713,16 @@ impl Agent {
             Err(e) => error!(error = %e, "cannot remove the fence tables"),
         }
     }
+}
+
+/// When in the resync period this node's resync falls: agents started together would
+/// otherwise ask etcd at the same instant, and etcd answers the summary by reading the
+/// whole prefix (a sorted range): ten agents at once stalled it past the lease margin on
+/// the loaded lab machine. A stable spread by node name, within one period.
+fn resync_phase(node: &str, period: Duration) -> Duration {
+    use std::hash::Hasher;
+    let mut h = fnv::FnvHasher::default();
+    h.write(node.as_bytes());
+    let millis = period.as_millis().max(1) as u64;
+    period + Duration::from_millis(h.finish() % millis)
 }

@@ -232,6 +232,35 @@ fn a_returning_node_gets_its_share_once_stable_and_only_then() {
 }
 
 #[test]
+fn a_returning_node_not_yet_stable_moves_nothing_among_the_others() {
+    // Nine nodes within ±10 % of their own average (50): one at 47, three at 51.
+    let desired = ips(450);
+    let names = ["h1", "h3", "h4", "h5", "h6", "h7", "h8", "h9", "h10"];
+    let counts = [47, 51, 51, 51, 50, 50, 50, 50, 50];
+    let owners = names
+        .iter()
+        .zip(counts)
+        .flat_map(|(n, c)| std::iter::repeat_n(n.to_string(), c));
+    let assignment: BTreeMap<(IpAddr, u32), String> = desired
+        .keys()
+        .zip(owners)
+        .map(|(&ip, n)| ((ip, 0), n))
+        .collect();
+    let claims = as_claims(&assignment);
+    // h2 is back (in the node records) but not stable: counting it would lower the
+    // average to 45, put the nodes at 51 above the overload line and send their IPs
+    // to h1, only for them to move again to h2 once it is stable.
+    let mut all: Vec<&str> = names.to_vec();
+    all.push("h2");
+    let all = nodes(&all);
+    let steady = stable(&names);
+    for me in names {
+        let moves = handovers_fresh(&desired, &claims, &all, me, &steady);
+        assert!(moves.is_empty(), "{me} hands over {} IPs", moves.len());
+    }
+}
+
+#[test]
 fn losing_a_node_triggers_no_handover_among_survivors() {
     let desired = ips(300);
     let mut claims = placed(&desired, &["h1", "h2", "h3"]);

@@ -101,8 +101,18 @@ pub struct AddressEvents {
 impl AddressEvents {
     /// Start watching address changes in namespace `ns`.
     pub fn start(ns: &str) -> Self {
+        Self::spawn(&["-n", ns, "monitor", "address"])
+    }
+
+    /// The same, each event stamped by `ip` with the time it read it (UTC).
+    pub fn start_timestamped(ns: &str) -> Self {
+        Self::spawn(&["-n", ns, "-ts", "monitor", "address"])
+    }
+
+    fn spawn(args: &[&str]) -> Self {
         let child = Command::new("ip")
-            .args(["-n", ns, "monitor", "address"])
+            .args(args)
+            .env("TZ", "UTC")
             .stdout(std::process::Stdio::piped())
             .spawn()
             .expect("ip monitor");
@@ -119,6 +129,36 @@ impl AddressEvents {
     /// Stop and return the lines that report an added address matching `needle`.
     pub fn additions(self, needle: &str) -> Vec<String> {
         self.lines(needle, false)
+    }
+
+    /// Stop (a timestamped monitor) and return when each address matching `needle`
+    /// was added, with the address as `ip/len`.
+    pub fn timed_additions(self, needle: &str) -> Vec<(std::time::SystemTime, String)> {
+        let mut out = Vec::new();
+        for line in self.all_lines() {
+            let Some((stamp, rest)) = line.strip_prefix('[').and_then(|l| l.split_once("] "))
+            else {
+                continue;
+            };
+            if rest.starts_with("Deleted") {
+                continue;
+            }
+            let address = rest.split_whitespace().find(|w| w.contains(needle));
+            let at = humantime::parse_rfc3339_weak(stamp).ok();
+            if let (Some(at), Some(address)) = (at, address) {
+                out.push((at, address.to_string()));
+            }
+        }
+        out
+    }
+
+    fn all_lines(mut self) -> Vec<String> {
+        let _ = self.child.kill();
+        let out = self.child.wait_with_output().expect("ip monitor output");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect()
     }
 
     fn lines(mut self, needle: &str, deleted: bool) -> Vec<String> {
