@@ -80,3 +80,26 @@ fn an_agent_claims_149_ips_in_a_few_transactions_and_leaves_the_one_held_alone()
     // go to the membership key and claims retried as the view catches up.
     assert!(txns < 30.0, "{txns} transactions for 149 claims");
 }
+
+#[test]
+fn an_etcd_that_allows_fewer_operations_per_transaction_gets_smaller_batches() {
+    let mut lab = Lab::with_etcd_flags(1, 1, &["--max-txn-ops", "16"]);
+    let pairs: Vec<(String, String)> = (1..=60)
+        .map(|i| (format!("/extip/ips/198.51.100.{i}"), "{}".to_string()))
+        .collect();
+    for few in pairs.chunks(10) {
+        lab.put_many(few);
+    }
+    lab.start_agent(0, &[]);
+    wait_for(Duration::from_secs(30), || claims(&lab).len() == 60)
+        .unwrap_or_else(|| panic!("{} claims; log: {}", claims(&lab).len(), lab.agent_log(0)));
+    wait_for(Duration::from_secs(10), || {
+        lab.holders("198.51.100.60") == [0]
+    })
+    .expect("the last IP on the host");
+    assert!(
+        lab.agent_log(0).contains("smaller batches"),
+        "{}",
+        lab.agent_log(0)
+    );
+}

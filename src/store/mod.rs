@@ -130,6 +130,8 @@ pub struct Store {
     endpoint: String,
     timeout: Duration,
     dialer: Dialer,
+    /// Nested transactions per batch: [`MAX_BATCH`], halved while etcd refuses as many.
+    batch: usize,
 }
 
 fn end_of_prefix(prefix: &str) -> Vec<u8> {
@@ -250,6 +252,7 @@ impl Store {
             client,
             endpoint: endpoint.to_string(),
             timeout,
+            batch: MAX_BATCH,
             dialer: Dialer {
                 endpoint: endpoint.to_string(),
                 options,
@@ -405,16 +408,26 @@ impl Store {
         what: &'static str,
     ) -> Result<Vec<(etcd_client::TxnResponse, i64)>, StoreError> {
         let mut out = Vec::with_capacity(txns.len());
-        let mut txns = txns.into_iter().peekable();
-        while txns.peek().is_some() {
-            let ops: Vec<TxnOp> = txns.by_ref().take(MAX_BATCH).map(TxnOp::txn).collect();
+        let mut start = 0;
+        while start < txns.len() {
+            let end = (start + self.batch).min(txns.len());
+            let ops: Vec<TxnOp> = txns[start..end].iter().cloned().map(TxnOp::txn).collect();
             let sent = ops.len();
-            let resp = within(
-                self.timeout,
-                what,
-                self.client.txn(Txn::new().and_then(ops)),
-            )
-            .await?;
+            let request = self.client.txn(Txn::new().and_then(ops));
+            let resp = match within(self.timeout, what, request).await {
+                // etcd runs with a --max-txn-ops below our batch: smaller batches.
+                Err(StoreError::Request { source, .. })
+                    if self.batch > 1 && source.to_string().contains("too many operations") =>
+                {
+                    self.batch /= 2;
+                    tracing::warn!(
+                        batch = self.batch,
+                        "etcd refused the batch (its --max-txn-ops is lower); smaller batches"
+                    );
+                    continue;
+                }
+                other => other?,
+            };
             let revision = resp.header().map_or(0, |h| h.revision());
             let inner: Vec<_> = resp
                 .op_responses()
@@ -431,6 +444,7 @@ impl Store {
                 )));
             }
             out.extend(inner);
+            start = end;
         }
         Ok(out)
     }

@@ -30,6 +30,7 @@ impl Dialer {
             endpoint: self.endpoint.clone(),
             timeout: self.timeout,
             dialer: self.clone(),
+            batch: super::MAX_BATCH,
         };
         store.keep_alive(lease).await
     }
