@@ -191,7 +191,10 @@ fn a_returning_host_gets_its_share_back_without_overlap_and_nothing_moves_twice(
     lab.start_agent(1, &AGENT_ARGS);
     let start = std::time::Instant::now();
     let mut balanced = None;
-    while start.elapsed() < Duration::from_secs(30) {
+    // Generous: alone this takes 3-8 s; one run under the whole suite's load (seven
+    // labs of this binary at once on 2 cores) stopped one hand-over short of the
+    // +-10 % band at 30 s.
+    while start.elapsed() < Duration::from_secs(60) {
         let now = placement(&lab, &all, &[0, 1, 2]);
         for (ip, on) in &now {
             if on.len() == 1 && last[ip].len() == 1 && on != &last[ip] {
