@@ -16,13 +16,18 @@ use super::plan::{
 };
 use super::sharing::ANNOTATION_SHARING_KEY;
 
-/// `namespace/name` of a Service.
-pub fn service_name(svc: &Service) -> String {
+/// `namespace/name` of an object.
+fn namespaced_name(meta: &ObjectMeta) -> String {
     format!(
         "{}/{}",
-        svc.metadata.namespace.as_deref().unwrap_or("default"),
-        svc.metadata.name.as_deref().unwrap_or_default()
+        meta.namespace.as_deref().unwrap_or("default"),
+        meta.name.as_deref().unwrap_or_default()
     )
+}
+
+/// `namespace/name` of a Service.
+pub fn service_name(svc: &Service) -> String {
+    namespaced_name(&svc.metadata)
 }
 
 /// Label an EndpointSlice carries naming its Service.
@@ -42,11 +47,7 @@ pub type SliceMap = BTreeMap<String, SliceNodes>;
 
 /// `namespace/name` of an EndpointSlice.
 pub fn slice_name(slice: &EndpointSlice) -> String {
-    format!(
-        "{}/{}",
-        slice.metadata.namespace.as_deref().unwrap_or("default"),
-        slice.metadata.name.as_deref().unwrap_or_default()
-    )
+    namespaced_name(&slice.metadata)
 }
 
 /// The Service and ready nodes of `slice`; `None` for a slice of no Service.
