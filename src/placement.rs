@@ -21,9 +21,21 @@ const LOAD_FACTOR: f64 = 1.05;
 /// The rendezvous weight of `node` for `ip`: FNV-1a over both, then a 64-bit finalizer
 /// for good mixing. Stable across versions and platforms, unlike std's hashers.
 pub fn weight(ip: IpAddr, node: &str) -> u64 {
+    weight_after(&ip_hash(ip), node)
+}
+
+/// FNV-1a's state after the IP's part of [`weight`], the same for every node: computed
+/// once per IP (FNV-1a's whole state is this one word).
+fn ip_hash(ip: IpAddr) -> u64 {
     let mut h = fnv::FnvHasher::default();
     h.write(ip.to_string().as_bytes());
     h.write(&[0]);
+    h.finish()
+}
+
+/// [`weight`] finished for `node` from the IP's part.
+fn weight_after(ip_hash: &u64, node: &str) -> u64 {
+    let mut h = fnv::FnvHasher::with_key(*ip_hash);
     h.write(node.as_bytes());
     let mut x = h.finish();
     x ^= x >> 33;
@@ -95,18 +107,9 @@ fn wanted_slots(replicas: Replicas, candidates: usize) -> usize {
     }
 }
 
-/// Current loads: held slots per live node.
-fn loads<'a>(claims: &'a Claims, nodes: &BTreeMap<String, NodeValue>) -> BTreeMap<&'a str, usize> {
-    let mut load: BTreeMap<&str, usize> = BTreeMap::new();
-    for slots in claims.values() {
-        for h in slots.values() {
-            if let Some(node) = h.node.as_deref().filter(|n| nodes.contains_key(*n)) {
-                *load.entry(node).or_default() += 1;
-            }
-        }
-    }
-    load
-}
+/// A node's position in [`Ideal`]'s node list, which is sorted by name: index order is
+/// name order, the rankings' tie-break.
+type NodeIndex = u32;
 
 /// The load bound for `total` slots over the nodes that can serve.
 fn capacity(total: usize, nodes: &BTreeMap<String, NodeValue>) -> usize {
@@ -118,15 +121,25 @@ fn capacity(total: usize, nodes: &BTreeMap<String, NodeValue>) -> usize {
     (bound - ROUNDING).ceil() as usize
 }
 
+/// One IP in the ideal placement: nodes as indices, so that 100,000 IPs over 100 nodes
+/// take tens of megabytes rather than a string per IP and node.
+#[derive(Debug, Clone, Default)]
+struct IdealIp {
+    /// Every node that can serve the IP, best-ranked first.
+    ranking: Box<[NodeIndex]>,
+    /// Its ideal holders, best first.
+    holders: Box<[NodeIndex]>,
+}
+
 /// The balanced placement from scratch, and what it was computed from. It depends only
 /// on the desired IPs and the nodes, so an agent computes it once per change of either,
 /// not on every planning pass; it ignores claims: free slots and rebalancing steer to it.
 #[derive(Debug, Clone, Default)]
 pub struct Ideal {
-    /// For each IP its ideal holders, best first.
-    pub holders: BTreeMap<IpAddr, Vec<String>>,
-    /// For each IP every node that can serve it, best-ranked first.
-    rankings: BTreeMap<IpAddr, Vec<String>>,
+    /// The nodes it was computed for, sorted by name.
+    names: Vec<String>,
+    /// Every desired IP's ranking and ideal holders.
+    ips: BTreeMap<IpAddr, IdealIp>,
     /// The load bound.
     cap: usize,
     /// Slots per serving node.
@@ -138,21 +151,10 @@ pub struct Ideal {
 impl Ideal {
     /// Rank every IP and place it under the load bound.
     pub fn new(desired: &BTreeMap<IpAddr, DesiredIp>, nodes: &BTreeMap<String, NodeValue>) -> Self {
-        let rankings: BTreeMap<IpAddr, Vec<String>> = desired
-            .iter()
-            .map(|(&ip, d)| {
-                (
-                    ip,
-                    ranking(ip, d, nodes)
-                        .into_iter()
-                        .map(str::to_string)
-                        .collect(),
-                )
-            })
-            .collect();
+        let mut ips = rank_all(desired, nodes);
         let total: usize = desired
             .iter()
-            .map(|(ip, d)| wanted_slots(d.replicas, rankings[ip].len()))
+            .map(|(ip, d)| wanted_slots(d.replicas, ips[ip].ranking.len()))
             .sum();
         let cap = capacity(total, nodes);
         let serving = nodes
@@ -160,36 +162,110 @@ impl Ideal {
             .filter(|n| !n.draining && !n.interfaces.is_empty())
             .count()
             .max(1);
-        let mut load: BTreeMap<&str, usize> = BTreeMap::new();
-        let mut holders = BTreeMap::new();
-        for (&ip, d) in desired {
-            let ranked = &rankings[&ip];
-            let wanted = wanted_slots(d.replicas, ranked.len());
-            let mut chosen: Vec<&str> = Vec::new();
-            for _ in 0..wanted {
-                let open = || {
-                    ranked
-                        .iter()
-                        .map(String::as_str)
-                        .filter(|n| !chosen.contains(n))
-                };
-                let pick = open()
-                    .find(|n| load.get(n).copied().unwrap_or(0) < cap)
-                    .or_else(|| open().next());
-                let Some(node) = pick else { break };
-                chosen.push(node);
-                *load.entry(node).or_default() += 1;
-            }
-            holders.insert(ip, chosen.into_iter().map(str::to_string).collect());
+        let mut load = vec![0usize; nodes.len()];
+        for (ip, d) in desired {
+            let entry = ips.get_mut(ip).expect("ranked above");
+            let wanted = wanted_slots(d.replicas, entry.ranking.len());
+            entry.holders = choose_holders(&entry.ranking, wanted, cap, &mut load);
         }
         Ideal {
-            holders,
-            rankings,
+            names: nodes.keys().cloned().collect(),
+            ips,
             cap,
             average: total as f64 / serving as f64,
             total,
         }
     }
+
+    /// The ideal holders of `ip`, best first (none for an IP not desired).
+    pub fn holders(&self, ip: IpAddr) -> Vec<&str> {
+        self.ips
+            .get(&ip)
+            .map(|e| e.holders.iter().map(|&i| self.name(i)).collect())
+            .unwrap_or_default()
+    }
+
+    /// The name of the node at `index`.
+    fn name(&self, index: NodeIndex) -> &str {
+        &self.names[index as usize]
+    }
+
+    /// The index of the node `name`, if the placement was computed with it.
+    fn index(&self, name: &str) -> Option<NodeIndex> {
+        let found = self.names.binary_search_by(|n| n.as_str().cmp(name));
+        found.ok().map(|i| i as NodeIndex)
+    }
+
+    /// Held slots per node index, counting only holders among `nodes` (the live ones).
+    fn loads(&self, claims: &Claims, nodes: &BTreeMap<String, NodeValue>) -> Vec<usize> {
+        let mut load = vec![0usize; self.names.len()];
+        let live = claims
+            .values()
+            .flat_map(|slots| slots.values())
+            .filter_map(|h| h.node.as_deref())
+            .filter(|n| nodes.contains_key(*n));
+        for node in live {
+            if let Some(i) = self.index(node) {
+                load[i as usize] += 1;
+            }
+        }
+        load
+    }
+
+    /// The indices of the nodes holding a slot of `ip` (those the placement knows).
+    fn held(&self, claims: &Claims, ip: IpAddr) -> Vec<NodeIndex> {
+        let slots = claims.get(&ip).into_iter().flat_map(|s| s.values());
+        slots
+            .filter_map(|h| h.node.as_deref().and_then(|n| self.index(n)))
+            .collect()
+    }
+}
+
+/// Every desired IP's ranking over the nodes that can serve it. The IP's part of the
+/// weight is hashed once and one buffer is reused: this is the planner's hot loop
+/// (IPs × nodes weights).
+fn rank_all(
+    desired: &BTreeMap<IpAddr, DesiredIp>,
+    nodes: &BTreeMap<String, NodeValue>,
+) -> BTreeMap<IpAddr, IdealIp> {
+    let mut weighted: Vec<(u64, NodeIndex)> = Vec::with_capacity(nodes.len());
+    desired
+        .iter()
+        .map(|(&ip, d)| {
+            let ip_part = ip_hash(ip);
+            weighted.clear();
+            for (i, (name, node)) in nodes.iter().enumerate() {
+                if node_can_serve(node, ip, d) {
+                    weighted.push((weight_after(&ip_part, name), i as NodeIndex));
+                }
+            }
+            weighted.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+            let ranking = weighted.iter().map(|&(_, i)| i).collect();
+            let holders = Box::default();
+            (ip, IdealIp { ranking, holders })
+        })
+        .collect()
+}
+
+/// The first `wanted` nodes of `ranking` under the load bound `cap` (a full one only
+/// when every node is), counted into `load`.
+fn choose_holders(
+    ranking: &[NodeIndex],
+    wanted: usize,
+    cap: usize,
+    load: &mut [usize],
+) -> Box<[NodeIndex]> {
+    let mut chosen: Vec<NodeIndex> = Vec::with_capacity(wanted);
+    for _ in 0..wanted {
+        let open = || ranking.iter().copied().filter(|n| !chosen.contains(n));
+        let pick = open()
+            .find(|&n| load[n as usize] < cap)
+            .or_else(|| open().next());
+        let Some(node) = pick else { break };
+        chosen.push(node);
+        load[node as usize] += 1;
+    }
+    chosen.into_boxed_slice()
 }
 
 /// Free slots and the node that should claim each.
@@ -199,40 +275,36 @@ pub type Assignment = BTreeMap<(IpAddr, u32), String>;
 /// that holds no slot of it yet, else the best-ranked node under the load bound.
 pub fn assign(ideal: &Ideal, claims: &Claims, nodes: &BTreeMap<String, NodeValue>) -> Assignment {
     let cap = ideal.cap;
-    let mut load = loads(claims, nodes);
+    let mut load = ideal.loads(claims, nodes);
     let mut out = BTreeMap::new();
-    for (&ip, ranked) in &ideal.rankings {
+    for (&ip, entry) in &ideal.ips {
         let held = claims.get(&ip);
-        let wanted = ideal.holders[&ip].len();
-        let missing = wanted.saturating_sub(held.map_or(0, |h| h.len()));
+        let missing = entry
+            .holders
+            .len()
+            .saturating_sub(held.map_or(0, |h| h.len()));
         // The common case at rest: every slot taken. Nothing to allocate for it.
         if missing == 0 {
             continue;
         }
-        let ranked: Vec<&str> = ranked.iter().map(String::as_str).collect();
-        let mut holders: BTreeSet<&str> = held
-            .map(|s| s.values().filter_map(|h| h.node.as_deref()).collect())
-            .unwrap_or_default();
+        let mut holders = ideal.held(claims, ip);
         let free = (0u32..).filter(|s| held.is_none_or(|h| !h.contains_key(s)));
         for slot in free.take(missing) {
-            let open: Vec<&str> = ranked
-                .iter()
-                .copied()
-                .filter(|n| !holders.contains(n))
-                .collect();
-            let preferred = ideal.holders[&ip]
-                .iter()
-                .find_map(|n| open.iter().copied().find(|o| o == n));
-            let bounded = open
-                .iter()
-                .copied()
-                .find(|n| load.get(n).copied().unwrap_or(0) < cap);
-            let Some(node) = preferred.or(bounded).or(open.first().copied()) else {
+            let open = || {
+                entry
+                    .ranking
+                    .iter()
+                    .copied()
+                    .filter(|n| !holders.contains(n))
+            };
+            let preferred = entry.holders.iter().copied().find(|n| !holders.contains(n));
+            let bounded = || open().find(|&n| load[n as usize] < cap);
+            let Some(node) = preferred.or_else(bounded).or_else(|| open().next()) else {
                 break;
             };
-            holders.insert(node);
-            *load.entry(node).or_default() += 1;
-            out.insert((ip, slot), node.to_string());
+            holders.push(node);
+            load[node as usize] += 1;
+            out.insert((ip, slot), ideal.name(node).to_string());
         }
     }
     out
@@ -285,40 +357,42 @@ pub fn handovers(
     };
     let underloaded_below = (average * UNDERLOAD + ROUNDING).floor();
     let overloaded_above = (average * OVERLOAD - ROUNDING).ceil();
-    let mut load = loads(claims, nodes);
-    let mut mine = load.get(me).copied().unwrap_or(0);
+    let mut load = ideal.loads(claims, nodes);
+    let me_index = ideal.index(me);
+    let mut mine = match me_index {
+        Some(i) => load[i as usize],
+        None => 0,
+    };
+    let is_stable: Vec<bool> = ideal.names.iter().map(|n| stable.contains(n)).collect();
     let mut out = Vec::new();
-    for (&ip, holders) in &ideal.holders {
+    for (&ip, entry) in &ideal.ips {
         if mine as f64 <= underloaded_below {
             break;
         }
-        let slots = claims.get(&ip);
-        let held_by =
-            |n: &str| slots.is_some_and(|s| s.values().any(|h| h.node.as_deref() == Some(n)));
-        if !held_by(me) || holders.iter().any(|n| n == me) {
+        let held_by_me = claims
+            .get(&ip)
+            .is_some_and(|s| s.values().any(|h| h.node.as_deref() == Some(me)));
+        if !held_by_me || me_index.is_some_and(|i| entry.holders.contains(&i)) {
             continue;
         }
-        let load_of = |n: &str, load: &BTreeMap<&str, usize>| load.get(n).copied().unwrap_or(0);
-        let open = |n: &&String| !held_by(n) && stable.contains(*n);
-        let fill = holders.iter().filter(open).find(|n| {
-            let theirs = load_of(n, &load);
+        let held = ideal.held(claims, ip);
+        let open = |n: &NodeIndex| !held.contains(n) && is_stable[*n as usize];
+        let fill = entry.holders.iter().filter(|n| open(n)).find(|&&n| {
+            let theirs = load[n as usize];
             (theirs as f64) < underloaded_below && mine > theirs + 1
         });
         // Overflow may go past the ideal holders, down the IP's ranking: the ideal
         // holders of an overloaded host's IPs can all be at the bound themselves.
         let overflow = (mine as f64 > overloaded_above)
             .then(|| {
-                let ranked = ideal.rankings.get(&ip).into_iter().flatten();
-                holders
-                    .iter()
-                    .chain(ranked)
-                    .filter(open)
-                    .find(|n| load_of(n, &load) < cap)
+                let down_the_ranking = entry.holders.iter().chain(entry.ranking.iter());
+                down_the_ranking
+                    .filter(|n| open(n))
+                    .find(|&&n| load[n as usize] < cap)
             })
             .flatten();
-        let receiver = fill.or(overflow);
-        if let Some(n) = receiver {
-            *load.entry(n.as_str()).or_default() += 1;
+        if let Some(&n) = fill.or(overflow) {
+            load[n as usize] += 1;
             mine -= 1;
             out.push(ip);
         }

@@ -164,6 +164,34 @@ fn the_ranking_is_deterministic_and_differs_per_ip() {
     assert_ne!(weight(ip1, "h1"), weight(ip2, "h1"));
 }
 
+#[test]
+fn the_weights_are_the_ones_every_version_computes() {
+    // Agents of different versions must rank alike during an upgrade: pin the values
+    // (FNV-1a over "ip\0node", then the finalizer), computed outside Rust.
+    let v4: IpAddr = "198.51.100.1".parse().unwrap();
+    let v6: IpAddr = "2001:db8::7".parse().unwrap();
+    assert_eq!(weight(v4, "h1"), 0x01d3_3274_d96f_1f51);
+    assert_eq!(weight(v6, "node-a"), 0x0a45_3750_2188_cd69);
+}
+
+#[test]
+fn the_ideal_ranks_every_ip_as_ranking_does() {
+    let mut all = nodes(&["a", "h1", "h10", "h2", "h3", "z"]);
+    all.get_mut("h2").unwrap().allowed_cidrs = vec!["203.0.113.0/24".parse().unwrap()];
+    all.get_mut("h3").unwrap().draining = true;
+    let desired = ips(400);
+    let ideal = Ideal::new(&desired, &all);
+    for (&ip, d) in &desired {
+        let by_index: Vec<&str> = ideal.ips[&ip]
+            .ranking
+            .iter()
+            .map(|&i| ideal.name(i))
+            .collect();
+        assert_eq!(by_index, ranking(ip, d, &all), "{ip}");
+        assert_eq!(ideal.holders(ip).len(), 1);
+    }
+}
+
 fn stable(names: &[&str]) -> BTreeSet<String> {
     names.iter().map(|n| n.to_string()).collect()
 }
@@ -364,7 +392,7 @@ fn an_underloaded_node_gets_ips_from_a_holder_at_the_average() {
     let ready = stable(&names);
     let moves = handovers(&ideal, &claims, &all, "h1", &ready);
     assert!(!moves.is_empty(), "h1 keeps h2's IPs although h2 is short");
-    assert!(moves.iter().all(|ip| ideal.holders[ip] == ["h2"]));
+    assert!(moves.iter().all(|ip| ideal.holders(*ip) == ["h2"]));
     assert!(load("h1") - moves.len() >= 90, "h1 gave itself short");
 }
 
