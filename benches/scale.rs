@@ -2,6 +2,8 @@
 //! Time to place every IP, spread, a lost host and its return, idle CPU and memory of
 //! the agents, and `ip -batch` adding the same addresses on one host for comparison.
 //! IPv6 /128s on `lo` (10,000 IPv4 addresses do not fit the documentation ranges).
+//! `EXTIP_SCALE_LOG` sets the agents' log filter (`info,extip=debug` logs every
+//! reconcile's duration), `EXTIP_SCALE_KEEP=DIR` keeps their logs.
 
 #[path = "../tests/lab/mod.rs"]
 mod lab;
@@ -145,6 +147,11 @@ fn main() {
     let agent_args = args(&ttl);
     println!("| {n} hosts × {m} IPs, `--lease-ttl {ttl}` | | |");
     let mut lab = Lab::new(n + 1); // the last host runs no agent: the ip -batch reference
+                                   // EXTIP_SCALE_LOG=extip=debug: the agents' log filter (timings of each reconcile);
+                                   // EXTIP_SCALE_KEEP=DIR: keep their logs there.
+    if let Ok(filter) = std::env::var("EXTIP_SCALE_LOG") {
+        lab.agent_env.push(("EXTIP_LOG".into(), filter));
+    }
     let hosts: Vec<usize> = (0..n).collect();
     for &h in &hosts {
         lab.start_agent(h, &agent_args);
@@ -158,15 +165,22 @@ fn main() {
         .iter()
         .map(|ip| (format!("/extip/ips/{ip}"), "{}".into()))
         .collect();
+    let monitors: Vec<_> = hosts
+        .iter()
+        .map(|&h| lab::monitor::AddressEvents::start_timestamped(&lab.hosts[h].ns))
+        .collect();
     let start = Instant::now();
     lab.put_many(&pairs);
     let written = start.elapsed();
-    let placed = wait_for(Duration::from_secs(600), || {
+    let written_at = std::time::SystemTime::now();
+    let polled = wait_quietly(Duration::from_secs(600), || {
         served_once(&placement(&lab, &hosts), m)
     })
     .expect("all placed");
     let (lo, hi) = spread(&placement(&lab, &hosts), &hosts);
-    println!("| {m} IPs on {n} hosts placed | {:.1} s (writing the keys: {:.1} s) | per host {lo}–{hi} |", placed.as_secs_f64(), written.as_secs_f64());
+    let every_ip: std::collections::BTreeSet<&String> = all.iter().collect();
+    let placed = last_first_addition(monitors, &every_ip, written_at).unwrap_or(polled);
+    println!("| {m} IPs on {n} hosts placed | {:.1} s after the last key write (ip monitor; writing the keys: {:.1} s) | per host {lo}–{hi} |", placed.as_secs_f64(), written.as_secs_f64());
 
     // Keys arrive in batches, so the first placement is uneven; after the stabilization
     // window rebalancing evens it out. Wait for that before measuring idle costs.
@@ -258,20 +272,22 @@ fn main() {
         .iter()
         .map(|&h| lab::monitor::AddressEvents::start_timestamped(&lab.hosts[h].ns))
         .collect();
-    let t = Instant::now();
+    let revoked = RecordDeletion::start(&lab, &format!("/extip/nodes/h{}", victim + 1));
     let killed_at = std::time::SystemTime::now();
     lab.kill(victim);
     lab.cut(victim);
-    let took = wait_for(Duration::from_secs(120), || {
+    let took = wait_quietly(Duration::from_secs(120), || {
         served_once(&placement(&lab, &survivors), m)
     })
     .expect("re-placed");
+    let revoked = revoked
+        .stop()
+        .and_then(|at| at.duration_since(killed_at).ok());
     let after = placement(&lab, &survivors);
     let moved = before
         .iter()
         .filter(|(ip, on)| on[0] != victim && after.get(*ip) != Some(*on))
         .count();
-    let _ = t;
     // Served again: when the last of the lost IPs was added on a survivor, as `ip
     // monitor` stamped it (the polling above only says when it was seen).
     let lost_ips: std::collections::BTreeSet<&String> = before
@@ -279,26 +295,19 @@ fn main() {
         .filter(|(_, on)| on[0] == victim)
         .map(|(ip, _)| ip)
         .collect();
-    let mut first_add: BTreeMap<String, std::time::SystemTime> = BTreeMap::new();
-    for m in monitors {
-        for (at, address) in m.timed_additions("2001:db8:100:") {
-            let ip = address.trim_end_matches("/128").to_string();
-            if lost_ips.contains(&ip) && at > killed_at {
-                let e = first_add.entry(ip).or_insert(at);
-                *e = (*e).min(at);
-            }
-        }
-    }
-    let served = first_add
-        .values()
-        .filter_map(|at| at.duration_since(killed_at).ok())
-        .max()
-        .unwrap_or(took);
+    let served = last_first_addition(monitors, &lost_ips, killed_at).unwrap_or(took);
     println!(
         "| host lost ({lost} IPs) | served again after {:.2} s (last one added, ip monitor; seen by polling after {:.1} s) | survivor IPs moved: {moved} |",
         served.as_secs_f64(),
         took.as_secs_f64()
     );
+    if let Some(revoked) = revoked {
+        println!(
+            "| etcd revoked its lease (node record deleted, `etcdctl watch`) | {:.2} s after the kill | served {:.2} s after the revocation |",
+            revoked.as_secs_f64(),
+            served.as_secs_f64() - revoked.as_secs_f64()
+        );
+    }
     let offsets = |what: &str| log_offsets(&lab, &survivors, what, killed_at);
     let (claims, adds) = (offsets("claim won"), offsets("address added"));
     println!(
@@ -398,10 +407,103 @@ fn main() {
         stale.map_or(f64::NAN, |d| d.as_secs_f64())
     );
     print_log_counts(&lab, &hosts);
+    if let Ok(keep) = std::env::var("EXTIP_SCALE_KEEP") {
+        keep_logs(&lab, std::path::Path::new(&keep));
+    }
 }
 
 /// Seconds from `since` to the first and the last log line containing `what` written
 /// after it by the agents of `hosts` (their timestamps, RFC 3339 UTC).
+/// Like `wait_for`, but polling every 250 ms: a poll lists every host's addresses (a
+/// fork and a JSON document of ~1,000 addresses per host), which every 5 ms would take
+/// a core from the agents being measured. Times come from `ip monitor` stamps instead.
+fn wait_quietly(timeout: Duration, mut check: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() <= timeout {
+        if check() {
+            return Some(start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    None
+}
+
+/// When the last of `ips` was first added on any host watched by `monitors` after
+/// `since`, as `ip -ts monitor` stamped it (None when one of them was never added).
+fn last_first_addition(
+    monitors: Vec<lab::monitor::AddressEvents>,
+    ips: &std::collections::BTreeSet<&String>,
+    since: std::time::SystemTime,
+) -> Option<Duration> {
+    let mut first_add: BTreeMap<String, std::time::SystemTime> = BTreeMap::new();
+    for monitor in monitors {
+        for (at, address) in monitor.timed_additions("2001:db8:100:") {
+            let ip = address.trim_end_matches("/128").to_string();
+            if ips.contains(&ip) && at > since {
+                let e = first_add.entry(ip).or_insert(at);
+                *e = (*e).min(at);
+            }
+        }
+    }
+    if first_add.len() < ips.len() {
+        return None;
+    }
+    first_add
+        .values()
+        .filter_map(|at| at.duration_since(since).ok())
+        .max()
+}
+
+/// When etcd deleted a key, as an `etcdctl watch` started before saw it.
+struct RecordDeletion {
+    child: std::process::Child,
+    seen: std::thread::JoinHandle<Option<std::time::SystemTime>>,
+}
+
+impl RecordDeletion {
+    /// Watch `key` from now on.
+    fn start(lab: &Lab, key: &str) -> Self {
+        use std::io::BufRead;
+        let mut child = lab
+            .etcdctl_command(&["watch", key])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("etcdctl watch");
+        let out = std::io::BufReader::new(child.stdout.take().expect("piped"));
+        let seen = std::thread::spawn(move || {
+            out.lines()
+                .map_while(Result::ok)
+                .find(|l| l == "DELETE")
+                .map(|_| std::time::SystemTime::now())
+        });
+        // Let the watch start before the caller acts.
+        std::thread::sleep(Duration::from_millis(300));
+        RecordDeletion { child, seen }
+    }
+
+    /// Stop watching; when the deletion was seen, if it was.
+    fn stop(mut self) -> Option<std::time::SystemTime> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.seen.join().ok().flatten()
+    }
+}
+
+/// Copy the agents' logs out of the lab before it is removed.
+fn keep_logs(lab: &Lab, to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("log directory");
+    for entry in std::fs::read_dir(lab.dir())
+        .expect("lab directory")
+        .flatten()
+    {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "log") {
+            let name = path.file_name().expect("file name");
+            std::fs::copy(&path, to.join(name)).expect("copy log");
+        }
+    }
+}
+
 fn log_offsets(lab: &Lab, hosts: &[usize], what: &str, since: std::time::SystemTime) -> (f64, f64) {
     let mut seen: Vec<f64> = Vec::new();
     for &h in hosts {

@@ -123,6 +123,18 @@ impl Lab {
         self.etcdctl_at(&self.etcd_url(), args)
     }
 
+    /// `etcdctl` (API v3) from m1's namespace against every member, not yet run: for
+    /// one that keeps running, such as `watch`.
+    pub fn etcdctl_command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new("ip");
+        command
+            .args(["netns", "exec", &self.etcd[0].ns, "etcdctl"])
+            .args(["--endpoints", &self.etcd_url()])
+            .args(args)
+            .env("ETCDCTL_API", "3");
+        command
+    }
+
     pub(super) fn etcdctl_at(&self, endpoints: &str, args: &[&str]) -> Result<String, String> {
         let out = Command::new("ip")
             .args(["netns", "exec", &self.etcd[0].ns, "etcdctl"])
