@@ -13,7 +13,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use crate::model::{DesiredIp, NodeValue, Replicas, KUBERNETES_NODE_LABEL};
-use crate::observed::Claims;
+use crate::observed::{Claims, Holder};
 
 /// Load bound: a node above `ceil(average × 1.05)` passes a slot to its next-ranked node.
 const LOAD_FACTOR: f64 = 1.05;
@@ -212,10 +212,10 @@ impl Ideal {
         load
     }
 
-    /// The indices of the nodes holding a slot of `ip` (those the placement knows).
-    fn held(&self, claims: &Claims, ip: IpAddr) -> Vec<NodeIndex> {
-        let slots = claims.get(&ip).into_iter().flat_map(|s| s.values());
-        slots
+    /// The indices of the nodes holding one of `slots` (those the placement knows).
+    fn held(&self, slots: Option<&BTreeMap<u32, Holder>>) -> Vec<NodeIndex> {
+        let holders = slots.into_iter().flat_map(|s| s.values());
+        holders
             .filter_map(|h| h.node.as_deref().and_then(|n| self.index(n)))
             .collect()
     }
@@ -277,8 +277,11 @@ pub fn assign(ideal: &Ideal, claims: &Claims, nodes: &BTreeMap<String, NodeValue
     let cap = ideal.cap;
     let mut load = ideal.loads(claims, nodes);
     let mut out = BTreeMap::new();
+    // Both maps are sorted by IP: walk the claims alongside instead of searching them.
+    let mut claimed = claims.iter().peekable();
     for (&ip, entry) in &ideal.ips {
-        let held = claims.get(&ip);
+        while claimed.next_if(|(c, _)| **c < ip).is_some() {}
+        let held = claimed.next_if(|(c, _)| **c == ip).map(|(_, slots)| slots);
         let missing = entry
             .holders
             .len()
@@ -287,7 +290,7 @@ pub fn assign(ideal: &Ideal, claims: &Claims, nodes: &BTreeMap<String, NodeValue
         if missing == 0 {
             continue;
         }
-        let mut holders = ideal.held(claims, ip);
+        let mut holders = ideal.held(held);
         let free = (0u32..).filter(|s| held.is_none_or(|h| !h.contains_key(s)));
         for slot in free.take(missing) {
             let open = || {
@@ -375,7 +378,7 @@ pub fn handovers(
         if !held_by_me || me_index.is_some_and(|i| entry.holders.contains(&i)) {
             continue;
         }
-        let held = ideal.held(claims, ip);
+        let held = ideal.held(claims.get(&ip));
         let open = |n: &NodeIndex| !held.contains(n) && is_stable[*n as usize];
         let fill = entry.holders.iter().filter(|n| open(n)).find(|&&n| {
             let theirs = load[n as usize];

@@ -32,6 +32,12 @@ use crate::model::{Keys, NodeValue};
 use crate::net::{AddressEvents, Netlink};
 use crate::plan::Ineligible;
 use crate::store::{Change, LeaseKeepAlive, Store, StoreError, Watch};
+use view::Relevance;
+
+/// How long a change that can wait ([`Relevance::Soon`]) may wait for its reconcile:
+/// short next to the placement grace, long enough to gather a burst of other agents'
+/// claim transactions into one reconcile.
+const RECONCILE_SOON: Duration = Duration::from_millis(100);
 
 pub use lease::{backstop_lifetime, fence_margin, keepalive_interval, LeaseDeadline, Renewal};
 pub use view::ClusterView;
@@ -145,6 +151,8 @@ pub struct Agent {
     ideal: (u64, crate::placement::Ideal),
     /// Who should claim each free slot, from the last reconcile's view.
     assignment: crate::placement::Assignment,
+    /// When to reconcile for changes that can wait ([`view::Relevance::Soon`]).
+    reconcile_soon: Option<Instant>,
     /// The binary and arguments this process started with, for SIGHUP.
     exe: Option<PathBuf>,
     args: Vec<OsString>,
@@ -306,6 +314,7 @@ impl Agent {
             watches: 0,
             history_due: Default::default(),
             announce_refresh_at: cfg.announce.refresh.map(|r| Instant::now() + r),
+            reconcile_soon: None,
             added_now: Default::default(),
             last_handover: None,
             ideal: (u64::MAX, Default::default()),
@@ -534,6 +543,7 @@ impl Agent {
                     Ok(false)
                 }
                 _ = sleep_until_some(overdue_at) => Ok(true),
+                _ = sleep_until_some(self.reconcile_soon) => Ok(true),
                 _ = sleep_until_some(announce_at) => {
                     self.announce_all().await;
                     Ok(false)
@@ -576,16 +586,20 @@ impl Agent {
         watch: &mut Watch,
     ) -> Result<bool, String> {
         let mut next = Some(first);
-        let mut relevant = false;
+        let mut relevance = Relevance::None;
         while let Some(batch) = next {
             let (revision, changes) = batch.map_err(|e| e.to_string())?;
             tracing::debug!(revision, changes = changes.len(), "watch batch");
             for change in &changes {
-                relevant |= self.view.apply(change);
+                relevance = relevance.max(self.view.apply(change));
             }
             next = watch.next().now_or_never();
         }
-        Ok(relevant)
+        if relevance == Relevance::Soon {
+            self.reconcile_soon
+                .get_or_insert_with(|| Instant::now() + RECONCILE_SOON);
+        }
+        Ok(relevance == Relevance::Now)
     }
 
     /// A report of the keepalive task: a renewal re-arms the fence; an

@@ -129,6 +129,8 @@ impl Agent {
         mut store: Option<&mut Store>,
     ) -> Result<(), StoreError> {
         let started = std::time::Instant::now();
+        // This pass sees every change applied so far, the ones that could wait too.
+        self.reconcile_soon = None;
         if let Some(store) = store.as_deref_mut() {
             self.remove_leaseless_claims(store).await?;
         }
@@ -223,7 +225,8 @@ impl Agent {
         self.report_ineligible();
         self.track_free_slots();
         self.plan_handovers();
-        for _ in 0..MAX_ROUNDS {
+        let mut round_started = std::time::Instant::now();
+        for round in 0..MAX_ROUNDS {
             let owned = match self.net.owned_set().await {
                 Ok(owned) => owned,
                 Err(e) => {
@@ -234,6 +237,14 @@ impl Agent {
             let nodes = self.view.placement_nodes();
             let world = self.world(&owned, &nodes);
             let actions = plan(&self.me(self.current_mode()), &world);
+            // Where a slow reconcile spends its time: listing, planning, or executing.
+            debug!(
+                round,
+                actions = actions.len(),
+                before_ms = round_started.elapsed().as_secs_f64() * 1000.0,
+                "planned"
+            );
+            round_started = std::time::Instant::now();
             if actions.is_empty() {
                 self.count_held(&owned);
                 self.sync_fence(&owned.iter().map(|a| a.ip).collect());

@@ -13,6 +13,21 @@ use crate::observed::{Claims, Holder};
 use crate::pools::{self, Pool};
 use crate::store::{Change, PrefixSummary, RawKv, Snapshot};
 
+/// How soon a watched change needs a reconcile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Relevance {
+    /// It cannot change what this agent should do: a holder history, a conflict record,
+    /// or a change the view already had.
+    None,
+    /// Another node claimed a slot of an IP this node holds nothing of: it only fills a
+    /// slot, so reconciling can wait for the next batch. During a burst (a lost host's
+    /// IPs claimed by every survivor) each agent reconciles a few times, not once per
+    /// other agent's transaction, and leaves the CPU to those still claiming.
+    Soon,
+    /// Anything else: a free slot, a desired IP, a node, a drain, this node's claims.
+    Now,
+}
+
 /// Desired IPs, claims and nodes as last seen in etcd.
 pub struct ClusterView {
     keys: Keys,
@@ -115,9 +130,8 @@ impl ClusterView {
 
     /// Apply one watched change; changes the view already has are skipped: those
     /// below the last list, and those older than what our own transactions told us.
-    /// Whether the change can alter what this agent should do: a holder history or a
-    /// conflict record cannot, so a burst of them wakes no reconcile.
-    pub fn apply(&mut self, change: &Change) -> bool {
+    /// Returns how soon the change needs a reconcile (see [`Relevance`]).
+    pub fn apply(&mut self, change: &Change) -> Relevance {
         self.tally.observe(change);
         let (key, revision) = match change {
             Change::Put(kv) => (&kv.key, kv.mod_revision),
@@ -125,16 +139,37 @@ impl ClusterView {
         };
         let known = self.known.get(key).copied().unwrap_or(0);
         if revision <= self.revision.max(known) {
-            return false;
+            return Relevance::None;
         }
+        let kind = self.keys.parse(key);
+        let held_here = match &kind {
+            Ok(Some(KeyKind::Claim(ip, _))) => self.held_here(*ip),
+            _ => true,
+        };
         match change {
             Change::Put(kv) => self.put(kv),
             Change::Delete { key, .. } => self.delete(key),
         }
-        !matches!(
-            self.keys.parse(key),
-            Ok(Some(KeyKind::History(_) | KeyKind::Conflict(_)))
-        )
+        match (kind, change) {
+            (Ok(Some(KeyKind::History(_) | KeyKind::Conflict(_))), _) => Relevance::None,
+            (Ok(Some(KeyKind::Claim(ip, _))), Change::Put(_))
+                if !held_here && !self.held_here(ip) =>
+            {
+                Relevance::Soon
+            }
+            _ => Relevance::Now,
+        }
+    }
+
+    /// Whether this node (as its record names it) holds a slot of `ip`; true while the
+    /// view does not know its own node yet.
+    fn held_here(&self, ip: IpAddr) -> bool {
+        let Some(me) = self.local.as_ref().map(|l| l.node.as_str()) else {
+            return true;
+        };
+        self.claims
+            .get(&ip)
+            .is_some_and(|slots| slots.values().any(|h| h.node.as_deref() == Some(me)))
     }
 
     /// Whether a leaving node gave `ip` up within `within`: it had removed its address
@@ -487,6 +522,33 @@ mod tests {
             revision: 7,
         });
         assert_eq!(view.claims[&ip][&0].lease, 9);
+    }
+
+    #[test]
+    fn another_nodes_claim_can_wait_unless_this_node_holds_the_ip() {
+        let keys = Keys::new("/extip");
+        let mut view = ClusterView::new(keys.clone());
+        view.set_local(NodeValue::new("h1", &["lo"]));
+        let (free, shared): (IpAddr, IpAddr) = (
+            "198.51.100.1".parse().unwrap(),
+            "198.51.100.2".parse().unwrap(),
+        );
+        let claim = |ip, slot, node: &str, rev| {
+            let mut kv = kv(&keys.claim(ip, slot), "", rev);
+            kv.value = format!(r#"{{"node":"{node}","since":""}}"#).into_bytes();
+            kv.lease = 7;
+            Change::Put(kv)
+        };
+        assert_eq!(view.apply(&claim(free, 0, "h2", 1)), Relevance::Soon);
+        assert_eq!(view.apply(&claim(shared, 0, "h1", 2)), Relevance::Now);
+        assert_eq!(view.apply(&claim(shared, 1, "h2", 3)), Relevance::Now);
+        let freed = Change::Delete {
+            key: keys.claim(free, 0),
+            revision: 4,
+        };
+        assert_eq!(view.apply(&freed), Relevance::Now, "a free slot");
+        let history = kv(&format!("/extip/history/{free}"), "[]", 5);
+        assert_eq!(view.apply(&Change::Put(history)), Relevance::None);
     }
 
     #[test]

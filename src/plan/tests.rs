@@ -17,6 +17,19 @@ use crate::model::{DesiredIp, NodeValue, Replicas};
 
 mod simulation;
 
+/// [`plan`] as it was before it skipped IPs: every desired IP planned. The simulation
+/// checks that skipping changes no plan.
+fn plan_every_ip(me: &Me, world: &World) -> Vec<Action> {
+    let mut actions = Vec::new();
+    for (&ip, desired) in world.desired {
+        plan_ip(me, world, world.assignment, ip, desired, &mut actions);
+    }
+    plan_strays(me, world, &mut actions);
+    actions.sort();
+    actions.dedup();
+    actions
+}
+
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
@@ -107,17 +120,21 @@ impl Case {
     fn plan(&self, me: &Me) -> Vec<Action> {
         let ideal = crate::placement::Ideal::new(&self.desired, &self.nodes);
         let assignment = crate::placement::assign(&ideal, &self.claims, &self.nodes);
-        plan(
-            me,
-            &World {
-                desired: &self.desired,
-                claims: &self.claims,
-                owned: &self.owned,
-                nodes: &self.nodes,
-                overdue: &self.overdue,
-                assignment: &assignment,
-            },
-        )
+        let world = World {
+            desired: &self.desired,
+            claims: &self.claims,
+            owned: &self.owned,
+            nodes: &self.nodes,
+            overdue: &self.overdue,
+            assignment: &assignment,
+        };
+        let actions = plan(me, &world);
+        assert_eq!(
+            actions,
+            plan_every_ip(me, &world),
+            "skipping IPs changed the plan"
+        );
+        actions
     }
 }
 

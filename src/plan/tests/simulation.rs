@@ -108,21 +108,26 @@ impl Sim {
             conflicts: &NONE,
             labels: &NO_LABELS,
         };
-        plan(
-            &me,
-            &World {
-                desired: &agent.view.desired,
-                claims: &agent.view.claims,
-                owned: &agent.owned,
-                nodes: &agent.view.nodes,
-                overdue: &BTreeSet::new(),
-                assignment: &crate::placement::assign(
-                    &crate::placement::Ideal::new(&agent.view.desired, &agent.view.nodes),
-                    &agent.view.claims,
-                    &agent.view.nodes,
-                ),
-            },
-        )
+        let assignment = crate::placement::assign(
+            &crate::placement::Ideal::new(&agent.view.desired, &agent.view.nodes),
+            &agent.view.claims,
+            &agent.view.nodes,
+        );
+        let world = World {
+            desired: &agent.view.desired,
+            claims: &agent.view.claims,
+            owned: &agent.owned,
+            nodes: &agent.view.nodes,
+            overdue: &BTreeSet::new(),
+            assignment: &assignment,
+        };
+        let actions = plan(&me, &world);
+        assert_eq!(
+            actions,
+            super::plan_every_ip(&me, &world),
+            "skipping IPs changed the plan"
+        );
+        actions
     }
 
     fn step(&mut self, a: usize) {
