@@ -273,7 +273,7 @@ impl ClusterView {
                     }
                     self.nodes.insert(name, node);
                     if addresses_changed {
-                        self.resolve_all();
+                        self.resolve_members();
                     }
                 }
                 Err(e) => self.report(kv, &e.to_string()),
@@ -324,7 +324,7 @@ impl ClusterView {
     pub fn set_local(&mut self, record: NodeValue) {
         if self.local.as_ref() != Some(&record) {
             self.local = Some(record);
-            self.resolve_all();
+            self.resolve_members();
         }
     }
 
@@ -339,6 +339,22 @@ impl ClusterView {
         self.desired.clear();
         for ip in self.own.keys().copied().collect::<Vec<_>>() {
             self.resolve_one(ip, &before);
+        }
+    }
+
+    /// Index the members' addresses again after a node record changed them (or went),
+    /// and resolve again only the IPs among the old or new addresses: a refusal depends
+    /// on the IP alone, and re-resolving all 10,000 IPs when a host is lost delayed every
+    /// survivor's claims.
+    fn resolve_members(&mut self) {
+        if self.loading {
+            return;
+        }
+        let members = MemberAddresses::of(self.nodes.values().chain(self.local.as_ref()));
+        let old = std::mem::replace(&mut self.members, members);
+        let touched: BTreeSet<IpAddr> = old.addresses().chain(self.members.addresses()).collect();
+        for ip in touched {
+            self.resolve(ip);
         }
     }
 
@@ -399,7 +415,7 @@ impl ClusterView {
                 if removed
                     .is_some_and(|n| !(n.host_addresses.is_empty() && n.etcd_addresses.is_empty()))
                 {
-                    self.resolve_all();
+                    self.resolve_members();
                 }
             }
             Ok(Some(KeyKind::Drain(name))) => {

@@ -113,6 +113,11 @@ impl MemberAddresses {
         MemberAddresses { owners }
     }
 
+    /// Every address indexed.
+    pub fn addresses(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        self.owners.keys().copied()
+    }
+
     /// Why no agent may take `ip`; `None` when it may be served.
     pub fn refusal(&self, ip: IpAddr) -> Option<Refusal> {
         if let Some(class) = special_purpose(ip) {

@@ -84,6 +84,51 @@ fn three_hundred_ips_spread_within_ninety_to_one_hundred_ten() {
     }
 }
 
+/// `count` exclusive IPv6 IPs, as many as a test needs.
+fn ipv6s(count: usize) -> Vec<IpAddr> {
+    (0..count)
+        .map(|i| format!("2001:db8:100::{:x}", i + 1).parse().unwrap())
+        .collect()
+}
+
+#[test]
+fn ips_arriving_in_batches_are_placed_within_ten_percent() {
+    // Desired keys come in transactions of 100 and every batch is placed before the
+    // next: held slots stay where they are, so each batch must even out the loads.
+    let names = ["h1", "h2", "h3", "h4", "h5", "h6", "h7", "h8", "h9", "h10"];
+    let mut all = nodes(&names);
+    for node in all.values_mut() {
+        node.allowed_cidrs.push("2001:db8::/32".parse().unwrap());
+    }
+    let mut desired = BTreeMap::new();
+    let mut claims = Claims::new();
+    for batch in ipv6s(3000).chunks(100) {
+        desired.extend(batch.iter().map(|&ip| (ip, exclusive())));
+        let free = assign_fresh(&desired, &claims, &all);
+        for (ip, slots) in as_claims(&free) {
+            claims.entry(ip).or_default().extend(slots);
+        }
+    }
+    let per_node = per_node(&claims_as_assignment(&claims));
+    let (lo, hi) = (per_node.values().min(), per_node.values().max());
+    assert!(
+        per_node.len() == 10 && per_node.values().all(|&n| (270..=330).contains(&n)),
+        "{lo:?}-{hi:?}: {per_node:?}"
+    );
+}
+
+/// Every held slot as an assignment, to count per node.
+fn claims_as_assignment(claims: &Claims) -> BTreeMap<(IpAddr, u32), String> {
+    claims
+        .iter()
+        .flat_map(|(&ip, slots)| {
+            slots
+                .iter()
+                .map(move |(&slot, h)| ((ip, slot), h.node.clone().unwrap()))
+        })
+        .collect()
+}
+
 #[test]
 fn losing_a_node_moves_only_its_ips_and_stays_bounded() {
     let desired = ips(300);
@@ -403,10 +448,12 @@ fn a_host_above_110_percent_gives_even_when_the_float_product_rounds_up() {
     let all = nodes(&names);
     let ideal = Ideal::new(&desired, &all);
     let mut claims = placed(&desired, &names);
-    // Move IPs of h1 and h2 to h3 until h3 holds exactly 111 (100 × 1.1 = 110.000…01).
+    // Move IPs of h1 and h2 (in turns) to h3 until h3 holds exactly 111 (100 × 1.1 =
+    // 110.000…01).
     let mut from = held_by(&claims, "h1")
         .into_iter()
-        .chain(held_by(&claims, "h2"));
+        .zip(held_by(&claims, "h2"))
+        .flat_map(|(a, b)| [a, b]);
     while held_by(&claims, "h3").len() < 111 {
         let ip = from.next().unwrap();
         move_to(&mut claims, ip, "h3");
