@@ -11,7 +11,9 @@ use serde::Deserialize;
 use thiserror::Error;
 
 mod announce;
+mod shared;
 pub use announce::AnnounceConfig;
+pub use shared::{EtcdArgs, LogFormat};
 
 /// etcd grants no lease shorter than 1.5 election timeouts (2 s with its default
 /// timings, 1 s with the fast profile's 500 ms); it silently raises a shorter one.

@@ -7,11 +7,11 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use crate::cli::{EtcdArgs, LogFormat};
 use crate::config::{
     invalid, parse_cidr_list, parse_duration, parse_listen, validate_endpoints, validate_prefix,
     ConfigError, DEFAULT_ETCD, DEFAULT_PREFIX,
 };
+use crate::config::{EtcdArgs, LogFormat};
 use crate::store::{EtcdAuth, EtcdAuthSettings};
 
 /// Default TTL of the lease the desired keys hang on: longer than Kubernetes' default
