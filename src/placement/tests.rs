@@ -224,7 +224,21 @@ fn the_ideal_ranks_every_ip_as_ranking_does() {
     let mut all = nodes(&["a", "h1", "h10", "h2", "h3", "z"]);
     all.get_mut("h2").unwrap().allowed_cidrs = vec!["203.0.113.0/24".parse().unwrap()];
     all.get_mut("h3").unwrap().draining = true;
-    let desired = ips(400);
+    all.get_mut("a")
+        .unwrap()
+        .labels
+        .insert("rack".into(), "r1".into());
+    // Settings that differ between IPs: a nodes list, an interface no node serves, a
+    // node selector.
+    let mut desired = ips(400);
+    for (i, d) in desired.values_mut().enumerate() {
+        match i % 4 {
+            1 => d.nodes = Some(["h1".to_string(), "z".to_string()].into()),
+            2 if i % 3 == 0 => d.interface = Some("eth9".into()),
+            3 => d.node_selector = [("rack".to_string(), "r1".to_string())].into(),
+            _ => {}
+        }
+    }
     let ideal = Ideal::new(&desired, &all);
     for (&ip, d) in &desired {
         let by_index: Vec<&str> = ideal.ips[&ip]
@@ -233,7 +247,7 @@ fn the_ideal_ranks_every_ip_as_ranking_does() {
             .map(|&i| ideal.name(i))
             .collect();
         assert_eq!(by_index, ranking(ip, d, &all), "{ip}");
-        assert_eq!(ideal.holders(ip).len(), 1);
+        assert_eq!(ideal.holders(ip).len(), by_index.len().min(1), "{ip}");
     }
 }
 
