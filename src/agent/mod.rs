@@ -3,12 +3,14 @@
 
 mod adding;
 mod announce;
+mod connection;
 mod fencing;
 mod history;
 mod keepalive;
 mod lease;
 mod membership;
 mod reconcile;
+mod serve;
 mod state;
 mod systemd;
 mod tally;
@@ -18,26 +20,18 @@ use std::collections::HashMap;
 use std::ffi::OsString;
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
-use futures::FutureExt;
 use tokio::sync::watch;
-use tokio::time::{interval_at, sleep, sleep_until, timeout, Instant};
+use tokio::time::{sleep_until, Instant};
 use tracing::{error, info, warn};
 
 use crate::config::AgentConfig;
 use crate::model::{Keys, NodeValue};
-use crate::net::{AddressEvents, Netlink};
+use crate::net::Netlink;
 use crate::plan::Ineligible;
-use crate::store::{Change, LeaseKeepAlive, Store, StoreError, Watch};
-use view::Relevance;
-
-/// How long a change that can wait ([`Relevance::Soon`]) may wait for its reconcile:
-/// short next to the placement grace, long enough to gather a burst of other agents'
-/// claim transactions into one reconcile.
-const RECONCILE_SOON: Duration = Duration::from_millis(100);
+use crate::store::{Store, StoreError, Watch};
 
 pub use lease::{backstop_lifetime, fence_margin, keepalive_interval, LeaseDeadline, Renewal};
 pub use view::ClusterView;
@@ -355,305 +349,6 @@ impl Agent {
             .await;
     }
 
-    /// Connect, retrying every endpoint with backoff; fences while etcd stays away.
-    async fn connect(&mut self) -> Connection {
-        let mut backoff = Duration::from_millis(50);
-        loop {
-            let fence_at = self.fence_timer();
-            let refresh_at = self.refresh_due;
-            let watchdog_at = self.systemd.next_ping();
-            let attempt = tokio::select! {
-                r = self.establish() => r,
-                _ = sleep_until_some(watchdog_at) => {
-                    self.systemd.ping();
-                    continue;
-                }
-                _ = sleep_until_some(fence_at) => {
-                    self.fence().await;
-                    continue;
-                }
-                _ = sleep_until_some(refresh_at) => {
-                    self.refresh_lifetimes().await;
-                    continue;
-                }
-            };
-            match attempt {
-                Ok(conn) => return conn,
-                Err(e) => warn!(error = %e, retry_in = ?backoff, "cannot use etcd"),
-            }
-            tokio::select! {
-                _ = sleep(backoff) => {}
-                _ = sleep_until_some(self.systemd.next_ping()) => self.systemd.ping(),
-                _ = sleep_until_some(self.fence_timer()) => self.fence().await,
-                _ = sleep_until_some(self.refresh_due) => self.refresh_lifetimes().await,
-            }
-            backoff = (backoff * 2).min(Duration::from_millis(250));
-        }
-    }
-
-    /// Connect to one endpoint, attach the lease, register, list and watch.
-    async fn establish(&mut self) -> Result<Connection, StoreError> {
-        let (mut store, idx) = Store::connect_any(
-            &self.cfg.etcd,
-            self.endpoint,
-            self.connect_timeout(),
-            self.request_timeout(),
-            &self.cfg.etcd_auth,
-            &self.keys.root(),
-        )
-        .await?;
-        self.endpoint = idx;
-        let attached = self.attach_lease(&mut store).await?;
-        self.arm_fence();
-        // Addresses a previous process left (SIGHUP) get their lifetimes looked at.
-        self.refresh_due.get_or_insert_with(Instant::now);
-        let lease = self.lease.unwrap_or_default();
-        self.published = None;
-        self.publish_node(&mut store).await?;
-        let snapshot = store.list(&self.keys.root()).await?;
-        self.view.replace(&snapshot);
-        let watch = store
-            .watch(&self.keys.root(), snapshot.revision + 1)
-            .await?;
-        info!(
-            endpoint = store.endpoint(),
-            lease = format!("{lease:x}"),
-            "connected to etcd"
-        );
-        self.count_watch();
-        let (task, lease_events) = keepalive::spawn(keepalive::Renewing {
-            dialer: store.dialer(),
-            lease,
-            clock: self.clock.clone(),
-            every: keepalive_interval(self.cfg.lease_ttl),
-            answer_timeout: self.answer_timeout(),
-            metrics: self.metrics.clone(),
-        });
-        // The stream that attached the lease: the keepalive has its own from here on.
-        drop(attached);
-        Ok(Connection {
-            store,
-            _keepalive: task,
-            lease_events,
-            watch,
-        })
-    }
-
-    /// Keep using the current lease if etcd still has it, else grant a new one.
-    async fn attach_lease(&mut self, store: &mut Store) -> Result<LeaseKeepAlive, StoreError> {
-        let ttl_secs = self.cfg.lease_ttl.as_secs() as i64;
-        if let Some(lease) = self.lease {
-            match self.renew_existing(store, lease).await {
-                Ok(Some(keepalive)) => return Ok(keepalive),
-                Ok(None) | Err(StoreError::LeaseNotFound(_)) => self.lease_lost().await,
-                Err(e) => return Err(e),
-            }
-        }
-        let sent = std::time::Instant::now();
-        let (lease, granted) = store.grant_ttl(ttl_secs).await?;
-        if granted > ttl_secs {
-            warn!(
-                lease_ttl = ttl_secs,
-                granted,
-                "etcd granted a longer lease than asked: its election timeout is too long for \
-                 this TTL (see the fast etcd profile in the README); failover takes the longer one"
-            );
-        }
-        // The smaller one until keepalive answers say more: the safe direction.
-        self.clock().granted(sent, granted.min(ttl_secs));
-        self.metrics.lease_ttl.set(granted.min(ttl_secs));
-        self.lease = Some(lease);
-        self.lease_file.save(&self.cfg.node, lease);
-        self.fenced = false;
-        store.keep_alive(lease).await
-    }
-
-    /// Renew `lease` on a new stream; `None` when etcd says it is gone.
-    async fn renew_existing(
-        &mut self,
-        store: &mut Store,
-        lease: i64,
-    ) -> Result<Option<LeaseKeepAlive>, StoreError> {
-        let mut keepalive = store.keep_alive(lease).await?;
-        self.clock().sent(std::time::Instant::now());
-        keepalive.send().await?;
-        let answer = timeout(self.request_timeout(), keepalive.recv()).await;
-        let ttl = answer.map_err(|_| StoreError::Timeout {
-            op: "lease keepalive",
-            timeout: self.request_timeout(),
-        })??;
-        if self.clock().answered(ttl) == Renewal::Renewed {
-            self.fenced = false;
-            return Ok(Some(keepalive));
-        }
-        Ok(None)
-    }
-
-    /// etcd dropped the lease: every claim on it is gone, so are our rights to addresses.
-    async fn lease_lost(&mut self) {
-        warn!(lease = ?self.lease.map(|l| format!("{l:x}")), "lease expired in etcd");
-        self.lease = None;
-        self.close_fence();
-        self.conflicts.lease_lost();
-        self.clock().forget();
-        self.drop_addresses("lease expired", false).await;
-    }
-
-    /// The connected loop; returns on shutdown or when the connection must be rebuilt.
-    /// `/readyz` says ready from the first reconcile until it returns.
-    async fn serve(
-        &mut self,
-        conn: Connection,
-        events: &mut AddressEvents,
-        signals: &mut watch::Receiver<Signal>,
-    ) -> Stop {
-        let stop = self.serve_connected(conn, events, signals).await;
-        self.metrics.ready.store(false, Ordering::Relaxed);
-        stop
-    }
-
-    async fn serve_connected(
-        &mut self,
-        mut conn: Connection,
-        events: &mut AddressEvents,
-        signals: &mut watch::Receiver<Signal>,
-    ) -> Stop {
-        let first = Instant::now() + resync_phase(&self.cfg.node, self.cfg.resync);
-        let mut resync = interval_at(first, self.cfg.resync);
-        if let Err(e) = self.reconcile(Some(&mut conn.store)).await {
-            return Stop::Lost(e.to_string());
-        }
-        self.systemd
-            .ready("serving: lease held, addresses reconciled");
-        self.metrics.ready.store(true, Ordering::Relaxed);
-        loop {
-            let fence_at = self.fence_timer();
-            let refresh_due = self.refresh_due;
-            let overdue_at = [self.next_overdue(), self.next_rebalance()]
-                .into_iter()
-                .flatten()
-                .map(Instant::from_std)
-                .chain(self.conflicts.next_expiry())
-                .min();
-            let announce_at = self.announce_refresh_at;
-            let watchdog_at = self.systemd.next_ping();
-            let wake: Result<bool, String> = tokio::select! {
-                _ = sleep_until_some(watchdog_at) => {
-                    self.systemd.ping();
-                    Ok(false)
-                }
-                _ = sleep_until_some(overdue_at) => Ok(true),
-                _ = sleep_until_some(self.reconcile_soon) => Ok(true),
-                _ = sleep_until_some(announce_at) => {
-                    self.announce_all().await;
-                    Ok(false)
-                }
-                _ = sleep_until_some(refresh_due) => {
-                    self.refresh_lifetimes().await;
-                    Ok(false)
-                }
-                _ = signals.changed() => return Stop::Signal(*signals.borrow(), Box::new(conn)),
-                _ = sleep_until_some(fence_at) => {
-                    self.fence().await;
-                    return Stop::Lost("lease not renewed before its deadline".into());
-                }
-                r = conn.watch.next() => self.apply_watch(r, &mut conn.watch),
-                Some(event) = conn.lease_events.recv() => self.lease_event(event).await,
-                _ = resync.tick() => self.resync(&mut conn.store).await.map(|()| true).map_err(|e| e.to_string()),
-                Some(()) = events.changed() => {
-                    self.host_addresses_stale = true;
-                    Ok(true)
-                }
-            };
-            match wake {
-                Ok(true) => {
-                    if let Err(e) = self.reconcile(Some(&mut conn.store)).await {
-                        return Stop::Lost(e.to_string());
-                    }
-                }
-                Ok(false) => {}
-                Err(reason) => return Stop::Lost(reason),
-            }
-        }
-    }
-
-    /// Apply a watch batch and every batch already waiting behind it, so a burst of
-    /// changes (other agents claiming hundreds of IPs) costs one reconcile, not hundreds;
-    /// whether a reconcile is needed at all.
-    fn apply_watch(
-        &mut self,
-        first: Result<(i64, Vec<Change>), StoreError>,
-        watch: &mut Watch,
-    ) -> Result<bool, String> {
-        let mut next = Some(first);
-        let mut relevance = Relevance::None;
-        while let Some(batch) = next {
-            let (revision, changes) = batch.map_err(|e| e.to_string())?;
-            tracing::debug!(revision, changes = changes.len(), "watch batch");
-            for change in &changes {
-                relevance = relevance.max(self.view.apply(change));
-            }
-            next = watch.next().now_or_never();
-        }
-        if relevance == Relevance::Soon {
-            self.reconcile_soon
-                .get_or_insert_with(|| Instant::now() + RECONCILE_SOON);
-        }
-        Ok(relevance == Relevance::Now)
-    }
-
-    /// A report of the keepalive task: a renewal re-arms the fence; an
-    /// expiry ends the lease; a failure means reconnecting.
-    async fn lease_event(&mut self, event: keepalive::LeaseEvent) -> Result<bool, String> {
-        match event {
-            keepalive::LeaseEvent::Renewed => {
-                self.arm_fence();
-                Ok(false)
-            }
-            keepalive::LeaseEvent::Expired => {
-                self.lease_lost().await;
-                Err("lease expired".into())
-            }
-            keepalive::LeaseEvent::Failed(reason) => Err(reason),
-        }
-    }
-
-    /// Between the actions of a long reconcile: renew the fence if the lease was
-    /// renewed, and refresh lifetimes if a round is due; the main loop gets to its
-    /// timers only after the reconcile.
-    pub(super) async fn refresh_if_urgent(&mut self) {
-        self.arm_fence_if_renewed();
-        if self.refresh_due.is_some_and(|at| at <= Instant::now()) {
-            self.refresh_lifetimes().await;
-        }
-    }
-
-    /// The periodic check against missed watch events; lists the prefix only when
-    /// etcd's key count or newest change disagrees with the view.
-    async fn resync(&mut self, store: &mut Store) -> Result<(), StoreError> {
-        self.host_addresses_stale = true;
-        let root = self.keys.root();
-        let summary = store.summary(&root).await?;
-        if self.view.matches_store(summary) {
-            return Ok(());
-        }
-        tracing::debug!(
-            ?summary,
-            "view and etcd differ (or events are on their way): listing"
-        );
-        let snapshot = store.list(&root).await?;
-        self.view.replace(&snapshot);
-        Ok(())
-    }
-
-    /// Count a watch started; every one after the first is a restart.
-    fn count_watch(&mut self) {
-        if self.watches > 0 {
-            self.metrics.watch_restarts.inc();
-        }
-        self.watches += 1;
-    }
-
     /// Tell the others that this agent's addresses are gone (its record, `leaving`), so
     /// they take its IPs without a conflict probe; then revoke the lease.
     async fn say_leaving(&mut self, store: &mut Store, lease: i64) -> Result<(), StoreError> {
@@ -727,16 +422,4 @@ impl Agent {
             Err(e) => error!(error = %e, "cannot remove the fence tables"),
         }
     }
-}
-
-/// When in the resync period this node's resync falls: agents started together would
-/// otherwise ask etcd at the same instant, and etcd answers the summary by reading the
-/// whole prefix (a sorted range): ten agents at once stalled it past the lease margin on
-/// the loaded lab machine. A stable spread by node name, within one period.
-fn resync_phase(node: &str, period: Duration) -> Duration {
-    use std::hash::Hasher;
-    let mut h = fnv::FnvHasher::default();
-    h.write(node.as_bytes());
-    let millis = period.as_millis().max(1) as u64;
-    period + Duration::from_millis(h.finish() % millis)
 }
