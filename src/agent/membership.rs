@@ -18,6 +18,24 @@ pub const HANDOVER_BATCH: usize = 5;
 /// See [`HANDOVER_BATCH`].
 pub const HANDOVER_PERIOD: Duration = Duration::from_millis(500);
 
+/// How long a free slot counts as being filled, which holds rebalancing back. A slot
+/// free for longer is stuck (every eligible host refuses it, say for an address
+/// conflict on the segment) and must not stop rebalancing everywhere for good.
+pub const FILLING_WINDOW: Duration = Duration::from_secs(5);
+
+/// Until when free slots are still being filled (those free for less than
+/// [`FILLING_WINDOW`]); `None` when none is.
+pub fn filling_until<'a>(
+    free_since: impl IntoIterator<Item = &'a Instant>,
+    now: Instant,
+) -> Option<Instant> {
+    free_since
+        .into_iter()
+        .map(|since| *since + FILLING_WINDOW)
+        .filter(|until| *until > now)
+        .max()
+}
+
 /// How long an agent leaves an IP it handed over to its receiver, even when the slot
 /// is overdue: a busy receiver must not make the IP bounce back (and then move again).
 /// Other hosts still take it after [`PLACEMENT_GRACE`] if the receiver never does.
@@ -176,7 +194,7 @@ impl Agent {
             .last_handover
             .is_some_and(|t| now.duration_since(t) < HANDOVER_PERIOD);
         // Rebalance only in a steady state: not while free slots are still being filled.
-        let filling = !self.free_since.is_empty();
+        let filling = filling_until(self.free_since.values(), now).is_some();
         if !self.giving_away.is_empty() || paced || filling || self.lease.is_none() {
             return;
         }
@@ -196,7 +214,8 @@ impl Agent {
         self.last_handover = Some(now);
     }
 
-    /// When rebalancing may need another look: a node turning stable, or the pace.
+    /// When rebalancing may need another look: a node turning stable, the pace, or the
+    /// last free slot no longer counting as being filled.
     pub(super) fn next_rebalance(&self) -> Option<Instant> {
         let now = Instant::now();
         let window = self.cfg.stabilization;
@@ -209,6 +228,29 @@ impl Agent {
             .last_handover
             .map(|t| t + HANDOVER_PERIOD)
             .filter(|at| *at > now);
-        stabilizing.chain(paced).min()
+        let filled = filling_until(self.free_since.values(), now);
+        stabilizing.chain(paced).chain(filled).min()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stuck_free_slot_stops_holding_rebalancing_back() {
+        let now = Instant::now();
+        let young = now - Duration::from_secs(1);
+        let stuck = now - FILLING_WINDOW - Duration::from_secs(1);
+        assert_eq!(
+            filling_until([&young, &stuck], now),
+            Some(young + FILLING_WINDOW)
+        );
+        assert_eq!(
+            filling_until([&stuck], now),
+            None,
+            "a stuck slot is not being filled"
+        );
+        assert_eq!(filling_until([], now), None);
     }
 }
