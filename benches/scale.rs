@@ -12,7 +12,13 @@ use std::collections::BTreeMap;
 use std::net::Ipv6Addr;
 use std::time::{Duration, Instant};
 
-use lab::{wait_for, Lab};
+use lab::{wait_every, wait_for, Lab};
+
+/// How often the placement and the host loss are polled: a poll lists every host's
+/// addresses (a fork and a JSON document of ~1,000 addresses per host), which every
+/// 5 ms would take a core from the agents being measured. Their times come from `ip
+/// monitor` stamps and the agents' logs instead.
+const QUIET_POLL: Duration = Duration::from_millis(250);
 
 /// Agent flags; the lease TTL comes from `EXTIP_SCALE_TTL` (default: the agent's).
 fn args(ttl: &str) -> Vec<&str> {
@@ -173,7 +179,7 @@ fn main() {
     lab.put_many(&pairs);
     let written = start.elapsed();
     let written_at = std::time::SystemTime::now();
-    let polled = wait_quietly(Duration::from_secs(600), || {
+    let polled = wait_every(QUIET_POLL, Duration::from_secs(600), || {
         served_once(&placement(&lab, &hosts), m)
     })
     .expect("all placed");
@@ -276,7 +282,7 @@ fn main() {
     let killed_at = std::time::SystemTime::now();
     lab.kill(victim);
     lab.cut(victim);
-    let took = wait_quietly(Duration::from_secs(120), || {
+    let took = wait_every(QUIET_POLL, Duration::from_secs(120), || {
         served_once(&placement(&lab, &survivors), m)
     })
     .expect("re-placed");
@@ -350,21 +356,9 @@ fn main() {
     // What the agents logged about the first few IPs seen on two hosts, to stderr.
     for (ip, on) in seen_twice.iter().take(3) {
         eprintln!("---- {ip} seen on hosts {on:?}");
-        for &h in &hosts {
-            for line in lab.agent_log(h).lines().filter(|l| l.contains(ip.as_str())) {
-                eprintln!("h{}: {line}", h + 1);
-            }
-        }
+        print_log_lines(&lab, &hosts, ip);
     }
-    for &h in &hosts {
-        for line in lab
-            .agent_log(h)
-            .lines()
-            .filter(|l| l.contains("etcd connection lost"))
-        {
-            eprintln!("h{}: {line}", h + 1);
-        }
-    }
+    print_log_lines(&lab, &hosts, "etcd connection lost");
     eprintln!(
         "kill at {}, return at {}",
         humantime::format_rfc3339_micros(killed_at),
@@ -379,11 +373,7 @@ fn main() {
         .take(2)
     {
         eprintln!("---- {ip} claimed more than once since the return");
-        for &h in &hosts {
-            for line in lab.agent_log(h).lines().filter(|l| l.contains(ip.as_str())) {
-                eprintln!("h{}: {line}", h + 1);
-            }
-        }
+        print_log_lines(&lab, &hosts, ip);
     }
     for &h in &hosts {
         let log = lab.agent_log(h);
@@ -412,22 +402,6 @@ fn main() {
     if let Ok(keep) = std::env::var("EXTIP_SCALE_KEEP") {
         keep_logs(&lab, std::path::Path::new(&keep));
     }
-}
-
-/// Seconds from `since` to the first and the last log line containing `what` written
-/// after it by the agents of `hosts` (their timestamps, RFC 3339 UTC).
-/// Like `wait_for`, but polling every 250 ms: a poll lists every host's addresses (a
-/// fork and a JSON document of ~1,000 addresses per host), which every 5 ms would take
-/// a core from the agents being measured. Times come from `ip monitor` stamps instead.
-fn wait_quietly(timeout: Duration, mut check: impl FnMut() -> bool) -> Option<Duration> {
-    let start = Instant::now();
-    while start.elapsed() <= timeout {
-        if check() {
-            return Some(start.elapsed());
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
-    None
 }
 
 /// When the last of `ips` was first added on any host watched by `monitors` after
@@ -491,6 +465,15 @@ impl RecordDeletion {
     }
 }
 
+/// Every line of the agents of `hosts` that mentions `needle`, to stderr.
+fn print_log_lines(lab: &Lab, hosts: &[usize], needle: &str) {
+    for &h in hosts {
+        for line in lab.agent_log(h).lines().filter(|l| l.contains(needle)) {
+            eprintln!("h{}: {line}", h + 1);
+        }
+    }
+}
+
 /// Copy the agents' logs out of the lab before it is removed.
 fn keep_logs(lab: &Lab, to: &std::path::Path) {
     std::fs::create_dir_all(to).expect("log directory");
@@ -506,6 +489,8 @@ fn keep_logs(lab: &Lab, to: &std::path::Path) {
     }
 }
 
+/// Seconds from `since` to the first and the last log line containing `what` written
+/// after it by the agents of `hosts` (their timestamps, RFC 3339 UTC).
 fn log_offsets(lab: &Lab, hosts: &[usize], what: &str, since: std::time::SystemTime) -> (f64, f64) {
     let mut seen: Vec<f64> = Vec::new();
     for &h in hosts {

@@ -133,7 +133,8 @@ struct IdealIp {
 
 /// The balanced placement from scratch, and what it was computed from. It depends only
 /// on the desired IPs and the nodes, so an agent computes it once per change of either,
-/// not on every planning pass; it ignores claims: free slots and rebalancing steer to it.
+/// not on every planning pass; it ignores claims. Rebalancing steers to it; free slots
+/// go to it once every node is at the average (see [`assign`]).
 #[derive(Debug, Clone, Default)]
 pub struct Ideal {
     /// The nodes it was computed for, sorted by name.

@@ -15,7 +15,7 @@ use ipnet::IpNet;
 use crate::model::{max_prefix_len, DesiredIp, NodeValue, Replicas};
 use crate::placement;
 
-use crate::observed::{Claims, LeaseId, LocalAddress};
+use crate::observed::{Claims, Holder, LeaseId, LocalAddress};
 
 /// Whether this agent may hold addresses right now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -228,7 +228,7 @@ fn ips_to_plan(me: &Me, world: &World) -> BTreeSet<IpAddr> {
     let held = world
         .claims
         .iter()
-        .filter(|(_, slots)| slots.values().any(|h| Some(h.lease) == me.lease))
+        .filter(|(_, slots)| slots.values().any(|h| on_my_lease(me, h)))
         .map(|(&ip, _)| ip);
     let assigned = world
         .assignment
@@ -239,17 +239,19 @@ fn ips_to_plan(me: &Me, world: &World) -> BTreeSet<IpAddr> {
     owned.chain(held).chain(assigned).chain(overdue).collect()
 }
 
+/// Whether a claim hangs on this agent's lease (none before one is granted).
+fn on_my_lease(me: &Me, holder: &Holder) -> bool {
+    me.lease == Some(holder.lease)
+}
+
 /// Slots of `ip` that hang on this agent's lease.
 fn my_slots(me: &Me, claims: &Claims, ip: IpAddr) -> Vec<u32> {
-    let Some(lease) = me.lease else {
-        return Vec::new();
-    };
     claims
         .get(&ip)
         .map(|slots| {
             slots
                 .iter()
-                .filter(|(_, h)| h.lease == lease)
+                .filter(|(_, h)| on_my_lease(me, h))
                 .map(|(&s, _)| s)
                 .collect()
         })

@@ -126,21 +126,27 @@ impl Lab {
     /// `etcdctl` (API v3) from m1's namespace against every member, not yet run: for
     /// one that keeps running, such as `watch`.
     pub fn etcdctl_command(&self, args: &[&str]) -> Command {
+        self.etcdctl_in_lab(&self.etcd_url(), args)
+    }
+
+    /// `etcdctl` (API v3) run from m1's namespace against `endpoints`.
+    fn etcdctl_in_lab(&self, endpoints: &str, args: &[&str]) -> Command {
         let mut command = Command::new("ip");
         command
             .args(["netns", "exec", &self.etcd[0].ns, "etcdctl"])
-            .args(["--endpoints", &self.etcd_url()])
+            .args(["--endpoints", endpoints])
             .args(args)
             .env("ETCDCTL_API", "3");
         command
     }
 
     pub(super) fn etcdctl_at(&self, endpoints: &str, args: &[&str]) -> Result<String, String> {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.etcd[0].ns, "etcdctl"])
-            .args(["--endpoints", endpoints, "--command-timeout", "5s"])
-            .args(args)
-            .env("ETCDCTL_API", "3")
+        let timed: Vec<&str> = ["--command-timeout", "5s"]
+            .into_iter()
+            .chain(args.iter().copied())
+            .collect();
+        let out = self
+            .etcdctl_in_lab(endpoints, &timed)
             .output()
             .map_err(|e| e.to_string())?;
         if out.status.success() {

@@ -445,7 +445,17 @@ pub fn sample_value(text: &str, name: &str) -> Option<f64> {
 }
 
 /// Poll `check` every 5 ms until it holds; the time it took, or `None` after `timeout`.
-pub fn wait_for(timeout: Duration, mut check: impl FnMut() -> bool) -> Option<Duration> {
+pub fn wait_for(timeout: Duration, check: impl FnMut() -> bool) -> Option<Duration> {
+    wait_every(Duration::from_millis(5), timeout, check)
+}
+
+/// [`wait_for`], checking every `interval`: for checks costly enough to disturb what
+/// they watch.
+pub fn wait_every(
+    interval: Duration,
+    timeout: Duration,
+    mut check: impl FnMut() -> bool,
+) -> Option<Duration> {
     let start = Instant::now();
     loop {
         if check() {
@@ -454,7 +464,7 @@ pub fn wait_for(timeout: Duration, mut check: impl FnMut() -> bool) -> Option<Du
         if start.elapsed() > timeout {
             return None;
         }
-        std::thread::sleep(Duration::from_millis(5));
+        std::thread::sleep(interval);
     }
 }
 

@@ -161,13 +161,9 @@ impl AddressEvents {
             .collect()
     }
 
-    fn lines(mut self, needle: &str, deleted: bool) -> Vec<String> {
-        let _ = self.child.kill();
-        let out = self.child.wait_with_output().expect("ip monitor output");
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|l| l.starts_with("Deleted") == deleted && l.contains(needle))
-            .map(str::to_string)
-            .collect()
+    fn lines(self, needle: &str, deleted: bool) -> Vec<String> {
+        let mut lines = self.all_lines();
+        lines.retain(|l| l.starts_with("Deleted") == deleted && l.contains(needle));
+        lines
     }
 }
