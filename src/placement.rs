@@ -123,22 +123,26 @@ fn capacity(total: usize, nodes: &BTreeMap<String, NodeValue>) -> usize {
 
 /// One IP in the ideal placement: nodes as indices, so that 100,000 IPs over 100 nodes
 /// take tens of megabytes rather than a string per IP and node.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, PartialEq)]
 struct IdealIp {
     /// Every node that can serve the IP, best-ranked first.
     ranking: Box<[NodeIndex]>,
     /// Its ideal holders, best first.
     holders: Box<[NodeIndex]>,
+    /// How many holders it asks for.
+    replicas: Replicas,
 }
 
 /// The balanced placement from scratch, and what it was computed from. It depends only
 /// on the desired IPs and the nodes, so an agent computes it once per change of either,
 /// not on every planning pass; it ignores claims. Rebalancing steers to it; free slots
 /// go to it once every node is at the average (see [`assign`]).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Ideal {
     /// The nodes it was computed for, sorted by name.
     names: Vec<String>,
+    /// Those nodes' records, which [`Ideal::without`] checks a smaller set against.
+    nodes: BTreeMap<String, NodeValue>,
     /// Every desired IP's ranking and ideal holders.
     ips: BTreeMap<IpAddr, IdealIp>,
     /// The load bound.
@@ -152,10 +156,61 @@ pub struct Ideal {
 impl Ideal {
     /// Rank every IP and place it under the load bound.
     pub fn new(desired: &BTreeMap<IpAddr, DesiredIp>, nodes: &BTreeMap<String, NodeValue>) -> Self {
-        let mut ips = rank_all(desired, nodes);
-        let total: usize = desired
+        Ideal::place(rank_all(desired, nodes), nodes)
+    }
+
+    /// The same as [`Ideal::new`] over `nodes` when `nodes` are some of this
+    /// placement's nodes, unchanged, and the desired IPs did not change (the caller's
+    /// part); `None` otherwise. A node's weights do not depend on the others, so each
+    /// ranking only loses the nodes that went: no hashing, no eligibility checks. This
+    /// is what survivors compute when a host is lost, before they claim its IPs.
+    pub fn without(&self, nodes: &BTreeMap<String, NodeValue>) -> Option<Self> {
+        let kept = nodes.len() < self.nodes.len()
+            && nodes
+                .iter()
+                .all(|(name, n)| self.nodes.get(name) == Some(n));
+        if !kept {
+            return None;
+        }
+        // Old index to new: the kept names stay in name order.
+        let mut next = 0;
+        let renumbered: Vec<Option<NodeIndex>> = self
+            .names
             .iter()
-            .map(|(ip, d)| wanted_slots(d.replicas, ips[ip].ranking.len()))
+            .map(|name| {
+                nodes.contains_key(name).then(|| {
+                    next += 1;
+                    next - 1
+                })
+            })
+            .collect();
+        let ips = self
+            .ips
+            .iter()
+            .map(|(&ip, entry)| {
+                let ranking = entry.ranking.iter();
+                let ranking = ranking.filter_map(|&i| renumbered[i as usize]).collect();
+                let replicas = entry.replicas;
+                let holders = Box::default();
+                (
+                    ip,
+                    IdealIp {
+                        ranking,
+                        holders,
+                        replicas,
+                    },
+                )
+            })
+            .collect();
+        Some(Ideal::place(ips, nodes))
+    }
+
+    /// Choose every IP's ideal holders from its ranking, in IP order, under the load
+    /// bound.
+    fn place(mut ips: BTreeMap<IpAddr, IdealIp>, nodes: &BTreeMap<String, NodeValue>) -> Self {
+        let total: usize = ips
+            .values()
+            .map(|e| wanted_slots(e.replicas, e.ranking.len()))
             .sum();
         let cap = capacity(total, nodes);
         let serving = nodes
@@ -164,18 +219,23 @@ impl Ideal {
             .count()
             .max(1);
         let mut load = vec![0usize; nodes.len()];
-        for (ip, d) in desired {
-            let entry = ips.get_mut(ip).expect("ranked above");
-            let wanted = wanted_slots(d.replicas, entry.ranking.len());
+        for entry in ips.values_mut() {
+            let wanted = wanted_slots(entry.replicas, entry.ranking.len());
             entry.holders = choose_holders(&entry.ranking, wanted, cap, &mut load);
         }
         Ideal {
             names: nodes.keys().cloned().collect(),
+            nodes: nodes.clone(),
             ips,
             cap,
             average: total as f64 / serving as f64,
             total,
         }
+    }
+
+    /// The node records it was computed for.
+    pub fn nodes(&self) -> &BTreeMap<String, NodeValue> {
+        &self.nodes
     }
 
     /// The ideal holders of `ip`, best first (none for an IP not desired).
@@ -243,7 +303,15 @@ fn rank_all(
             weighted.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
             let ranking = weighted.iter().map(|&(_, i)| i).collect();
             let holders = Box::default();
-            (ip, IdealIp { ranking, holders })
+            let replicas = d.replicas;
+            (
+                ip,
+                IdealIp {
+                    ranking,
+                    holders,
+                    replicas,
+                },
+            )
         })
         .collect()
 }
@@ -420,3 +488,5 @@ pub fn handovers(
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod without_tests;

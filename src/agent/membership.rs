@@ -36,6 +36,27 @@ pub fn filling_until<'a>(
         .max()
 }
 
+/// The ideal placement and the view it was computed from.
+#[derive(Debug, Default)]
+pub(super) struct CurrentIdeal {
+    /// The placement.
+    pub ideal: placement::Ideal,
+    /// The view's generation then; `u64::MAX` before the first.
+    pub generation: u64,
+    /// The view's desired version then.
+    pub desired_version: u64,
+}
+
+impl CurrentIdeal {
+    /// None yet: the first reconcile computes it.
+    pub fn none() -> Self {
+        CurrentIdeal {
+            generation: u64::MAX,
+            ..Default::default()
+        }
+    }
+}
+
 /// How long an agent leaves an IP it handed over to its receiver, even when the slot
 /// is overdue: a busy receiver must not make the IP bounce back (and then move again).
 /// Other hosts still take it after [`PLACEMENT_GRACE`] if the receiver never does.
@@ -107,7 +128,7 @@ impl Agent {
         let now = Instant::now();
         self.refresh_ideal();
         let nodes = self.view.placement_nodes();
-        self.assignment = placement::assign(&self.ideal.1, &self.view.claims, &nodes);
+        self.assignment = placement::assign(&self.ideal.ideal, &self.view.claims, &nodes);
         let free = &self.assignment;
         self.free_since.retain(|slot, _| free.contains_key(slot));
         for slot in free.keys() {
@@ -140,13 +161,31 @@ impl Agent {
         self.metrics.note_unclaimed_since(oldest);
     }
 
-    /// Recompute the ideal placement if desired IPs, nodes, drains or pools changed.
+    /// Recompute the ideal placement if desired IPs, nodes, drains or pools changed;
+    /// when only nodes went (a host lost), derive it from the last one instead.
     pub(super) fn refresh_ideal(&mut self) {
-        if self.ideal.0 != self.view.generation {
-            let nodes = self.view.placement_nodes();
-            let ideal = placement::Ideal::new(&self.view.desired, &nodes);
-            self.ideal = (self.view.generation, ideal);
+        let current = &self.ideal;
+        if current.generation == self.view.generation {
+            return;
         }
+        let nodes = self.view.placement_nodes();
+        let same_desired = current.desired_version == self.view.desired_version;
+        let ideal = if same_desired && current.ideal.nodes() == &nodes {
+            // A change placement ignores (another node's claim history, say).
+            std::mem::take(&mut self.ideal.ideal)
+        } else if let Some(derived) = same_desired
+            .then(|| current.ideal.without(&nodes))
+            .flatten()
+        {
+            derived
+        } else {
+            placement::Ideal::new(&self.view.desired, &nodes)
+        };
+        self.ideal = CurrentIdeal {
+            ideal,
+            generation: self.view.generation,
+            desired_version: self.view.desired_version,
+        };
     }
 
     /// When the next free slot becomes overdue, to plan again then.
@@ -199,7 +238,7 @@ impl Agent {
             return;
         }
         let nodes = self.view.placement_nodes();
-        let moves = placement::handovers(&self.ideal.1, claims, &nodes, &me, &stable);
+        let moves = placement::handovers(&self.ideal.ideal, claims, &nodes, &me, &stable);
         if moves.is_empty() {
             return;
         }

@@ -141,8 +141,8 @@ pub struct Agent {
     handed_over: std::collections::BTreeMap<IpAddr, std::time::Instant>,
     /// When the last hand-over batch started, for the rate limit.
     last_handover: Option<std::time::Instant>,
-    /// The ideal placement and the view generation it was computed for.
-    ideal: (u64, crate::placement::Ideal),
+    /// The ideal placement and the view it was computed from.
+    ideal: membership::CurrentIdeal,
     /// Who should claim each free slot, from the last reconcile's view.
     assignment: crate::placement::Assignment,
     /// When to reconcile for changes that can wait ([`view::Relevance::Soon`]).
@@ -311,7 +311,7 @@ impl Agent {
             reconcile_soon: None,
             added_now: Default::default(),
             last_handover: None,
-            ideal: (u64::MAX, Default::default()),
+            ideal: membership::CurrentIdeal::none(),
             assignment: Default::default(),
             exe: std::env::current_exe().ok(),
             args: std::env::args_os().skip(1).collect(),

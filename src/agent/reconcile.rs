@@ -218,6 +218,8 @@ impl Agent {
 
     /// Plan and execute until converged (or [`MAX_ROUNDS`]).
     async fn converge(&mut self, mut store: Option<&mut Store>) -> Result<(), StoreError> {
+        // Round 0's time includes this preparation (the ideal placement, assignment).
+        let mut round_started = std::time::Instant::now();
         self.check_interfaces().await;
         self.note_host_addresses().await;
         self.check_announce_ports().await;
@@ -225,7 +227,6 @@ impl Agent {
         self.report_ineligible();
         self.track_free_slots();
         self.plan_handovers();
-        let mut round_started = std::time::Instant::now();
         for round in 0..MAX_ROUNDS {
             let owned = match self.net.owned_set().await {
                 Ok(owned) => owned,
