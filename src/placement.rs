@@ -12,8 +12,12 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use crate::model::{DesiredIp, NodeValue, Replicas, KUBERNETES_NODE_LABEL};
-use crate::observed::{Claims, Holder};
+use crate::model::{DesiredIp, NodeValue, KUBERNETES_NODE_LABEL};
+use crate::observed::Claims;
+
+mod ideal;
+pub use ideal::Ideal;
+use ideal::NodeIndex;
 
 /// Load bound: a node above `ceil(average × 1.05)` passes a slot to its next-ranked node.
 const LOAD_FACTOR: f64 = 1.05;
@@ -99,244 +103,6 @@ pub fn ranking<'a>(
     ranked.into_iter().map(|(_, n)| n).collect()
 }
 
-/// How many slots an IP wants given how many nodes can serve it.
-fn wanted_slots(replicas: Replicas, candidates: usize) -> usize {
-    match replicas {
-        Replicas::Count(n) => (n as usize).min(candidates),
-        Replicas::All => candidates,
-    }
-}
-
-/// A node's position in [`Ideal`]'s node list, which is sorted by name: index order is
-/// name order, the rankings' tie-break.
-type NodeIndex = u32;
-
-/// The load bound for `total` slots over the nodes that can serve.
-fn capacity(total: usize, nodes: &BTreeMap<String, NodeValue>) -> usize {
-    let serving = nodes
-        .values()
-        .filter(|n| !n.draining && !n.interfaces.is_empty())
-        .count();
-    let bound = (total as f64 / serving.max(1) as f64) * LOAD_FACTOR;
-    (bound - ROUNDING).ceil() as usize
-}
-
-/// One IP in the ideal placement: nodes as indices, so that 100,000 IPs over 100 nodes
-/// take tens of megabytes rather than a string per IP and node.
-#[derive(Debug, Clone, PartialEq)]
-struct IdealIp {
-    /// Every node that can serve the IP, best-ranked first.
-    ranking: Box<[NodeIndex]>,
-    /// Its ideal holders, best first.
-    holders: Box<[NodeIndex]>,
-    /// How many holders it asks for.
-    replicas: Replicas,
-}
-
-/// The balanced placement from scratch, and what it was computed from. It depends only
-/// on the desired IPs and the nodes, so an agent computes it once per change of either,
-/// not on every planning pass; it ignores claims. Rebalancing steers to it; free slots
-/// go to it once every node is at the average (see [`assign`]).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Ideal {
-    /// The nodes it was computed for, sorted by name.
-    names: Vec<String>,
-    /// Those nodes' records, which [`Ideal::without`] checks a smaller set against.
-    nodes: BTreeMap<String, NodeValue>,
-    /// Every desired IP's ranking and ideal holders.
-    ips: BTreeMap<IpAddr, IdealIp>,
-    /// The load bound.
-    cap: usize,
-    /// Slots per serving node.
-    average: f64,
-    /// Slots wanted in all.
-    total: usize,
-}
-
-impl Ideal {
-    /// Rank every IP and place it under the load bound.
-    pub fn new(desired: &BTreeMap<IpAddr, DesiredIp>, nodes: &BTreeMap<String, NodeValue>) -> Self {
-        Ideal::place(rank_all(desired, nodes), nodes)
-    }
-
-    /// The same as [`Ideal::new`] over `nodes` when `nodes` are some of this
-    /// placement's nodes, unchanged, and the desired IPs did not change (the caller's
-    /// part); `None` otherwise. A node's weights do not depend on the others, so each
-    /// ranking only loses the nodes that went: no hashing, no eligibility checks. This
-    /// is what survivors compute when a host is lost, before they claim its IPs.
-    pub fn without(&self, nodes: &BTreeMap<String, NodeValue>) -> Option<Self> {
-        let kept = nodes.len() < self.nodes.len()
-            && nodes
-                .iter()
-                .all(|(name, n)| self.nodes.get(name) == Some(n));
-        if !kept {
-            return None;
-        }
-        // Old index to new: the kept names stay in name order.
-        let mut next = 0;
-        let renumbered: Vec<Option<NodeIndex>> = self
-            .names
-            .iter()
-            .map(|name| {
-                nodes.contains_key(name).then(|| {
-                    next += 1;
-                    next - 1
-                })
-            })
-            .collect();
-        let ips = self
-            .ips
-            .iter()
-            .map(|(&ip, entry)| {
-                let ranking = entry.ranking.iter();
-                let ranking = ranking.filter_map(|&i| renumbered[i as usize]).collect();
-                let replicas = entry.replicas;
-                let holders = Box::default();
-                (
-                    ip,
-                    IdealIp {
-                        ranking,
-                        holders,
-                        replicas,
-                    },
-                )
-            })
-            .collect();
-        Some(Ideal::place(ips, nodes))
-    }
-
-    /// Choose every IP's ideal holders from its ranking, in IP order, under the load
-    /// bound.
-    fn place(mut ips: BTreeMap<IpAddr, IdealIp>, nodes: &BTreeMap<String, NodeValue>) -> Self {
-        let total: usize = ips
-            .values()
-            .map(|e| wanted_slots(e.replicas, e.ranking.len()))
-            .sum();
-        let cap = capacity(total, nodes);
-        let serving = nodes
-            .values()
-            .filter(|n| !n.draining && !n.interfaces.is_empty())
-            .count()
-            .max(1);
-        let mut load = vec![0usize; nodes.len()];
-        for entry in ips.values_mut() {
-            let wanted = wanted_slots(entry.replicas, entry.ranking.len());
-            entry.holders = choose_holders(&entry.ranking, wanted, cap, &mut load);
-        }
-        Ideal {
-            names: nodes.keys().cloned().collect(),
-            nodes: nodes.clone(),
-            ips,
-            cap,
-            average: total as f64 / serving as f64,
-            total,
-        }
-    }
-
-    /// The node records it was computed for.
-    pub fn nodes(&self) -> &BTreeMap<String, NodeValue> {
-        &self.nodes
-    }
-
-    /// The ideal holders of `ip`, best first (none for an IP not desired).
-    pub fn holders(&self, ip: IpAddr) -> Vec<&str> {
-        self.ips
-            .get(&ip)
-            .map(|e| e.holders.iter().map(|&i| self.name(i)).collect())
-            .unwrap_or_default()
-    }
-
-    /// The name of the node at `index`.
-    fn name(&self, index: NodeIndex) -> &str {
-        &self.names[index as usize]
-    }
-
-    /// The index of the node `name`, if the placement was computed with it.
-    fn index(&self, name: &str) -> Option<NodeIndex> {
-        let found = self.names.binary_search_by(|n| n.as_str().cmp(name));
-        found.ok().map(|i| i as NodeIndex)
-    }
-
-    /// Held slots per node index, counting only holders among `nodes` (the live ones).
-    fn loads(&self, claims: &Claims, nodes: &BTreeMap<String, NodeValue>) -> Vec<usize> {
-        let mut load = vec![0usize; self.names.len()];
-        let live = claims
-            .values()
-            .flat_map(|slots| slots.values())
-            .filter_map(|h| h.node.as_deref())
-            .filter(|n| nodes.contains_key(*n));
-        for node in live {
-            if let Some(i) = self.index(node) {
-                load[i as usize] += 1;
-            }
-        }
-        load
-    }
-
-    /// The indices of the nodes holding one of `slots` (those the placement knows).
-    fn held(&self, slots: Option<&BTreeMap<u32, Holder>>) -> Vec<NodeIndex> {
-        let holders = slots.into_iter().flat_map(|s| s.values());
-        holders
-            .filter_map(|h| h.node.as_deref().and_then(|n| self.index(n)))
-            .collect()
-    }
-}
-
-/// Every desired IP's ranking over the nodes that can serve it. The IP's part of the
-/// weight is hashed once and one buffer is reused: this is the planner's hot loop
-/// (IPs × nodes weights).
-fn rank_all(
-    desired: &BTreeMap<IpAddr, DesiredIp>,
-    nodes: &BTreeMap<String, NodeValue>,
-) -> BTreeMap<IpAddr, IdealIp> {
-    let mut weighted: Vec<(u64, NodeIndex)> = Vec::with_capacity(nodes.len());
-    desired
-        .iter()
-        .map(|(&ip, d)| {
-            let ip_part = ip_hash(ip);
-            weighted.clear();
-            for (i, (name, node)) in nodes.iter().enumerate() {
-                if node_can_serve(node, ip, d) {
-                    weighted.push((weight_after(&ip_part, name), i as NodeIndex));
-                }
-            }
-            weighted.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-            let ranking = weighted.iter().map(|&(_, i)| i).collect();
-            let holders = Box::default();
-            let replicas = d.replicas;
-            (
-                ip,
-                IdealIp {
-                    ranking,
-                    holders,
-                    replicas,
-                },
-            )
-        })
-        .collect()
-}
-
-/// The first `wanted` nodes of `ranking` under the load bound `cap` (a full one only
-/// when every node is), counted into `load`.
-fn choose_holders(
-    ranking: &[NodeIndex],
-    wanted: usize,
-    cap: usize,
-    load: &mut [usize],
-) -> Box<[NodeIndex]> {
-    let mut chosen: Vec<NodeIndex> = Vec::with_capacity(wanted);
-    for _ in 0..wanted {
-        let open = || ranking.iter().copied().filter(|n| !chosen.contains(n));
-        let pick = open()
-            .find(|&n| load[n as usize] < cap)
-            .or_else(|| open().next());
-        let Some(node) = pick else { break };
-        chosen.push(node);
-        load[node as usize] += 1;
-    }
-    chosen.into_boxed_slice()
-}
-
 /// Free slots and the node that should claim each.
 pub type Assignment = BTreeMap<(IpAddr, u32), String>;
 
@@ -357,7 +123,7 @@ pub fn assign(ideal: &Ideal, claims: &Claims, nodes: &BTreeMap<String, NodeValue
     let mut out = BTreeMap::new();
     // Both maps are sorted by IP: walk the claims alongside instead of searching them.
     let mut claimed = claims.iter().peekable();
-    for (&ip, entry) in &ideal.ips {
+    for (ip, entry) in ideal.entries() {
         while claimed.next_if(|(c, _)| **c < ip).is_some() {}
         let held = claimed.next_if(|(c, _)| **c == ip).map(|(_, slots)| slots);
         let missing = entry
@@ -449,9 +215,9 @@ pub fn handovers(
         Some(i) => load[i as usize],
         None => 0,
     };
-    let is_stable: Vec<bool> = ideal.names.iter().map(|n| stable.contains(n)).collect();
+    let is_stable: Vec<bool> = ideal.names().iter().map(|n| stable.contains(n)).collect();
     let mut out = Vec::new();
-    for (&ip, entry) in &ideal.ips {
+    for (ip, entry) in ideal.entries() {
         if mine as f64 <= underloaded_below {
             break;
         }

@@ -1,4 +1,5 @@
 use super::*;
+use crate::model::Replicas;
 use crate::observed::Holder;
 
 /// `assign` with the ideal computed from the same inputs.
@@ -241,7 +242,9 @@ fn the_ideal_ranks_every_ip_as_ranking_does() {
     }
     let ideal = Ideal::new(&desired, &all);
     for (&ip, d) in &desired {
-        let by_index: Vec<&str> = ideal.ips[&ip]
+        let by_index: Vec<&str> = ideal
+            .entry(ip)
+            .unwrap()
             .ranking
             .iter()
             .map(|&i| ideal.name(i))

@@ -4,6 +4,7 @@
 use proptest::prelude::*;
 
 use super::*;
+use crate::model::Replicas;
 
 /// A node with some of the settings placement reads, chosen by `shape`.
 fn node(i: usize, shape: u8) -> (String, NodeValue) {
