@@ -11,6 +11,7 @@ pub mod observed;
 pub mod placement;
 pub mod plan;
 pub mod pools;
+pub mod sorted;
 pub mod store;
 #[cfg(feature = "sync")]
 pub mod sync;

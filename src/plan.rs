@@ -338,11 +338,7 @@ fn plan_strays(me: &Me, world: &World, out: &mut Vec<Action>) {
         out.extend(stray_addresses.into_iter().map(Action::RemoveAddress));
         return;
     }
-    for (&ip, _) in world
-        .claims
-        .iter()
-        .filter(|(ip, _)| !world.desired.contains_key(ip))
-    {
+    for (&ip, _) in crate::sorted::missing_from(world.claims, world.desired) {
         if stray_addresses.iter().any(|a| a.ip == ip) {
             continue;
         }

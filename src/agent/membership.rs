@@ -154,7 +154,7 @@ impl Agent {
         let desired = &self.view.desired;
         self.unclaimed_since
             .retain(|ip, _| desired.contains_key(ip) && !claims.contains_key(ip));
-        for ip in desired.keys().filter(|ip| !claims.contains_key(ip)) {
+        for (ip, _) in crate::sorted::missing_from(desired, claims) {
             self.unclaimed_since.entry(*ip).or_insert(now);
         }
         let oldest = self.unclaimed_since.values().min().copied();

@@ -205,15 +205,16 @@ impl Ideal {
 
     /// Held slots per node index, counting only holders among `nodes` (the live ones).
     pub(super) fn loads(&self, claims: &Claims, nodes: &BTreeMap<String, NodeValue>) -> Vec<usize> {
+        // One hash of a short name per claim, not two searches comparing strings.
+        let live: fnv::FnvHashMap<&str, usize> = (self.names.iter().enumerate())
+            .filter(|(_, name)| nodes.contains_key(*name))
+            .map(|(i, name)| (name.as_str(), i))
+            .collect();
         let mut load = vec![0usize; self.names.len()];
-        let live = claims
-            .values()
-            .flat_map(|slots| slots.values())
-            .filter_map(|h| h.node.as_deref())
-            .filter(|n| nodes.contains_key(*n));
-        for node in live {
-            if let Some(i) = self.index(node) {
-                load[i as usize] += 1;
+        let holders = claims.values().flat_map(|slots| slots.values());
+        for node in holders.filter_map(|h| h.node.as_deref()) {
+            if let Some(&i) = live.get(node) {
+                load[i] += 1;
             }
         }
         load
