@@ -1,10 +1,10 @@
 //! `<prefix>/history/<ip>`: the last holders of each IP, for `extip status`. Written
-//! after a reconcile (never between a claim and its address), one compare-and-put per
-//! IP this agent won, many to a transaction; a race with another writer loses one
-//! entry, never the IP.
+//! [`HISTORY_DELAY`] after a takeover (never between a claim and its address), one
+//! compare-and-put per IP this agent won, many to a transaction; a race with another
+//! writer loses one entry, never the IP.
 
 use std::net::IpAddr;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use tracing::debug;
 
@@ -12,9 +12,16 @@ use super::Agent;
 use crate::model::{push_history, HistoryEntry};
 use crate::store::{Store, StoreError, MAX_BATCH};
 
+/// How long the history of a takeover waits: when a host is lost, every survivor's
+/// history writes (one per IP taken) and their watch events went to etcd while the
+/// slower survivors' claims were still waiting for it. An operator reading `extip
+/// status` does not see a second.
+pub const HISTORY_DELAY: Duration = Duration::from_secs(1);
+
 impl Agent {
     /// Append this node to the history of every IP it won since the last call.
     pub(super) async fn publish_history(&mut self, store: &mut Store) -> Result<(), StoreError> {
+        self.history_at = None;
         let since = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
         let due: Vec<IpAddr> = std::mem::take(&mut self.history_due).into_iter().collect();
         let entries: Vec<(String, Vec<u8>, i64)> = due

@@ -80,6 +80,9 @@ pub struct Agent {
     /// When to refresh backstop lifetimes next, connected or not.
     refresh_due: Option<Instant>,
     ineligible: HashMap<IpAddr, Ineligible>,
+    /// What `ineligible` was last computed from (desired version, draining,
+    /// conflicts): the same inputs give the same answers, so it is not redone.
+    ineligible_from: Option<(u64, bool, std::collections::BTreeSet<IpAddr>)>,
     endpoint: usize,
     started: String,
     lease_file: state::LeaseFile,
@@ -133,6 +136,8 @@ pub struct Agent {
     claimed_at: HashMap<IpAddr, std::time::Instant>,
     /// IPs won since the history was last written.
     history_due: std::collections::BTreeSet<IpAddr>,
+    /// When to write them: [`history::HISTORY_DELAY`] after the first.
+    history_at: Option<Instant>,
     /// Watches started so far (every one after the first is a restart).
     watches: u64,
     /// READY and watchdog pings for systemd.
@@ -275,6 +280,7 @@ impl Agent {
             lifetimes_end: None,
             refresh_due: None,
             ineligible: HashMap::new(),
+            ineligible_from: None,
             endpoint: 0,
             started: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
             lease_file: state::LeaseFile::new(&cfg.state_dir),
@@ -307,6 +313,7 @@ impl Agent {
             claimed_at: Default::default(),
             watches: 0,
             history_due: Default::default(),
+            history_at: None,
             announce_refresh_at: cfg.announce.refresh.map(|r| Instant::now() + r),
             reconcile_soon: None,
             added_now: Default::default(),
@@ -406,6 +413,10 @@ impl Agent {
                     Err(e) => {
                         error!(error = %e, "lease not revoked; other hosts take over when it expires")
                     }
+                }
+                // After the hand-over, which must not wait for bookkeeping.
+                if let Err(e) = self.publish_history(&mut store).await {
+                    warn!(error = %e, "cannot write the holder history of recent takeovers");
                 }
             }
             (Some(mut store), Some(lease)) => match store.revoke(lease).await {

@@ -139,7 +139,6 @@ impl Agent {
         if let Some(store) = store {
             self.publish_node(store).await?;
             self.publish_conflicts(store).await?;
-            self.publish_history(store).await?;
         }
         let took = started.elapsed().as_secs_f64();
         tracing::debug!(took_ms = took * 1000.0, "reconciled");
@@ -227,8 +226,17 @@ impl Agent {
         self.report_ineligible();
         self.track_free_slots();
         self.plan_handovers();
+        // A round that only claimed or released left the address table as it was
+        // listed: the next round plans from that listing. A fresh dump lists every
+        // address here, and after a host loss it stood between each survivor's claims
+        // and its adds.
+        let mut unchanged = None;
         for round in 0..MAX_ROUNDS {
-            let owned = match self.net.owned_set().await {
+            let listed = match unchanged.take() {
+                Some(owned) => Ok(owned),
+                None => self.net.owned_set().await,
+            };
+            let owned = match listed {
                 Ok(owned) => owned,
                 Err(e) => {
                     error!(error = %e, "cannot list addresses; retrying at the next event");
@@ -251,6 +259,9 @@ impl Agent {
                 self.sync_fence(&owned.iter().map(|a| a.ip).collect());
                 return Ok(());
             }
+            let touches_addresses = actions
+                .iter()
+                .any(|a| matches!(a, Action::AddAddress(_) | Action::RemoveAddress(_)));
             self.added_now.clear();
             self.probe_before_adding(&actions).await;
             // Claims of distinct slots do not depend on each other nor on the other
@@ -275,6 +286,7 @@ impl Agent {
             {
                 self.claim(store, &claims, lease).await?;
             }
+            unchanged = (!touches_addresses).then_some(owned);
         }
         Ok(())
     }
@@ -434,6 +446,8 @@ impl Agent {
             info!(%ip, slot, "claim won");
             self.metrics.claims_won.inc();
             self.history_due.insert(ip);
+            self.history_at
+                .get_or_insert_with(|| tokio::time::Instant::now() + super::history::HISTORY_DELAY);
             self.claimed_at.insert(ip, std::time::Instant::now());
             let holder = Holder {
                 node: Some(self.cfg.node.clone()),
@@ -481,6 +495,15 @@ impl Agent {
 
     /// Log once why a desired IP is not served here.
     fn report_ineligible(&mut self) {
+        let inputs = Some((
+            self.view.desired_version,
+            self.draining(),
+            self.conflicts.ips.clone(),
+        ));
+        if self.ineligible_from == inputs {
+            return;
+        }
+        self.ineligible_from = inputs;
         // A down link is logged once, in check_interfaces, not per IP.
         let all_up: Vec<_> = self
             .links

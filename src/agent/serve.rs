@@ -75,6 +75,9 @@ impl Agent {
                 }
                 _ = sleep_until_some(overdue_at) => Ok(true),
                 _ = sleep_until_some(self.reconcile_soon) => Ok(true),
+                _ = sleep_until_some(self.history_at) => {
+                    self.publish_history(&mut conn.store).await.map(|()| false).map_err(|e| e.to_string())
+                }
                 _ = sleep_until_some(announce_at) => {
                     self.announce_all().await;
                     Ok(false)
