@@ -76,7 +76,7 @@ fn an_agent_claims_149_ips_in_a_few_transactions_and_leaves_the_one_held_alone()
         .unwrap_or_else(|| panic!("{} holder histories", histories()));
     let txns = etcd_txns(&lab, 0) - before;
     eprintln!("149 claims and 149 histories took {txns} etcd transactions");
-    // One a claim and one a history would be 298; batches of 100 need 4, and a few more
+    // One a claim and one a history would be 298; batches of 120 need 4, and a few more
     // go to the membership key and claims retried as the view catches up.
     assert!(txns < 30.0, "{txns} transactions for 149 claims");
 }

@@ -6,8 +6,10 @@ use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
 use super::{within, CreateOutcome, RawKv, Store, StoreError};
 
 /// Most keys one batched transaction creates: etcd refuses a transaction with more
-/// operations than its `--max-txn-ops` (128 by default).
-pub const MAX_BATCH: usize = 100;
+/// operations than its `--max-txn-ops` (128 by default), and gives each nested
+/// transaction what the outer one leaves of it (ours take one). 120 holds a survivor's
+/// share of a lost host with 1,000 IPs among 10 in one round trip, where 100 took two.
+pub const MAX_BATCH: usize = 120;
 
 impl Store {
     /// Run `txns` as nested transactions of one transaction per [`MAX_BATCH`]: each
