@@ -10,6 +10,13 @@ fn kv(key: &str, value: &str, rev: i64) -> RawKv {
     }
 }
 
+/// A view loaded from a list of these keys at revision 10.
+fn loaded(kvs: Vec<RawKv>) -> ClusterView {
+    let mut view = ClusterView::new(Keys::new("/extip"));
+    view.replace(&Snapshot { revision: 10, kvs });
+    view
+}
+
 #[test]
 fn bad_data_is_skipped_and_good_data_kept() {
     let mut view = ClusterView::new(Keys::new("/extip"));
@@ -127,17 +134,13 @@ fn another_nodes_claim_can_wait_unless_this_node_holds_the_ip() {
 
 #[test]
 fn members_addresses_and_special_ones_are_refused_and_freed_again() {
-    let mut view = ClusterView::new(Keys::new("/extip"));
     let h2 = r#"{"node":"h2","interfaces":["lo"],"host_addresses":["192.0.2.2"]}"#;
-    view.replace(&Snapshot {
-        revision: 10,
-        kvs: vec![
-            kv("/extip/ips/127.0.0.5", "{}", 3),
-            kv("/extip/ips/192.0.2.2", "{}", 4),
-            kv("/extip/ips/198.51.100.1", "{}", 5),
-            kv("/extip/nodes/h2", h2, 6),
-        ],
-    });
+    let mut view = loaded(vec![
+        kv("/extip/ips/127.0.0.5", "{}", 3),
+        kv("/extip/ips/192.0.2.2", "{}", 4),
+        kv("/extip/ips/198.51.100.1", "{}", 5),
+        kv("/extip/nodes/h2", h2, 6),
+    ]);
     fn ips<T>(m: &BTreeMap<IpAddr, T>) -> Vec<String> {
         m.keys().map(|i| i.to_string()).collect()
     }
@@ -207,18 +210,14 @@ fn a_claim_given_up_by_a_leaving_node_is_handed_over() {
 
 #[test]
 fn the_desired_version_moves_with_the_desired_ips_only() {
-    let mut view = ClusterView::new(Keys::new("/extip"));
     let h2 = r#"{"node":"h2","interfaces":["lo"],"host_addresses":["192.0.2.2"]}"#;
     let h3 = r#"{"node":"h3","interfaces":["lo"],"host_addresses":["192.0.2.3"]}"#;
-    view.replace(&Snapshot {
-        revision: 10,
-        kvs: vec![
-            kv("/extip/ips/192.0.2.2", "{}", 4),
-            kv("/extip/ips/198.51.100.1", "{}", 5),
-            kv("/extip/nodes/h2", h2, 6),
-            kv("/extip/nodes/h3", h3, 7),
-        ],
-    });
+    let mut view = loaded(vec![
+        kv("/extip/ips/192.0.2.2", "{}", 4),
+        kv("/extip/ips/198.51.100.1", "{}", 5),
+        kv("/extip/nodes/h2", h2, 6),
+        kv("/extip/nodes/h3", h3, 7),
+    ]);
     let version = view.desired_version;
     let delete = |key: &str, revision| Change::Delete {
         key: key.into(),
