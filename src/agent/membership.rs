@@ -171,7 +171,7 @@ impl Agent {
         let nodes = self.view.placement_nodes();
         let same_desired = current.desired_version == self.view.desired_version;
         let ideal = if same_desired && current.ideal.nodes() == &nodes {
-            // A change placement ignores (another node's claim history, say).
+            // A change placement ignores (a pool no desired IP uses, say).
             std::mem::take(&mut self.ideal.ideal)
         } else if let Some(derived) = same_desired
             .then(|| current.ideal.without(&nodes))
