@@ -10,6 +10,7 @@ mod keepalive;
 mod lease;
 mod membership;
 mod reconcile;
+mod reports;
 mod serve;
 mod state;
 mod systemd;

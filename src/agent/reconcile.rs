@@ -11,10 +11,10 @@ use super::Agent;
 use std::collections::BTreeSet;
 
 use crate::config::EtcdLossPolicy;
-use crate::model::{ClaimValue, Replicas};
+use crate::model::ClaimValue;
 use crate::net::ExportRoute;
 use crate::observed::{Holder, LocalAddress};
-use crate::plan::{eligibility, plan, Action, Me, Mode, World};
+use crate::plan::{plan, Action, Me, Mode, World};
 use crate::store::{CreateOutcome, Store, StoreError};
 
 /// Lifetime refreshes sent before waiting for their answers.
@@ -29,7 +29,7 @@ const MAX_ROUNDS: usize = 4;
 pub const EXPORT_DRAIN: Duration = Duration::from_millis(500);
 
 impl Agent {
-    fn me(&self, mode: Mode) -> Me<'_> {
+    pub(super) fn me(&self, mode: Mode) -> Me<'_> {
         Me {
             node: &self.cfg.node,
             lease: self.lease,
@@ -459,71 +459,5 @@ impl Agent {
             let holder = self.view.holder_of(&existing);
             self.view.claimed(ip, slot, holder, existing.mod_revision);
         }
-    }
-
-    /// Set the held-addresses gauges from a converged address table.
-    /// Publish what this host holds: counts by kind, and one series per IP.
-    fn count_held(&mut self, owned: &BTreeSet<LocalAddress>) {
-        let kind = |ip: &IpAddr| match self.view.desired.get(ip) {
-            Some(d) if d.replicas == Replicas::EXCLUSIVE => "exclusive",
-            _ => "shared",
-        };
-        let held: BTreeSet<crate::metrics::HeldLabel> = owned
-            .iter()
-            .map(|a| crate::metrics::HeldLabel {
-                ip: a.ip.to_string(),
-                kind: kind(&a.ip),
-            })
-            .collect();
-        let exclusive = held.iter().filter(|h| h.kind == "exclusive").count();
-        let count = |kind| crate::metrics::KindLabel { kind };
-        let m = &self.metrics;
-        m.ips_held
-            .get_or_create(&count("exclusive"))
-            .set(exclusive as i64);
-        m.ips_held
-            .get_or_create(&count("shared"))
-            .set((held.len() - exclusive) as i64);
-        for label in self.held_series.difference(&held) {
-            m.ip_held.remove(label);
-        }
-        for label in held.difference(&self.held_series) {
-            m.ip_held.get_or_create(label).set(1);
-        }
-        self.held_series = held;
-    }
-
-    /// Log once why a desired IP is not served here.
-    fn report_ineligible(&mut self) {
-        let inputs = Some((
-            self.view.desired_version,
-            self.draining(),
-            self.conflicts.ips.clone(),
-        ));
-        if self.ineligible_from == inputs {
-            return;
-        }
-        self.ineligible_from = inputs;
-        // A down link is logged once, in check_interfaces, not per IP.
-        let all_up: Vec<_> = self
-            .links
-            .iter()
-            .map(|l| crate::plan::Link {
-                up: true,
-                ..l.clone()
-            })
-            .collect();
-        let mut me = self.me(Mode::Serve);
-        me.links = &all_up;
-        let mut now_ineligible = std::collections::HashMap::new();
-        for (&ip, desired) in &self.view.desired {
-            if let Err(reason) = eligibility(&me, ip, desired) {
-                if self.ineligible.get(&ip) != Some(&reason) {
-                    warn!(%ip, reason = %reason, "desired IP not served by this agent");
-                }
-                now_ineligible.insert(ip, reason);
-            }
-        }
-        self.ineligible = now_ineligible;
     }
 }
