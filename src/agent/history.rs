@@ -1,7 +1,7 @@
 //! `<prefix>/history/<ip>`: the last holders of each IP, for `extip status`. Written
-//! [`HISTORY_DELAY`] after a takeover (never between a claim and its address), one
-//! compare-and-put per IP this agent won, many to a transaction; a race with another
-//! writer loses one entry, never the IP.
+//! after the reconcile that won the claims (never between a claim and its address), or
+//! [`HISTORY_DELAY`] later for a big takeover; one compare-and-put per IP this agent
+//! won, many to a transaction; a race with another writer loses one entry, never the IP.
 
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime};
@@ -12,11 +12,15 @@ use super::Agent;
 use crate::model::{push_history, HistoryEntry};
 use crate::store::{Store, StoreError, MAX_BATCH};
 
-/// How long the history of a takeover waits: when a host is lost, every survivor's
-/// history writes (one per IP taken) and their watch events went to etcd while the
-/// slower survivors' claims were still waiting for it. An operator reading `extip
-/// status` does not see a second.
+/// How long the history of a big takeover waits: when a host with many IPs is lost,
+/// the survivors done first sent their history writes (one per IP taken) and their
+/// watch events to etcd while the slower survivors' claims still waited for it.
 pub const HISTORY_DELAY: Duration = Duration::from_secs(1);
+
+/// A takeover of at most this many IPs writes its history at once, as an operator
+/// watching `extip status` expects (and a holder that dies a moment later still leaves
+/// its entry); a bigger one waits [`HISTORY_DELAY`].
+pub const HISTORY_AT_ONCE: usize = 16;
 
 impl Agent {
     /// Append this node to the history of every IP it won since the last call.

@@ -139,6 +139,10 @@ impl Agent {
         if let Some(store) = store {
             self.publish_node(store).await?;
             self.publish_conflicts(store).await?;
+            let due = self.history_due.len();
+            if due > 0 && due <= super::history::HISTORY_AT_ONCE {
+                self.publish_history(store).await?;
+            }
         }
         let took = started.elapsed().as_secs_f64();
         tracing::debug!(took_ms = took * 1000.0, "reconciled");
