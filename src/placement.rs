@@ -49,9 +49,14 @@ fn weight_after(ip_hash: &u64, node: &str) -> u64 {
     x ^ (x >> 33)
 }
 
+/// Whether a node serves at all: not draining, with an interface up.
+fn serves_at_all(node: &NodeValue) -> bool {
+    !node.draining && !node.interfaces.is_empty()
+}
+
 /// Whether the node described by `node` can serve `ip` as `desired` asks.
 pub fn node_can_serve(node: &NodeValue, ip: IpAddr, desired: &DesiredIp) -> bool {
-    if node.draining || node.interfaces.is_empty() {
+    if !serves_at_all(node) {
         return false;
     }
     let allowed =
@@ -122,10 +127,7 @@ pub fn assign(ideal: &Ideal, claims: &Claims, nodes: &BTreeMap<String, NodeValue
     let mut load = ideal.loads(claims, nodes);
     let mut out = BTreeMap::new();
     // Both maps are sorted by IP: walk the claims alongside instead of searching them.
-    let mut claimed = claims.iter().peekable();
-    for (ip, entry) in ideal.entries() {
-        while claimed.next_if(|(c, _)| **c < ip).is_some() {}
-        let held = claimed.next_if(|(c, _)| **c == ip).map(|(_, slots)| slots);
+    for (ip, entry, held) in crate::sorted::alongside(ideal.entries(), claims) {
         let missing = entry
             .holders
             .len()
@@ -198,7 +200,7 @@ pub fn handovers(
     // pass IPs among themselves, which then move again to it once it is stable.
     let stable_serving = nodes
         .iter()
-        .filter(|(n, v)| stable.contains(*n) && !v.draining && !v.interfaces.is_empty())
+        .filter(|(n, v)| stable.contains(*n) && serves_at_all(v))
         .count();
     let (average, cap) = match stable_serving {
         0 => (ideal.average, ideal.cap),

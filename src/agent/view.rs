@@ -108,8 +108,7 @@ impl ClusterView {
 
     /// Replace everything with a fresh list.
     pub fn replace(&mut self, snapshot: &Snapshot) {
-        self.desired.clear();
-        self.desired_version += 1;
+        self.clear_desired();
         self.own.clear();
         self.pools.clear();
         self.claims.clear();
@@ -341,8 +340,7 @@ impl ClusterView {
         }
         self.members = MemberAddresses::of(self.nodes.values().chain(self.local.as_ref()));
         let before = std::mem::take(&mut self.refused);
-        self.desired.clear();
-        self.desired_version += 1;
+        self.clear_desired();
         for ip in self.own.keys().copied().collect::<Vec<_>>() {
             self.resolve_one(ip, &before);
         }
@@ -364,6 +362,19 @@ impl ClusterView {
         }
     }
 
+    /// Forget every desired IP; the version moves on.
+    fn clear_desired(&mut self) {
+        self.desired.clear();
+        self.desired_version += 1;
+    }
+
+    /// Forget one desired IP; the version moves on if it was there.
+    fn remove_desired(&mut self, ip: IpAddr) {
+        if self.desired.remove(&ip).is_some() {
+            self.desired_version += 1;
+        }
+    }
+
     /// Apply refusals and pools to one desired IP.
     fn resolve(&mut self, ip: IpAddr) {
         let before: BTreeMap<IpAddr, Refusal> = self
@@ -372,9 +383,7 @@ impl ClusterView {
             .into_iter()
             .map(|r| (ip, r))
             .collect();
-        if self.desired.remove(&ip).is_some() {
-            self.desired_version += 1;
-        }
+        self.remove_desired(ip);
         self.resolve_one(ip, &before);
     }
 
@@ -391,8 +400,8 @@ impl ClusterView {
                 self.refused.insert(ip, refusal);
             }
             None => {
-                self.desired
-                    .insert(ip, pools::resolve(ip, parsed, &self.pools));
+                let resolved = pools::resolve(ip, parsed, &self.pools);
+                self.desired.insert(ip, resolved);
                 self.desired_version += 1;
             }
         }
@@ -403,9 +412,7 @@ impl ClusterView {
         self.reported.remove(key);
         match self.keys.parse(key) {
             Ok(Some(KeyKind::Desired(ip))) => {
-                if self.desired.remove(&ip).is_some() {
-                    self.desired_version += 1;
-                }
+                self.remove_desired(ip);
                 self.refused.remove(&ip);
                 self.own.remove(&ip);
             }

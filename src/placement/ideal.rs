@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use super::{ip_hash, node_can_serve, weight_after, LOAD_FACTOR, ROUNDING};
+use super::{ip_hash, node_can_serve, serves_at_all, weight_after, LOAD_FACTOR, ROUNDING};
 use crate::model::{DesiredIp, NodeValue, Replicas};
 use crate::observed::{Claims, Holder};
 
@@ -23,10 +23,7 @@ fn wanted_slots(replicas: Replicas, candidates: usize) -> usize {
 
 /// How many nodes can serve at all: not draining, with an interface.
 fn serving(nodes: &BTreeMap<String, NodeValue>) -> usize {
-    nodes
-        .values()
-        .filter(|n| !n.draining && !n.interfaces.is_empty())
-        .count()
+    nodes.values().filter(|n| serves_at_all(n)).count()
 }
 
 /// One IP in the ideal placement: where its ranking and holders lie in the shared lists.
