@@ -15,3 +15,4 @@ pub mod sorted;
 pub mod store;
 #[cfg(feature = "sync")]
 pub mod sync;
+pub mod vouch;

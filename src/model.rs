@@ -13,10 +13,15 @@ use thiserror::Error;
 
 mod allocation;
 mod refusal;
+mod vouch;
 pub use allocation::{
     parse_allocation_key, AllocationKey, IpAllocation, ServiceAllocation, MANAGED_BY_SYNC,
 };
 pub use refusal::{publishable_host_address, special_purpose, MemberAddresses, Refusal};
+pub use vouch::{
+    lease_hex, parse_lease_hex, parse_revoked, parse_vote, RevokedValue, VoteValue, VouchMode,
+    VouchRecord,
+};
 
 /// Largest value the agent accepts under the prefix; anything bigger is bad data.
 pub const MAX_VALUE_BYTES: usize = 64 * 1024;
