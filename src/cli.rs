@@ -220,6 +220,24 @@ pub struct AgentArgs {
     /// Serve /metrics, /healthz and /readyz here; `none` turns it off [default: 127.0.0.1:9478]
     #[arg(long, env = "EXTIP_LISTEN")]
     pub listen: Option<String>,
+    /// Peer vouching: `on` (hosts notice a dead host within --peer-suspicion) or `off` (the lease TTL alone) [default: on]
+    #[arg(long, env = "EXTIP_PEERS")]
+    pub peers: Option<String>,
+    /// Time between heartbeats to each witness [default: 50ms]
+    #[arg(long, env = "EXTIP_PEER_INTERVAL")]
+    pub peer_interval: Option<String>,
+    /// How long one acknowledgement keeps a holder lit, and about how long a silent holder goes unsuspected; at least 3 × --peer-interval, at most 1s [default: 200ms]
+    #[arg(long, env = "EXTIP_PEER_SUSPICION")]
+    pub peer_suspicion: Option<String>,
+    /// UDP port for heartbeats [default: 9480]
+    #[arg(long, env = "EXTIP_PEER_PORT")]
+    pub peer_port: Option<u16>,
+    /// Address heartbeats are received on and published with [default: the one the kernel uses towards etcd]
+    #[arg(long, env = "EXTIP_PEER_ADDRESS")]
+    pub peer_address: Option<String>,
+    /// File with the cluster secret that signs heartbeats (at least 16 bytes) [default: created once in etcd under the prefix]
+    #[arg(long, env = "EXTIP_PEER_SECRET_FILE")]
+    pub peer_secret_file: Option<PathBuf>,
 }
 
 impl AgentArgs {
@@ -250,6 +268,12 @@ impl AgentArgs {
             announce_interface: self.announce_interface.clone(),
             conflict_probe: self.conflict_probe.clone(),
             listen: self.listen.clone(),
+            peers: self.peers.clone(),
+            peer_interval: self.peer_interval.clone(),
+            peer_suspicion: self.peer_suspicion.clone(),
+            peer_port: self.peer_port,
+            peer_address: self.peer_address.clone(),
+            peer_secret_file: self.peer_secret_file.clone(),
         }
     }
 }
@@ -308,6 +332,10 @@ pub struct IpLsArgs {
 pub struct StatusArgs {
     #[command(flatten)]
     pub etcd: EtcdArgs,
+    /// The local agent's `--listen` address: its `/peers` answer fills the HEARD column
+    /// (`none`: do not ask)
+    #[arg(long, env = "EXTIP_AGENT", default_value = crate::config::DEFAULT_LISTEN)]
+    pub agent: String,
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
     pub output: Output,

@@ -123,7 +123,7 @@ pub async fn ip_rm(args: IpRmArgs) -> anyhow::Result<()> {
 
 /// `extip ip ls`.
 pub async fn ip_ls(args: IpLsArgs) -> anyhow::Result<()> {
-    let status = fetch_status(&args.etcd).await?;
+    let status = fetch_status(&args.etcd, "none").await?;
     match args.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&status.ips)?),
         Output::Table => print!("{}", ips_table(&status)),

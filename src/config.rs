@@ -11,8 +11,10 @@ use serde::Deserialize;
 use thiserror::Error;
 
 mod announce;
+mod peers;
 mod shared;
 pub use announce::AnnounceConfig;
+pub use peers::{read_secret, PeersConfig, SecretSource, DEFAULT_PEER_PORT};
 pub use shared::{EtcdArgs, LogFormat};
 
 /// etcd grants no lease shorter than 1.5 election timeouts (2 s with its default
@@ -117,6 +119,18 @@ pub struct AgentSettings {
     pub conflict_probe: Option<String>,
     /// `host:port` for metrics and health, or `none`.
     pub listen: Option<String>,
+    /// Peer vouching: `on` or `off`.
+    pub peers: Option<String>,
+    /// Time between heartbeats, humantime text.
+    pub peer_interval: Option<String>,
+    /// How long an acknowledgement vouches for a holder, humantime text.
+    pub peer_suspicion: Option<String>,
+    /// UDP port for heartbeats.
+    pub peer_port: Option<u16>,
+    /// Address heartbeats are received on and published with.
+    pub peer_address: Option<String>,
+    /// File with the cluster secret that signs heartbeats.
+    pub peer_secret_file: Option<PathBuf>,
 }
 
 impl AgentSettings {
@@ -201,6 +215,12 @@ impl AgentSettings {
             announce_interface: self.announce_interface.or(lower.announce_interface),
             conflict_probe: self.conflict_probe.or(lower.conflict_probe),
             listen: self.listen.or(lower.listen),
+            peers: self.peers.or(lower.peers),
+            peer_interval: self.peer_interval.or(lower.peer_interval),
+            peer_suspicion: self.peer_suspicion.or(lower.peer_suspicion),
+            peer_port: self.peer_port.or(lower.peer_port),
+            peer_address: self.peer_address.or(lower.peer_address),
+            peer_secret_file: self.peer_secret_file.or(lower.peer_secret_file),
         }
     }
 }
@@ -240,6 +260,8 @@ pub struct AgentConfig {
     pub announce: AnnounceConfig,
     /// Where `/metrics`, `/healthz` and `/readyz` are served; `None`: nowhere.
     pub listen: Option<std::net::SocketAddr>,
+    /// Peer vouching; `None`: off (the lease alone decides, as before).
+    pub peers: Option<PeersConfig>,
 }
 
 /// `--on-etcd-loss`: what happens to shared IPs (replicas > 1) when etcd is lost.
@@ -277,6 +299,7 @@ impl AgentConfig {
     /// Validate merged settings; on failure every problem, each naming its setting.
     pub fn check(s: AgentSettings, hostname: &str) -> Result<Self, Vec<ConfigError>> {
         let announce = AnnounceConfig::from_settings(&s);
+        let peers = PeersConfig::from_settings(&s);
         let etcd = validate_endpoints(s.etcd.unwrap_or_else(|| vec![DEFAULT_ETCD.to_string()]));
         let etcd_auth = crate::store::EtcdAuthSettings {
             cacert: s.etcd_cacert.as_deref(),
@@ -320,6 +343,7 @@ impl AgentConfig {
             announce,
             listen,
             etcd_auth,
+            peers,
         ) {
             (
                 Ok(etcd),
@@ -337,6 +361,7 @@ impl AgentConfig {
                 Ok(announce),
                 Ok(listen),
                 Ok(etcd_auth),
+                Ok(peers),
             ) => Ok(AgentConfig {
                 etcd,
                 etcd_auth,
@@ -354,8 +379,9 @@ impl AgentConfig {
                 labels,
                 announce,
                 listen,
+                peers,
             }),
-            (a, b, c, d, e, f, g, h, i, j, k, l, m, n, o) => Err([
+            (a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p) => Err([
                 a.err(),
                 b.err(),
                 c.err(),
@@ -371,6 +397,7 @@ impl AgentConfig {
                 m.err(),
                 n.err(),
                 o.err(),
+                p.err(),
             ]
             .into_iter()
             .flatten()

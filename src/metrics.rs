@@ -14,6 +14,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, linear_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+mod peers;
+pub use peers::{ModeLabel, PeerMetrics, ReasonLabel};
+
 /// Label of [`Metrics::ips_held`]: `exclusive` (replicas 1) or `shared`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabel {
@@ -73,6 +76,8 @@ pub struct Metrics {
     pub reconcile_duration: Histogram,
     /// Lease held and watch running.
     pub ready: AtomicBool,
+    /// Peer vouching.
+    pub peers: PeerMetrics,
 }
 
 impl Default for Metrics {
@@ -107,9 +112,11 @@ impl Metrics {
             conflicts: Counter::default(),
             reconcile_duration: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             ready: AtomicBool::new(false),
+            peers: PeerMetrics::new(),
             registry: Registry::default(),
         };
         let r = &mut registry;
+        m.peers.register(r);
         r.register("ips_held", "Addresses this host holds", m.ips_held.clone());
         r.register(
             "ip_held",
@@ -220,6 +227,8 @@ impl Metrics {
 pub trait Scrape: Send + Sync + 'static {
     /// Seconds until the lease deadline, if a lease is held.
     fn lease_deadline_seconds(&self) -> Option<f64>;
+    /// The heartbeat report as JSON for `/peers` (`extip status` reads it).
+    fn peers_json(&self) -> String;
 }
 
 /// Bind `addr` now (a busy port fails the start, naming the flag), then serve in the
@@ -230,6 +239,7 @@ pub async fn serve(
     scrape: Arc<dyn Scrape>,
 ) -> std::io::Result<()> {
     let m = metrics.clone();
+    let scrape_peers = scrape.clone();
     let render = move || {
         m.lease_deadline
             .set(scrape.lease_deadline_seconds().unwrap_or(0.0));
@@ -243,15 +253,29 @@ pub async fn serve(
             .then_some(())
             .ok_or("not ready: no lease or no watch\n")
     };
-    serve_endpoints(addr, render, ready).await
+    let peers = axum::Router::new().route(
+        "/peers",
+        axum::routing::get(move || {
+            let json = scrape_peers.peers_json();
+            async move {
+                (
+                    [(axum::http::header::CONTENT_TYPE, "application/json")],
+                    json,
+                )
+            }
+        }),
+    );
+    serve_endpoints(addr, render, ready, peers).await
 }
 
 /// Serve `/metrics` (what `render` returns), `/healthz` and `/readyz` (200, or 503 with
-/// the reason `ready` gives) on `addr`, bound now, served in the background.
+/// the reason `ready` gives) and the `extra` routes on `addr`, bound now, served in the
+/// background.
 pub async fn serve_endpoints(
     addr: SocketAddr,
     render: impl Fn() -> String + Clone + Send + Sync + 'static,
     ready: impl Fn() -> Result<(), &'static str> + Clone + Send + Sync + 'static,
+    extra: axum::Router,
 ) -> std::io::Result<()> {
     use axum::http::StatusCode;
     use axum::routing::get;
@@ -274,7 +298,8 @@ pub async fn serve_endpoints(
                 };
                 async move { status }
             }),
-        );
+        )
+        .merge(extra);
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "metrics server stopped");

@@ -19,8 +19,8 @@ pub use allocation::{
 };
 pub use refusal::{publishable_host_address, special_purpose, MemberAddresses, Refusal};
 pub use vouch::{
-    lease_hex, parse_lease_hex, parse_revoked, parse_vote, RevokedValue, VoteValue, VouchMode,
-    VouchRecord,
+    lease_hex, parse_lease_hex, parse_revoked, parse_vote, PeersView, RevokedValue, VoteValue,
+    VouchMode, VouchRecord,
 };
 
 /// Largest value the agent accepts under the prefix; anything bigger is bad data.
@@ -69,6 +69,10 @@ pub enum KeyKind {
     Conflict(IpAddr),
     /// `<prefix>/history/<ip>`: the last holders of an IP.
     History(IpAddr),
+    /// `<prefix>/votes/<holder>/<voter>`: a witness's vote against a holder.
+    Vote(String, String),
+    /// `<prefix>/revoked/<node>`: the last revocation of a node by its witnesses.
+    Revoked(String),
     /// Any other key: pools, allocations and keys of later versions.
     Other,
 }
@@ -190,6 +194,15 @@ impl Keys {
             KeyKind::Conflict(parse_canonical_ip(ip)?)
         } else if let Some(ip) = rest.strip_prefix("history/") {
             KeyKind::History(parse_canonical_ip(ip)?)
+        } else if let Some(vote) = rest.strip_prefix("votes/") {
+            match vote.split_once('/') {
+                Some((holder, voter)) if !holder.is_empty() && !voter.is_empty() => {
+                    KeyKind::Vote(holder.to_string(), voter.to_string())
+                }
+                _ => KeyKind::Other,
+            }
+        } else if let Some(node) = rest.strip_prefix("revoked/") {
+            KeyKind::Revoked(node.to_string())
         } else {
             KeyKind::Other
         };
@@ -527,6 +540,12 @@ pub struct NodeValue {
     /// taken without a conflict probe (it held them until a moment ago).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub leaving: bool,
+    /// Where the agent receives heartbeats (`ip:port`); absent: peer vouching off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<std::net::SocketAddr>,
+    /// How its exclusive IPs stay lit, and its witnesses; absent: by the lease alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vouch: Option<VouchRecord>,
 }
 
 impl NodeValue {
@@ -544,6 +563,8 @@ impl NodeValue {
             host_addresses: Vec::new(),
             etcd_addresses: Vec::new(),
             leaving: false,
+            peer: None,
+            vouch: None,
         }
     }
 }

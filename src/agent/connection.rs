@@ -63,10 +63,16 @@ impl Agent {
         // Addresses a previous process left (SIGHUP) get their lifetimes looked at.
         self.refresh_due.get_or_insert_with(Instant::now);
         let lease = self.lease.unwrap_or_default();
-        self.published = None;
-        self.publish_node(&mut store).await?;
+        self.load_secret(&mut store).await?;
         let snapshot = store.list(&self.keys.root()).await?;
         self.view.replace(&snapshot);
+        if let Err(e) = self.check_own_record_listed() {
+            self.revoked(Some(&mut store)).await;
+            return Err(e);
+        }
+        self.publish_directory();
+        self.published = None;
+        self.publish_node(&mut store).await?;
         let watch = store
             .watch(&self.keys.root(), snapshot.revision + 1)
             .await?;
@@ -123,6 +129,7 @@ impl Agent {
         self.lease = Some(lease);
         self.lease_file.save(&self.cfg.node, lease);
         self.fenced = false;
+        self.holder_on_lease(lease, true);
         store.keep_alive(lease).await
     }
 
@@ -142,6 +149,7 @@ impl Agent {
         })??;
         if self.clock().answered(ttl) == Renewal::Renewed {
             self.fenced = false;
+            self.holder_on_lease(lease, false);
             return Ok(Some(keepalive));
         }
         Ok(None)

@@ -3,7 +3,6 @@
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
-use std::time::Instant;
 
 use tracing::{error, warn};
 
@@ -23,36 +22,28 @@ impl Agent {
         !(shared && self.cfg.on_etcd_loss == EtcdLossPolicy::Keep)
     }
 
-    /// Let the fenced IPs pass until the fence deadline of the current lease; fence now
-    /// when it has passed. Cheap (one netlink batch): done at every renewal.
+    /// Let the fenced IPs pass until the fence deadline (the lease's, bounded by the
+    /// peers' vouching); fence now when it has passed. Cheap (one netlink batch): done
+    /// at every renewal.
     pub(super) fn arm_fence(&mut self) {
-        let (deadline, fence_at) = {
-            let clock = self.clock();
-            (clock.deadline(), clock.fence_at())
-        };
-        let now = Instant::now();
-        let result = match fence_at.and_then(|at| at.checked_duration_since(now)) {
-            Some(left) if !left.is_zero() => self.fence.arm(left),
-            _ => self.fence.disarm(),
-        };
-        match result {
-            Ok(()) => self.armed_for = deadline,
-            // Unrenewed, the fence closes by itself: the safe direction.
-            Err(e) => error!(error = %e, "cannot renew the fence"),
+        // Unrenewed, the fence closes by itself: the safe direction.
+        if let Err(e) = super::fence_clock::lock(&self.fence_clock).open() {
+            error!(error = %e, "cannot renew the fence");
         }
     }
 
     /// Renew the fence if the lease deadline moved since it was last armed.
     pub(super) fn arm_fence_if_renewed(&mut self) {
-        if self.clock().deadline() != self.armed_for {
+        let renewed = super::fence_clock::lock(&self.fence_clock).lease_moved();
+        if renewed {
             self.arm_fence();
         }
     }
 
-    /// Close the fence at once (deadline passed, lease lost).
+    /// Close the fence at once and keep it closed (deadline passed, lease lost,
+    /// stopping with addresses left).
     pub(super) fn close_fence(&mut self) {
-        self.armed_for = None;
-        if let Err(e) = self.fence.disarm() {
+        if let Err(e) = super::fence_clock::lock(&self.fence_clock).shut() {
             error!(error = %e, "cannot close the fence");
         }
     }

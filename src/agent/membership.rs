@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 use super::Agent;
 use crate::model::NodeValue;
 use crate::placement;
-use crate::store::{Store, StoreError};
 
 /// How long a free slot may wait for the host placement prefers before any eligible
 /// host takes it (that host may be unable to serve it, or its agent may be stuck).
@@ -78,6 +77,9 @@ impl Agent {
             host_addresses: self.host_addresses.clone(),
             etcd_addresses: self.etcd_addresses.clone(),
             leaving: self.leaving,
+            peer: self.peer_addr,
+            // What was last written: publish_node decides what to write next.
+            vouch: self.published.as_ref().and_then(|r| r.vouch.clone()),
         }
     }
 
@@ -102,23 +104,6 @@ impl Agent {
     /// Whether an operator drained this node (`extip node drain`).
     pub(super) fn draining(&self) -> bool {
         self.view.drains.contains(&self.cfg.node)
-    }
-
-    /// Put the record on the lease if it changed since it was last put.
-    pub(super) async fn publish_node(&mut self, store: &mut Store) -> Result<(), StoreError> {
-        let Some(lease) = self.lease else {
-            return Ok(());
-        };
-        let record = self.node_record();
-        if self.published.as_ref() == Some(&record) {
-            return Ok(());
-        }
-        let value = serde_json::to_vec(&record).expect("node value serializes");
-        store
-            .put(&self.keys.node(&self.cfg.node), &value, Some(lease))
-            .await?;
-        self.published = Some(record);
-        Ok(())
     }
 }
 

@@ -4,11 +4,13 @@
 mod adding;
 mod announce;
 mod connection;
+mod fence_clock;
 mod fencing;
 mod history;
 mod keepalive;
 mod lease;
 mod membership;
+mod peers;
 mod reconcile;
 mod reports;
 mod serve;
@@ -16,6 +18,8 @@ mod state;
 mod systemd;
 mod tally;
 mod view;
+mod votes;
+mod vouching;
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -36,6 +40,7 @@ use crate::store::{Store, StoreError, Watch};
 
 pub use lease::{backstop_lifetime, fence_margin, keepalive_interval, LeaseDeadline, Renewal};
 pub use view::ClusterView;
+pub use vouching::{mode_name, HANDOFF_ENV};
 
 /// A working connection: the store, the keepalive task and its reports, the watch.
 struct Connection {
@@ -43,6 +48,13 @@ struct Connection {
     _keepalive: keepalive::KeepaliveTask,
     lease_events: tokio::sync::mpsc::UnboundedReceiver<keepalive::LeaseEvent>,
     watch: Watch,
+}
+
+/// The heartbeat thread and the directory it reads.
+struct PeersRuntime {
+    directory: watch::Sender<std::sync::Arc<peers::Directory>>,
+    report: std::sync::Arc<std::sync::Mutex<peers::PeerReport>>,
+    _task: peers::PeersTask,
 }
 
 /// What a signal asks for.
@@ -101,8 +113,23 @@ pub struct Agent {
     fenced_ips: std::collections::BTreeSet<IpAddr>,
     /// Whether `fenced_ips` was written whole since the start.
     fence_synced: bool,
-    /// The lease deadline the fence was last armed for.
-    armed_for: Option<std::time::Instant>,
+    /// The fence's timeout and the holder state deciding it, shared with the
+    /// heartbeat thread.
+    fence_clock: fence_clock::SharedFence,
+    /// Our record's `mod_revision` as last written or read (`None`: none on this lease).
+    record_rev: Option<i64>,
+    /// What the process before this one handed over (a re-execution).
+    handoff: Option<vouching::Handoff>,
+    /// The heartbeat thread and what it reads, when peer vouching is on.
+    peers: Option<PeersRuntime>,
+    /// Where heartbeats are received, published in the record.
+    peer_addr: Option<std::net::SocketAddr>,
+    /// The key that signs heartbeats, once known.
+    secret: Option<crate::vouch::wire::Secret>,
+    /// A vouching part to write instead of what the holder wants (before a re-exec).
+    force_vouch: Option<crate::model::VouchRecord>,
+    /// Revocations tried lately, by holder and record revision.
+    revoking: std::collections::BTreeMap<(String, i64), std::time::Instant>,
     /// Stopping: addresses are gone, the record says so before the lease is revoked.
     leaving: bool,
     /// Since when each free slot has been free, for the placement grace.
@@ -177,10 +204,14 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let mut signals = signal_channel()?;
     let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
     let fence = crate::net::fence::Fence::install().context("the fence (nftables)")?;
-    let mut agent = Agent::new(cfg, net, links, fence, metrics.clone());
+    let arming = crate::net::fence::Fence::open().context("the fence (nftables)")?;
+    let mut agent = Agent::new(cfg, net, links, fence, arming, metrics.clone());
     agent.etcd_addresses = crate::store::endpoint_addresses(&agent.cfg.etcd).await;
+    let (peer_tx, mut peer_events) = tokio::sync::mpsc::unbounded_channel();
+    agent.start_peers(peer_tx)?;
     if let Some(addr) = agent.cfg.listen {
-        let scrape = std::sync::Arc::new(LeaseScrape(agent.clock.clone()));
+        let report = agent.peers.as_ref().map(|p| p.report.clone());
+        let scrape = std::sync::Arc::new(LeaseScrape(agent.clock.clone(), report));
         crate::metrics::serve(addr, metrics, scrape)
             .await
             .with_context(|| format!("--listen {addr}"))?;
@@ -190,13 +221,22 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     loop {
         let conn = tokio::select! {
             conn = agent.connect() => conn,
-            _ = signals.changed() => match *signals.borrow() {
-                Signal::Reexec => { agent.reexec(); continue }
-                _ => break,
-            },
+            _ = signals.changed() => {
+                let signal = *signals.borrow();
+                match signal {
+                    Signal::Reexec => { agent.reexec(None).await; continue }
+                    _ => break,
+                }
+            }
         };
-        match agent.serve(conn, &mut events, &mut signals).await {
-            Stop::Signal(Signal::Reexec, _) => agent.reexec(),
+        match agent
+            .serve(conn, &mut events, &mut signals, &mut peer_events)
+            .await
+        {
+            Stop::Signal(Signal::Reexec, conn) => {
+                let mut store = conn.store;
+                agent.reexec(Some(&mut store)).await
+            }
             Stop::Signal(_, conn) => {
                 agent.leave(Some(conn.store)).await;
                 return Ok(());
@@ -215,7 +255,10 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
 }
 
 /// The lease deadline as `/metrics` reports it.
-struct LeaseScrape(keepalive::SharedDeadline);
+struct LeaseScrape(
+    keepalive::SharedDeadline,
+    Option<std::sync::Arc<std::sync::Mutex<peers::PeerReport>>>,
+);
 
 impl crate::metrics::Scrape for LeaseScrape {
     fn lease_deadline_seconds(&self) -> Option<f64> {
@@ -225,6 +268,17 @@ impl crate::metrics::Scrape for LeaseScrape {
             Some(left) => left.as_secs_f64(),
             None => -now.duration_since(deadline).as_secs_f64(),
         })
+    }
+
+    fn peers_json(&self) -> String {
+        let view = match &self.1 {
+            Some(report) => report
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .view(std::time::Instant::now()),
+            None => crate::model::PeersView::default(),
+        };
+        serde_json::to_string(&view).unwrap_or_default()
     }
 }
 
@@ -268,12 +322,25 @@ impl Agent {
         net: Netlink,
         links: Vec<crate::plan::Link>,
         fence: crate::net::fence::Fence,
+        arming: crate::net::fence::Fence,
         metrics: std::sync::Arc<crate::metrics::Metrics>,
     ) -> Self {
+        let clock = std::sync::Arc::new(std::sync::Mutex::new(LeaseDeadline::new(cfg.lease_ttl)));
+        let timing = cfg.peers.as_ref().map(|p| p.timing).unwrap_or_default();
+        // Sequence numbers go up across re-executions, which keep the lease.
+        let first_seq = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(1, |d| d.as_micros() as u64);
+        let holder = crate::vouch::Holder::new(timing, first_seq);
+        let fence_clock = std::sync::Arc::new(std::sync::Mutex::new(fence_clock::FenceClock::new(
+            arming,
+            clock.clone(),
+            holder,
+        )));
         Agent {
             keys: Keys::new(&cfg.prefix),
             view: ClusterView::new(Keys::new(&cfg.prefix)),
-            clock: std::sync::Arc::new(std::sync::Mutex::new(LeaseDeadline::new(cfg.lease_ttl))),
+            clock,
             net,
             links,
             lease: None,
@@ -292,7 +359,14 @@ impl Agent {
             fence,
             fenced_ips: Default::default(),
             fence_synced: false,
-            armed_for: None,
+            fence_clock,
+            record_rev: None,
+            handoff: vouching::Handoff::take(),
+            peers: None,
+            peer_addr: None,
+            secret: None,
+            force_vouch: None,
+            revoking: Default::default(),
             leaving: false,
             free_since: Default::default(),
             overdue: Default::default(),

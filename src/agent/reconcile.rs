@@ -132,6 +132,12 @@ impl Agent {
         // This pass sees every change applied so far, the ones that could wait too.
         self.reconcile_soon = None;
         if let Some(store) = store.as_deref_mut() {
+            if self.revoked_in_watch() {
+                self.revoked(Some(&mut *store)).await;
+                return Err(StoreError::LeaseNotFound(self.lease.unwrap_or_default()));
+            }
+            self.publish_directory();
+            self.try_revocations(store).await?;
             self.remove_leaseless_claims(store).await?;
         }
         let converged = self.converge(store.as_deref_mut()).await;

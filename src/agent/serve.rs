@@ -5,10 +5,11 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures::FutureExt;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::time::{interval_at, Instant};
 use tracing::warn;
 
+use super::peers::PeerEvent;
 use super::view::Relevance;
 use super::{keepalive, sleep_until_some, Agent, Connection, Signal, Stop};
 use crate::net::AddressEvents;
@@ -24,6 +25,10 @@ impl Agent {
     pub(super) async fn lease_lost(&mut self) {
         warn!(lease = ?self.lease.map(|l| format!("{l:x}")), "lease expired in etcd");
         self.lease = None;
+        self.record_rev = None;
+        super::fence_clock::lock(&self.fence_clock)
+            .holder
+            .set_lease(None, crate::vouch::Standing::Unknown);
         self.close_fence();
         self.conflicts.lease_lost();
         self.clock().forget();
@@ -37,8 +42,11 @@ impl Agent {
         conn: Connection,
         events: &mut AddressEvents,
         signals: &mut watch::Receiver<Signal>,
+        peer_events: &mut mpsc::UnboundedReceiver<PeerEvent>,
     ) -> Stop {
-        let stop = self.serve_connected(conn, events, signals).await;
+        let stop = self
+            .serve_connected(conn, events, signals, peer_events)
+            .await;
         self.metrics.ready.store(false, Ordering::Relaxed);
         stop
     }
@@ -48,6 +56,7 @@ impl Agent {
         mut conn: Connection,
         events: &mut AddressEvents,
         signals: &mut watch::Receiver<Signal>,
+        peer_events: &mut mpsc::UnboundedReceiver<PeerEvent>,
     ) -> Stop {
         let first = Instant::now() + resync_phase(&self.cfg.node, self.cfg.resync);
         let mut resync = interval_at(first, self.cfg.resync);
@@ -98,6 +107,7 @@ impl Agent {
                     self.host_addresses_stale = true;
                     Ok(true)
                 }
+                Some(event) = peer_events.recv() => self.peer_event(&mut conn.store, event).await,
             };
             match wake {
                 Ok(true) => {
@@ -134,6 +144,15 @@ impl Agent {
                 .get_or_insert_with(|| Instant::now() + RECONCILE_SOON);
         }
         Ok(relevance == Relevance::Now)
+    }
+
+    /// What the heartbeat thread asks: a vote to write, a record to rewrite.
+    async fn peer_event(&mut self, store: &mut Store, event: PeerEvent) -> Result<bool, String> {
+        let done = match event {
+            PeerEvent::Vote(vote) => self.cast_vote(store, vote).await,
+            PeerEvent::Rewrite => self.publish_node(store).await,
+        };
+        done.map(|()| false).map_err(|e| e.to_string())
     }
 
     /// A report of the keepalive task: a renewal re-arms the fence; an

@@ -81,8 +81,10 @@ impl Agent {
     }
 
     /// Replace this process with the binary at the path it started from (an upgrade).
-    /// Addresses stay, the lease file lets the new image re-attach. Returns on failure.
-    pub(super) fn reexec(&mut self) {
+    /// Addresses stay, the lease file lets the new image re-attach, and what etcd holds
+    /// of our record goes along (a revocable record turns lease-only first, with etcd at
+    /// hand), so the new process keeps the fence open. Returns on failure.
+    pub(super) async fn reexec(&mut self, store: Option<&mut crate::store::Store>) {
         use std::os::unix::process::CommandExt;
         let Some(exe) = self.exe.clone() else {
             return error!("cannot re-execute: own path unknown");
@@ -90,7 +92,16 @@ impl Agent {
         if let Some(lease) = self.lease {
             self.lease_file.save(&self.cfg.node, lease);
         }
-        let err = std::process::Command::new(&exe).args(&self.args).exec();
+        let handoff = match store {
+            Some(store) => self.prepare_handoff(store).await,
+            None => None,
+        };
+        let mut command = std::process::Command::new(&exe);
+        command.args(&self.args);
+        if let Some(handoff) = handoff {
+            command.env(super::HANDOFF_ENV, handoff);
+        }
+        let err = command.exec();
         error!(exe = %exe.display(), error = %err, "re-execute failed; running on");
     }
 }

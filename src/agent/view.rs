@@ -28,6 +28,15 @@ pub enum Relevance {
     Now,
 }
 
+/// What a witness or a revocation compares of a node record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordMeta {
+    /// The lease the record hangs on.
+    pub lease: i64,
+    /// Its `mod_revision`.
+    pub revision: i64,
+}
+
 /// Desired IPs, claims and nodes as last seen in etcd.
 pub struct ClusterView {
     keys: Keys,
@@ -57,6 +66,16 @@ pub struct ClusterView {
     pub leaseless: BTreeMap<(IpAddr, u32), RawKv>,
     /// Live nodes.
     pub nodes: BTreeMap<String, NodeValue>,
+    /// Each node record's lease and `mod_revision`, what witnesses and revocations
+    /// compare against.
+    pub records: BTreeMap<String, RecordMeta>,
+    /// Node records deleted by a watched change since the agent last looked, with the
+    /// revision of the deletion: its own one means it was revoked.
+    node_deletions: BTreeMap<String, i64>,
+    /// Votes against each holder, by voter.
+    pub votes: BTreeMap<String, BTreeMap<String, crate::vouch::SeenVote>>,
+    /// The last revocation of each node: the lease it names.
+    pub revoked: BTreeMap<String, i64>,
     /// Nodes an operator drained.
     pub drains: BTreeSet<String>,
     /// Each IP's recent holders and the revision of that record.
@@ -95,6 +114,10 @@ impl ClusterView {
             claims: Claims::new(),
             leaseless: BTreeMap::new(),
             nodes: BTreeMap::new(),
+            records: BTreeMap::new(),
+            node_deletions: BTreeMap::new(),
+            votes: BTreeMap::new(),
+            revoked: BTreeMap::new(),
             drains: BTreeSet::new(),
             history: BTreeMap::new(),
             revision: 0,
@@ -114,6 +137,10 @@ impl ClusterView {
         self.claims.clear();
         self.leaseless.clear();
         self.nodes.clear();
+        self.records.clear();
+        self.node_deletions.clear();
+        self.votes.clear();
+        self.revoked.clear();
         self.drains.clear();
         self.history.clear();
         self.known.retain(|_, rev| *rev > snapshot.revision);
@@ -152,7 +179,12 @@ impl ClusterView {
         };
         match change {
             Change::Put(kv) => self.put(kv),
-            Change::Delete { key, .. } => self.delete(key),
+            Change::Delete { key, revision } => {
+                if let Ok(Some(KeyKind::Node(name))) = &kind {
+                    self.node_deletions.insert(name.clone(), *revision);
+                }
+                self.delete(key)
+            }
         }
         match (kind, change) {
             (Ok(Some(KeyKind::History(_) | KeyKind::Conflict(_))), _) => Relevance::None,
@@ -185,6 +217,11 @@ impl ClusterView {
         self.handed_over
             .retain(|_, at| now.duration_since(*at) < within);
         self.handed_over.contains_key(&ip)
+    }
+
+    /// Node records deleted since the last call, with the revision of each deletion.
+    pub fn take_node_deletions(&mut self) -> BTreeMap<String, i64> {
+        std::mem::take(&mut self.node_deletions)
     }
 
     /// Live nodes as placement sees them: a drain key drains a node even if its
@@ -275,6 +312,11 @@ impl ClusterView {
                     if node.leaving {
                         self.leaving.insert(name.clone(), std::time::Instant::now());
                     }
+                    let meta = RecordMeta {
+                        lease: kv.lease,
+                        revision: kv.mod_revision,
+                    };
+                    self.records.insert(name.clone(), meta);
                     self.nodes.insert(name, node);
                     if addresses_changed {
                         self.resolve_members();
@@ -285,6 +327,24 @@ impl ClusterView {
             Ok(Some(KeyKind::Drain(name))) => {
                 self.drains.insert(name);
             }
+            Ok(Some(KeyKind::Vote(holder, voter))) => match model::parse_vote(&kv.value) {
+                Ok((vote, lease)) => {
+                    let seen = crate::vouch::SeenVote {
+                        voter: voter.clone(),
+                        lease,
+                        revision: vote.revision,
+                        mod_revision: kv.mod_revision,
+                    };
+                    self.votes.entry(holder).or_default().insert(voter, seen);
+                }
+                Err(e) => self.report(kv, &e.to_string()),
+            },
+            Ok(Some(KeyKind::Revoked(node))) => match model::parse_revoked(&kv.value) {
+                Ok((_, lease)) => {
+                    self.revoked.insert(node, lease);
+                }
+                Err(e) => self.report(kv, &e.to_string()),
+            },
             Ok(Some(KeyKind::Pool(name))) => match pools::parse_pool(&kv.value) {
                 Ok((pool, ignored)) => {
                     if !ignored.is_empty() {
@@ -316,7 +376,11 @@ impl ClusterView {
         let placement_neutral = matches!(
             self.keys.parse(key),
             Ok(Some(
-                KeyKind::Claim(..) | KeyKind::History(_) | KeyKind::Conflict(_)
+                KeyKind::Claim(..)
+                    | KeyKind::History(_)
+                    | KeyKind::Conflict(_)
+                    | KeyKind::Vote(..)
+                    | KeyKind::Revoked(_)
             ))
         );
         if !placement_neutral {
@@ -429,6 +493,7 @@ impl ClusterView {
                 self.remove_claim(ip, slot);
             }
             Ok(Some(KeyKind::Node(name))) => {
+                self.records.remove(&name);
                 let removed = self.nodes.remove(&name);
                 if removed
                     .is_some_and(|n| !(n.host_addresses.is_empty() && n.etcd_addresses.is_empty()))
@@ -441,6 +506,17 @@ impl ClusterView {
             }
             Ok(Some(KeyKind::History(ip))) => {
                 self.history.remove(&ip);
+            }
+            Ok(Some(KeyKind::Vote(holder, voter))) => {
+                if let Some(votes) = self.votes.get_mut(&holder) {
+                    votes.remove(&voter);
+                    if votes.is_empty() {
+                        self.votes.remove(&holder);
+                    }
+                }
+            }
+            Ok(Some(KeyKind::Revoked(node))) => {
+                self.revoked.remove(&node);
             }
             _ => {}
         }

@@ -14,7 +14,7 @@ use crate::store::Snapshot;
 
 pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
     let Some(every) = args.watch else {
-        let status = fetch_status(&args.etcd).await?;
+        let status = fetch_status(&args.etcd, &args.agent).await?;
         match args.output {
             Output::Json => println!("{}", serde_json::to_string_pretty(&status)?),
             Output::Table => print!("{}\n{}", ips_table(&status), nodes_table(&status)),
@@ -23,7 +23,7 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
     };
     // --watch: redraw in place (tables) or one JSON document a line, until interrupted.
     loop {
-        let shown = match fetch_status(&args.etcd).await {
+        let shown = match fetch_status(&args.etcd, &args.agent).await {
             Ok(status) if args.output == Output::Json => serde_json::to_string(&status)? + "\n",
             Ok(status) => format!("{}\n{}", ips_table(&status), nodes_table(&status)),
             Err(e) => format!("extip: {e:#}\n"),
@@ -61,6 +61,9 @@ pub struct NodeStatus {
     /// The lease the record hangs on.
     #[serde(skip)]
     pub lease: i64,
+    /// Milliseconds since the local agent last heard this node's heartbeat (`None`: it
+    /// does not hear it, or was not asked).
+    pub heard_ms: Option<u64>,
 }
 
 /// One desired IP and who holds it.
@@ -104,16 +107,44 @@ pub struct HolderStatus {
     pub lease: Option<String>,
 }
 
-pub(super) async fn fetch_status(args: &EtcdArgs) -> anyhow::Result<Status> {
+pub(super) async fn fetch_status(args: &EtcdArgs, agent: &str) -> anyhow::Result<Status> {
     let (mut store, keys) = connect(args).await?;
     let snapshot = store.list(&keys.root()).await?;
     let mut status = build_status(&keys, &snapshot);
+    let peers = agent_peers(agent).await;
     for node in &mut status.nodes {
         if node.lease != 0 {
             node.lease_ttl_seconds = store.lease_ttl_left(node.lease).await?;
         }
+        node.heard_ms = peers
+            .as_ref()
+            .and_then(|p| p.heard_ms.get(&node.record.node).copied());
     }
     Ok(status)
+}
+
+/// Ask the local agent at `addr` who it hears (`None`: `none`, or no answer within a
+/// second: the column then shows `-`, and status still works without an agent).
+async fn agent_peers(addr: &str) -> Option<model::PeersView> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if addr == "none" {
+        return None;
+    }
+    let ask = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let request = format!("GET /peers HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut answer = Vec::new();
+        stream.take(1 << 20).read_to_end(&mut answer).await.ok()?;
+        let text = String::from_utf8(answer).ok()?;
+        let (head, body) = text.split_once("\r\n\r\n")?;
+        let ok = head.split(' ').nth(1) == Some("200");
+        ok.then(|| serde_json::from_str(body).ok())?
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(1), ask)
+        .await
+        .ok()
+        .flatten()
 }
 
 /// Assemble the status from one consistent list of the prefix.
@@ -145,6 +176,7 @@ pub fn build_status(keys: &Keys, snapshot: &Snapshot) -> Status {
                         record,
                         lease_ttl_seconds: None,
                         lease: kv.lease,
+                        heard_ms: None,
                     });
                 }
             }
@@ -269,6 +301,8 @@ fn nodes_table(status: &Status) -> String {
         "VERSION".into(),
         "STARTED".into(),
         "LEASE LEFT".into(),
+        "MODE".into(),
+        "HEARD".into(),
     ]];
     for node in &status.nodes {
         let n = &node.record;
@@ -285,9 +319,20 @@ fn nodes_table(status: &Status) -> String {
             n.started.clone(),
             node.lease_ttl_seconds
                 .map_or("-".into(), |s| format!("{s}s")),
+            vouch_mode_text(n.vouch.as_ref()).into(),
+            node.heard_ms.map_or("-".into(), |ms| format!("{ms}ms ago")),
         ]);
     }
     render(&rows)
+}
+
+/// How a node serves its exclusive IPs, as the MODE column says it.
+fn vouch_mode_text(record: Option<&model::VouchRecord>) -> &'static str {
+    match record {
+        None => "lease only (peers off)",
+        Some(r) if r.revocable() => "vouched",
+        Some(_) => "lease only",
+    }
 }
 
 pub(super) fn render<const N: usize>(rows: &[[String; N]]) -> String {

@@ -1,9 +1,38 @@
 //! The etcd contract of peer vouching: the part of a node record that says how its
 //! holder may be revoked, the votes of its witnesses, and the record of a revocation.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
-use super::{ContractError, MAX_VALUE_BYTES};
+use super::{ContractError, Keys, MAX_VALUE_BYTES};
+
+impl Keys {
+    /// `<prefix>/votes/<holder>/<voter>`.
+    pub fn vote(&self, holder: &str, voter: &str) -> String {
+        format!("{}{holder}/{voter}", self.votes_root())
+    }
+
+    /// `<prefix>/votes/<holder>/`: every vote against `holder`.
+    pub fn votes(&self, holder: &str) -> String {
+        format!("{}{holder}/", self.votes_root())
+    }
+
+    /// `<prefix>/votes/`.
+    pub fn votes_root(&self) -> String {
+        format!("{}votes/", self.root())
+    }
+
+    /// `<prefix>/revoked/<node>`.
+    pub fn revoked(&self, node: &str) -> String {
+        format!("{}revoked/{node}", self.root())
+    }
+
+    /// `<prefix>/secret`: the cluster secret that signs heartbeats, unless a file has it.
+    pub fn secret(&self) -> String {
+        format!("{}secret", self.root())
+    }
+}
 
 /// How a holder's exclusive IPs stay lit, as its node record says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,6 +131,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn vouch_keys_round_trip() {
+        use crate::model::KeyKind;
+        let keys = Keys::new("/extip");
+        let vote = keys.vote("h1", "h2");
+        assert_eq!(vote, "/extip/votes/h1/h2");
+        assert_eq!(
+            keys.parse(&vote),
+            Ok(Some(KeyKind::Vote("h1".into(), "h2".into())))
+        );
+        assert_eq!(
+            keys.parse("/extip/revoked/h1"),
+            Ok(Some(KeyKind::Revoked("h1".into())))
+        );
+        assert_eq!(keys.parse("/extip/votes/h1"), Ok(Some(KeyKind::Other)));
+        assert_eq!(keys.parse(&keys.secret()), Ok(Some(KeyKind::Other)));
+    }
+
+    #[test]
     fn vouch_values_read_as_documented() {
         let record: VouchRecord =
             serde_json::from_str(r#"{"mode":"peers","witnesses":["h2","h3"]}"#).unwrap();
@@ -117,4 +164,15 @@ mod tests {
         assert!(parse_vote(b"{").is_err());
         assert_eq!(lease_hex(0x2a), "2a");
     }
+}
+
+/// What an agent's `/peers` endpoint answers: ages in milliseconds at the time of asking.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PeersView {
+    /// As a witness: how long ago each holder's last heartbeat arrived.
+    pub heard_ms: BTreeMap<String, u64>,
+    /// As a holder: how long ago each witness last acknowledged one.
+    pub acked_ms: BTreeMap<String, u64>,
+    /// How much longer the peers vouch for this host (`None`: they do not).
+    pub vouched_for_ms: Option<u64>,
 }

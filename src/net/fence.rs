@@ -102,6 +102,15 @@ impl Fence {
         })
     }
 
+    /// A second handle on tables [`Fence::install`] made: its own netlink socket, so
+    /// the thread that renews the timeout never waits on the one that changes members.
+    pub fn open() -> Result<Fence, FenceError> {
+        Ok(Fence {
+            socket: open_socket().map_err(FenceError::Socket)?,
+            seq: 1,
+        })
+    }
+
     /// Remove both tables (graceful stop): nothing of extip stays in the ruleset.
     pub fn uninstall() -> Result<(), FenceError> {
         if tables_exist()? {

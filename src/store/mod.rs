@@ -8,10 +8,12 @@ mod batch;
 mod endpoint;
 mod security;
 mod stream;
+mod vouch;
 pub use batch::MAX_BATCH;
 pub use endpoint::{endpoint_addresses, endpoint_host};
 pub use security::{EtcdAuth, EtcdAuthSettings, Password, Tls};
 pub use stream::{Dialer, LeaseKeepAlive, Watch};
+pub use vouch::{RecordExpect, RecordWrite, RevocationTxn};
 
 use std::future::Future;
 use std::time::Duration;

@@ -112,5 +112,5 @@ pub async fn serve(addr: std::net::SocketAddr, metrics: Arc<SyncMetrics>) -> std
             .then_some(())
             .ok_or("not ready: Services not listed yet, or the last reconcile failed\n")
     };
-    crate::metrics::serve_endpoints(addr, move || m.render(), ready).await
+    crate::metrics::serve_endpoints(addr, move || m.render(), ready, axum::Router::new()).await
 }

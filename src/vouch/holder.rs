@@ -192,6 +192,44 @@ impl Holder {
         untils.get(k - 1).copied()
     }
 
+    /// Until when the peers vouch for what etcd may hold (the earliest over revocable
+    /// configurations), or, when nothing revocable is held, for the ideal witnesses.
+    pub fn vouched_until_current(&self) -> Option<Instant> {
+        let revocable: Vec<&VouchRecord> =
+            self.configurations().filter(|c| c.revocable()).collect();
+        if revocable.is_empty() {
+            return self.vouched_until(self.ideal.as_deref()?);
+        }
+        revocable
+            .iter()
+            .map(|c| self.vouched_until(&c.witnesses))
+            .collect::<Option<Vec<Instant>>>()?
+            .into_iter()
+            .min()
+    }
+
+    /// The vouching part to write now: what is being written (a retry), what
+    /// [`Holder::wanted`] asks for, or what etcd holds; lease-only over the ideal set for
+    /// a process that does not know yet (its first write proves what etcd holds).
+    pub fn to_write(&mut self, now: Instant) -> Option<VouchRecord> {
+        if let Some(pending) = &self.pending {
+            return pending.clone();
+        }
+        if self.standing == Standing::Unknown {
+            return self.ideal.as_ref().map(|ideal| VouchRecord {
+                mode: VouchMode::LeaseOnly,
+                witnesses: ideal.clone(),
+            });
+        }
+        if let Some(wanted) = self.wanted(now) {
+            return wanted;
+        }
+        match &self.standing {
+            Standing::Known(current) => current.clone(),
+            Standing::Unknown => None,
+        }
+    }
+
     /// The fence deadline: the lease's, and no later than what vouches for every
     /// configuration etcd may hold that lets witnesses revoke (rule 1).
     pub fn fence_deadline(&self, lease_fence_at: Option<Instant>) -> Option<Instant> {
