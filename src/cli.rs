@@ -220,7 +220,7 @@ pub struct AgentArgs {
     /// Serve /metrics, /healthz and /readyz here; `none` turns it off [default: 127.0.0.1:9478]
     #[arg(long, env = "EXTIP_LISTEN")]
     pub listen: Option<String>,
-    /// Peer vouching: `on` (hosts notice a dead host within --peer-suspicion) or `off` (the lease TTL alone) [default: on]
+    /// Peer vouching: `on` (hosts notice a dead host within --peer-suspicion) or `off` (the lease TTL alone) [default: off]
     #[arg(long, env = "EXTIP_PEERS")]
     pub peers: Option<String>,
     /// Time between heartbeats to each witness [default: 50ms]
