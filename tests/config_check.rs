@@ -87,3 +87,17 @@ fn status_without_etcd_says_once_what_failed_and_what_to_do() {
     );
     assert!(!err.contains("tonic"), "internals leak:\n{err}");
 }
+
+#[test]
+fn config_check_names_bad_peer_settings() {
+    check_bad_file(
+        "cfgpeers",
+        "allowed-cidr = [\"198.51.100.0/24\"]\npeers = \"on\"\npeer-suspicion = \"100ms\"\n",
+        &["peer-suspicion: `100ms` must be at least 3 × peer-interval"],
+    );
+    check_bad_file(
+        "cfgpeers2",
+        "allowed-cidr = [\"198.51.100.0/24\"]\npeers = \"yes\"\n",
+        &["peers: `yes` is neither `on` nor `off`"],
+    );
+}
