@@ -73,6 +73,10 @@ impl Agent {
         self.publish_directory();
         self.published = None;
         self.publish_node(&mut store).await?;
+        // The first reconcile must see our own record (it makes us a member); the first
+        // list had to come before the write to check the record another process left.
+        let snapshot = store.list(&self.keys.root()).await?;
+        self.view.replace(&snapshot);
         let watch = store
             .watch(&self.keys.root(), snapshot.revision + 1)
             .await?;
