@@ -58,6 +58,7 @@ impl Agent {
         )
         .await?;
         self.endpoint = idx;
+        self.refresh_peer_addr();
         let attached = self.attach_lease(&mut store).await?;
         self.arm_fence();
         // Addresses a previous process left (SIGHUP) get their lifetimes looked at.

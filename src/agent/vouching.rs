@@ -69,17 +69,18 @@ impl Agent {
             self.metrics.peers.set_mode("off");
             return Ok(());
         };
-        let ip = match peers.address {
-            Some(ip) => ip,
-            None => address_towards(&self.etcd_addresses)
-                .context("--peer-address: cannot tell which address reaches etcd; give one")?,
-        };
-        if ip.is_loopback() {
-            warn!(%ip, "heartbeats on a loopback address reach no other host; set --peer-address");
+        // Without --peer-address the socket takes every address and the record names
+        // the one towards etcd, looked up at each connection: at boot the route to etcd
+        // may not exist yet, and a start must not fail for it.
+        let bind_ip = peers
+            .address
+            .unwrap_or_else(|| unspecified_like(self.etcd_addresses.first()));
+        if bind_ip.is_loopback() {
+            warn!(ip = %bind_ip, "heartbeats on a loopback address reach no other host; set --peer-address");
         }
-        let addr = std::net::SocketAddr::new(ip, peers.port);
+        let addr = std::net::SocketAddr::new(bind_ip, peers.port);
         let socket = std::net::UdpSocket::bind(addr)
-            .with_context(|| format!("--peer-port {} (--peer-address {ip})", peers.port))?;
+            .with_context(|| format!("--peer-port {} (--peer-address {bind_ip})", peers.port))?;
         let (directory, reader) = tokio::sync::watch::channel(Arc::new(Directory::default()));
         let report = Arc::new(std::sync::Mutex::new(super::peers::PeerReport::default()));
         let task = super::peers::spawn(super::peers::PeersSetup {
@@ -95,13 +96,27 @@ impl Agent {
         })
         .context("the heartbeat thread")?;
         info!(%addr, interval = ?peers.timing.interval, window = ?peers.timing.window, "heartbeats on");
-        self.peer_addr = Some(addr);
+        self.refresh_peer_addr();
         self.peers = Some(super::PeersRuntime {
             directory,
             report,
             _task: task,
         });
         Ok(())
+    }
+
+    /// The heartbeat address to publish: `--peer-address`, else the one the kernel
+    /// uses towards etcd now (kept when no route is there; unset until one is).
+    pub(super) fn refresh_peer_addr(&mut self) {
+        let Some(peers) = &self.cfg.peers else { return };
+        let ip = peers
+            .address
+            .or_else(|| address_towards(&self.etcd_addresses))
+            .or(self.peer_addr.map(|a| a.ip()));
+        match ip {
+            Some(ip) => self.peer_addr = Some(std::net::SocketAddr::new(ip, peers.port)),
+            None => warn!("no route towards etcd yet: heartbeats' address unpublished"),
+        }
     }
 
     /// Start the holder on `lease`: a fresh lease has no record yet; an inherited one
@@ -344,6 +359,14 @@ impl Agent {
 
 /// The local address the kernel picks towards the first etcd endpoint (no packet is
 /// sent: a UDP socket is only connected).
+/// The unspecified address of `like`'s family (IPv4 when unknown).
+fn unspecified_like(like: Option<&std::net::IpAddr>) -> std::net::IpAddr {
+    match like {
+        Some(std::net::IpAddr::V6(_)) => std::net::Ipv6Addr::UNSPECIFIED.into(),
+        _ => std::net::Ipv4Addr::UNSPECIFIED.into(),
+    }
+}
+
 fn address_towards(etcd: &[std::net::IpAddr]) -> Option<std::net::IpAddr> {
     let target = *etcd.first()?;
     let any: std::net::IpAddr = if target.is_ipv4() {
