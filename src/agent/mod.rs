@@ -128,6 +128,8 @@ pub struct Agent {
     secret: Option<crate::vouch::wire::Secret>,
     /// A vouching part to write instead of what the holder wants (before a re-exec).
     force_vouch: Option<crate::model::VouchRecord>,
+    /// Votes cast but not yet answered by etcd, by holder (written on the next pass).
+    unwritten_votes: std::collections::BTreeMap<String, crate::vouch::Vote>,
     /// Revocations tried lately, by holder and record revision.
     revoking: std::collections::BTreeMap<(String, i64), std::time::Instant>,
     /// Stopping: addresses are gone, the record says so before the lease is revoked.
@@ -366,6 +368,7 @@ impl Agent {
             peer_addr: None,
             secret: None,
             force_vouch: None,
+            unwritten_votes: Default::default(),
             revoking: Default::default(),
             leaving: false,
             free_since: Default::default(),

@@ -21,34 +21,50 @@ fn now_text() -> String {
 
 impl Agent {
     /// Write a vote the heartbeat thread cast, then see whether it completes a quorum.
+    /// Until etcd answers, the vote is kept and cast again after a reconnect: the
+    /// heartbeat thread casts it only once, and a dead etcd member must not lose it.
     pub(super) async fn cast_vote(
         &mut self,
         store: &mut Store,
         vote: Vote,
     ) -> Result<(), StoreError> {
+        self.unwritten_votes.insert(vote.holder.clone(), vote);
+        self.try_revocations(store).await
+    }
+
+    /// Write the votes etcd has not answered yet (each against the record it names).
+    async fn write_votes(&mut self, store: &mut Store) -> Result<(), StoreError> {
         let Some(lease) = self.lease else {
             return Ok(());
         };
-        let value = VoteValue {
-            lease: model::lease_hex(vote.lease),
-            revision: vote.revision,
-            since: now_text(),
-        };
-        let bytes = serde_json::to_vec(&value).expect("vote serializes");
-        let key = self.keys.vote(&vote.holder, &self.cfg.node);
-        let record = self.keys.node(&vote.holder);
-        let written = store
-            .put_vote(&key, &bytes, lease, &record, vote.revision)
-            .await?;
-        if !written {
-            debug!(holder = %vote.holder, "vote not written: the holder's record moved on");
+        while let Some((holder, vote)) = self.unwritten_votes.pop_first() {
+            let value = VoteValue {
+                lease: model::lease_hex(vote.lease),
+                revision: vote.revision,
+                since: now_text(),
+            };
+            let bytes = serde_json::to_vec(&value).expect("vote serializes");
+            let key = self.keys.vote(&holder, &self.cfg.node);
+            let record = self.keys.node(&holder);
+            match store
+                .put_vote(&key, &bytes, lease, &record, vote.revision)
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => debug!(%holder, "vote not written: the holder's record moved on"),
+                Err(e) => {
+                    self.unwritten_votes.insert(holder, vote);
+                    return Err(e);
+                }
+            }
         }
-        self.try_revocations(store).await
+        Ok(())
     }
 
     /// Revoke every holder whose votes make a quorum in the view; finish revocations
     /// whose lease still holds claims; withdraw our votes that no longer count.
     pub(super) async fn try_revocations(&mut self, store: &mut Store) -> Result<(), StoreError> {
+        self.write_votes(store).await?;
         let now = Instant::now();
         self.revoking
             .retain(|_, at| now.duration_since(*at) < RETRY);

@@ -2,6 +2,8 @@
 //! last saw, votes written only against the record they name, revocations that hold
 //! only while the record and every counted vote are unchanged, the cluster secret.
 
+use std::time::Duration;
+
 use etcd_client::{Compare, CompareOp, DeleteOptions, GetOptions, PutOptions, Txn, TxnOp};
 
 use super::{end_of_prefix, within, RawKv, Store, StoreError};
@@ -38,7 +40,20 @@ pub struct RevocationTxn<'a> {
     pub revoked: (&'a str, &'a [u8]),
 }
 
+/// The longest a vote or a revocation waits for etcd. Both are a few bytes and a
+/// failover waits on them: on a dead member the connection is dropped after this long
+/// (not the longer request timeout) and the agent tries them again on the next one.
+const QUICK_TIMEOUT: Duration = Duration::from_secs(1);
+
 impl Store {
+    /// A transaction a failover waits on; its revision when the compares held.
+    async fn quick_txn(&mut self, op: &'static str, txn: Txn) -> Result<Option<i64>, StoreError> {
+        let timeout = self.timeout.min(QUICK_TIMEOUT);
+        let resp = within(timeout, op, self.client.txn(txn)).await?;
+        let revision = resp.header().map_or(0, |h| h.revision());
+        Ok(resp.succeeded().then_some(revision))
+    }
+
     /// Put a node record on `lease` only if `expect` holds.
     pub async fn put_record(
         &mut self,
@@ -90,7 +105,7 @@ impl Store {
                 value,
                 Some(PutOptions::new().with_lease(lease)),
             )]);
-        Ok(self.txn("vote txn", txn).await?.is_some())
+        Ok(self.quick_txn("vote txn", txn).await?.is_some())
     }
 
     /// Delete a vote only while it is at `mod_revision` (it no longer counts).
@@ -122,7 +137,7 @@ impl Store {
             TxnOp::delete(r.votes_prefix, Some(delete_votes)),
             TxnOp::put(r.revoked.0, r.revoked.1, None),
         ];
-        self.txn("revocation txn", Txn::new().when(compares).and_then(ops))
+        self.quick_txn("revocation txn", Txn::new().when(compares).and_then(ops))
             .await
     }
 
