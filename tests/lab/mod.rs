@@ -23,6 +23,7 @@ pub mod l2;
 pub mod monitor;
 #[path = "../common/netns.rs"]
 pub mod netns;
+pub mod peers;
 pub mod routing;
 pub mod secure;
 pub mod vrrp;
@@ -354,7 +355,12 @@ impl Lab {
     }
 
     /// Add a client namespace on the bridge at [`CLIENT_IP`]; returns its namespace name.
+    /// A second call returns the same namespace (one client per lab).
     pub fn add_client(&mut self) -> String {
+        let ns = format!("{}-client", self.name);
+        if self.clients.contains(&ns) {
+            return ns;
+        }
         self.add_station("client", &CLIENT_IP.to_string())
     }
 

@@ -19,6 +19,8 @@ pub struct WireReport {
     pub overlaps: Vec<String>,
     /// Every MAC seen answering, per IP.
     pub answered_by: BTreeMap<Ipv4Addr, BTreeSet<String>>,
+    /// The longest time each IP went unanswered, from the start to the stop.
+    pub longest_silence: BTreeMap<Ipv4Addr, Duration>,
 }
 
 /// Asks for `ips` from the client namespace every few milliseconds until stopped.
@@ -41,15 +43,24 @@ impl WireMonitor {
             super::netns::enter_namespace(&client);
             let socket = ArpSocket::open("eth0", &mac_text);
             let mut report = WireReport::default();
+            let started = Instant::now();
+            let mut last: BTreeMap<Ipv4Addr, Instant> =
+                ips.iter().map(|ip| (*ip, started)).collect();
             while !flag.load(Ordering::SeqCst) {
                 let answers = socket.who_has(client_ip, &ips, Duration::from_millis(10));
+                let now = Instant::now();
                 for (ip, macs) in answers {
                     if macs.len() > 1 {
                         report.overlaps.push(format!("{ip} answered by {macs:?}"));
                     }
                     report.answered_by.entry(ip).or_default().extend(macs);
+                    note_silence(&mut report.longest_silence, &mut last, ip, now);
                 }
                 report.rounds += 1;
+            }
+            let now = Instant::now();
+            for ip in &ips {
+                note_silence(&mut report.longest_silence, &mut last, *ip, now);
             }
             report
         });
@@ -61,6 +72,18 @@ impl WireMonitor {
         self.stop.store(true, Ordering::SeqCst);
         self.handle.join().expect("wire monitor thread")
     }
+}
+
+/// Record that `ip` was answered (or the watch ended) at `now`.
+fn note_silence(
+    longest: &mut BTreeMap<Ipv4Addr, Duration>,
+    last: &mut BTreeMap<Ipv4Addr, Instant>,
+    ip: Ipv4Addr,
+    now: Instant,
+) {
+    let since = last.insert(ip, now).unwrap_or(now);
+    let gap = longest.entry(ip).or_default();
+    *gap = (*gap).max(now.duration_since(since));
 }
 
 /// An AF_PACKET socket bound to one interface for ARP (ethertype 0x0806).
