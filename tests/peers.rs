@@ -62,8 +62,20 @@ fn capture_heartbeat(lab: &Lab, from: usize, to: usize) -> Vec<u8> {
     run(
         "timeout",
         &[
-            "5", "ip", "netns", "exec", &lab.hosts[from].ns, "tcpdump", "-i", "eth0", "-c",
-            "20", "-U", "-w", &file_text, &filter,
+            "5",
+            "ip",
+            "netns",
+            "exec",
+            &lab.hosts[from].ns,
+            "tcpdump",
+            "-i",
+            "eth0",
+            "-c",
+            "20",
+            "-U",
+            "-w",
+            &file_text,
+            &filter,
         ],
     );
     let pcap = std::fs::read(&file).expect("capture file");
@@ -91,13 +103,17 @@ fn udp_payloads(pcap: &[u8]) -> Vec<Vec<u8>> {
 fn send_from(ns: &str, addr: &str, datagram: &[u8], times: usize, lab: &Lab) {
     let file = lab.write_file("datagram", "");
     std::fs::write(&file, datagram).expect("datagram file");
-    let script = format!("for i in $(seq {times}); do cat {file} > /dev/udp/{addr}/{PEER_PORT}; done");
+    let script =
+        format!("for i in $(seq {times}); do cat {file} > /dev/udp/{addr}/{PEER_PORT}; done");
     run("ip", &["netns", "exec", ns, "bash", "-c", &script]);
 }
 
 /// `extip_peer_packets_dropped_total{reason=…}` on host `i`, read with curl.
 fn dropped(lab: &Lab, i: usize, reason: &str) -> f64 {
-    let body = lab.exec(i, &["curl", "-s", "-m", "2", "http://127.0.0.1:9478/metrics"]);
+    let body = lab.exec(
+        i,
+        &["curl", "-s", "-m", "2", "http://127.0.0.1:9478/metrics"],
+    );
     let name = format!("extip_peer_packets_dropped_total{{reason=\"{reason}\"}}");
     lab::sample_value(&body, &name).unwrap_or(0.0)
 }
@@ -110,7 +126,9 @@ fn forged_replayed_and_wrong_key_heartbeats_are_dropped_and_counted() {
     let mut lab = lab_with_peers(3, 1);
     let intruder = lab.add_station("intr", "192.0.2.150");
     let replay = capture_heartbeat(&lab, 0, 1);
-    let secret = lab.get("/extip/secret").expect("the cluster secret in etcd");
+    let secret = lab
+        .get("/extip/secret")
+        .expect("the cluster secret in etcd");
     let secret = Secret::new(secret.trim_end().as_bytes());
     let real = wire::decode(&replay, &secret).expect("the captured heartbeat verifies");
     let forged = |from: &str, lease: i64, key: &Secret| {
@@ -137,7 +155,9 @@ fn forged_replayed_and_wrong_key_heartbeats_are_dropped_and_counted() {
     for (reason, datagram) in &attacks {
         let was = dropped(&lab, 1, reason);
         send_from(&intruder, "192.0.2.2", datagram, 50, &lab);
-        let counted = wait_for(Duration::from_secs(3), || dropped(&lab, 1, reason) >= was + 50.0);
+        let counted = wait_for(Duration::from_secs(3), || {
+            dropped(&lab, 1, reason) >= was + 50.0
+        });
         assert!(
             counted.is_some(),
             "{reason}: 50 sent, {} counted",

@@ -47,6 +47,9 @@ pub struct Holder {
     ideal: Option<Vec<String>>,
     /// Since when `ideal` has vouched for it without a break.
     healthy_since: Option<Instant>,
+    /// Whether it fell back to the lease alone on this lease: only then does a return
+    /// to the peers wait [`RETURN_HOLD`] (a fresh agent is vouched for at once).
+    fell_back: bool,
     /// Test hook: a broken rule that forgets the configuration being written.
     #[cfg(test)]
     pub(crate) ignore_pending: bool,
@@ -66,6 +69,7 @@ impl Holder {
             pending: None,
             ideal: None,
             healthy_since: None,
+            fell_back: false,
             #[cfg(test)]
             ignore_pending: false,
         }
@@ -83,6 +87,7 @@ impl Holder {
             self.sent.clear();
             self.vouched.clear();
             self.healthy_since = None;
+            self.fell_back = false;
         }
         self.lease = lease;
         self.standing = standing;
@@ -299,9 +304,9 @@ impl Holder {
                         c.clone()
                     }
                 }
-                _ if self
-                    .healthy_since
-                    .is_some_and(|since| now.duration_since(since) >= RETURN_HOLD) =>
+                _ if self.healthy_since.is_some_and(|since| {
+                    !self.fell_back || now.duration_since(since) >= RETURN_HOLD
+                }) =>
                 {
                     peers
                 }
@@ -320,6 +325,8 @@ impl Holder {
     /// The write committed: etcd holds what was proposed.
     pub fn committed(&mut self) {
         if let Some(record) = self.pending.take() {
+            let was_revocable = matches!(&self.standing, Standing::Known(Some(r)) if r.revocable());
+            self.fell_back |= was_revocable && !record.as_ref().is_some_and(|r| r.revocable());
             self.standing = Standing::Known(record);
         }
     }
@@ -435,7 +442,7 @@ mod tests {
     }
 
     #[test]
-    fn wanted_falls_back_before_the_fence_closes_and_returns_after_the_hold() {
+    fn wanted_enters_peers_at_once_falls_back_before_the_fence_closes_and_returns_after_the_hold() {
         let t0 = Instant::now();
         let mut h = holder(None);
         let ideal = vec!["h2".to_string(), "h3".to_string()];
@@ -447,23 +454,40 @@ mod tests {
         h.propose(lease_only.clone().unwrap().into());
         assert_eq!(h.wanted(t0), None, "one write at a time");
         h.committed();
-        // Vouched every 50 ms for a second: peers.
-        let mut t = t0;
-        while t < t0 + RETURN_HOLD + ms(50) {
+        // A fresh agent: the first acknowledgement is enough.
+        let (seq, w) = h.heartbeat(t0).unwrap();
+        h.acknowledged(t0, "h2", 7, seq, w);
+        let want = h.wanted(t0).expect("peers at once");
+        assert_eq!(want, Some(peers(&["h2", "h3"])));
+        h.propose(want);
+        h.committed();
+        assert_eq!(h.wanted(t0), None);
+        // Silence: at risk once the quorum is half a window old, before it closes.
+        let last = h.vouched_until(&ideal).unwrap();
+        assert_eq!(h.wanted(last - ms(101)), None);
+        assert_eq!(h.wanted(last - ms(99)), lease_only.clone().map(Some));
+        assert!(h.fence_deadline(Some(t0 + Duration::from_secs(9))) > Some(last - ms(99)));
+        h.propose(lease_only.clone());
+        h.committed();
+        // Having fallen back, it returns only after a second of acknowledgements.
+        let t1 = last + ms(500);
+        let mut t = t1;
+        while t < t1 + RETURN_HOLD - ms(100) {
+            let (seq, w) = h.heartbeat(t).unwrap();
+            h.acknowledged(t, "h2", 7, seq, w);
+            assert_eq!(h.wanted(t), None, "held back at {:?}", t - t1);
+            t += ms(50);
+        }
+        while t < t1 + RETURN_HOLD + ms(50) {
             let (seq, w) = h.heartbeat(t).unwrap();
             h.acknowledged(t, "h2", 7, seq, w);
             t += ms(50);
         }
-        let want = h.wanted(t).expect("back to peers");
-        assert_eq!(want, Some(peers(&["h2", "h3"])));
-        h.propose(want);
-        h.committed();
-        assert_eq!(h.wanted(t), None);
-        // Silence: at risk once the quorum is half a window old, before it closes.
-        let last = h.vouched_until(&ideal).unwrap();
-        assert_eq!(h.wanted(last - ms(101)), None);
-        assert_eq!(h.wanted(last - ms(99)), Some(lease_only));
-        assert!(h.fence_deadline(Some(t + Duration::from_secs(9))) > Some(last - ms(99)));
+        assert_eq!(
+            h.wanted(t),
+            Some(Some(peers(&["h2", "h3"]))),
+            "back to peers"
+        );
     }
 
     #[test]

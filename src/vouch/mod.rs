@@ -61,7 +61,10 @@
 //! What it leaves to the lease: a holder that lost its acknowledgement quorum but still
 //! reaches etcd writes `lease-only` (rule 5) before its fence closes (it starts when its
 //! quorum is half a window old), and nobody may vote it out from then on; it asks for
-//! `peers` again once a quorum has vouched for it for [`RETURN_HOLD`].
+//! `peers` again once a quorum has vouched for it for [`RETURN_HOLD`] (on a lease that
+//! never fell back, at the first acknowledgement quorum: a fresh agent is vouched for
+//! within a heartbeat, not a second later). Safety does not depend on the hold: every
+//! change of mode is one record transaction, whatever its timing.
 //!
 //! Residual, stated: the fence timeout the agent writes is `deadline − now` read just
 //! before the netlink send; if more than [`ARM_SLACK`] passed by the kernel's answer the
@@ -103,8 +106,9 @@ pub const MAX_WINDOW: Duration = Duration::from_secs(1);
 /// Witnesses per holder at most: heartbeats per host stay flat however big the cluster.
 pub const MAX_WITNESSES: usize = 4;
 
-/// How long a lease-only holder must have been vouched for before it asks for peers
-/// again: a flapping peer network does not make it write its record every heartbeat.
+/// How long a holder that fell back to the lease must have been vouched for before it
+/// asks for peers again: a flapping peer network does not make it write its record
+/// every heartbeat.
 pub const RETURN_HOLD: Duration = Duration::from_secs(1);
 
 /// Heartbeat timing of one agent.
