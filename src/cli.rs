@@ -171,10 +171,10 @@ pub struct AgentArgs {
     /// Interface the addresses go on; repeatable: the first takes IPs that name none [default: lo]
     #[arg(long, env = "EXTIP_INTERFACE", value_delimiter = ',')]
     pub interface: Option<Vec<String>>,
-    /// Lease TTL: how long a dead host keeps its claims; whole seconds, at least 1s [default: 2s]
+    /// Lease TTL: how long etcd trouble is ridden out, and how long a dead host keeps its claims when no peer can vouch; whole seconds, at least 1s [default: 10s; 2s with --peers off]
     #[arg(long, env = "EXTIP_LEASE_TTL")]
     pub lease_ttl: Option<String>,
-    /// Kernel lifetime of held addresses, a backstop behind the fence: a killed or frozen agent's addresses and exported routes go when it ends [default: 4 × lease TTL, at least 60s; with --export-routes 2 × lease TTL, at least 4s]
+    /// Kernel lifetime of held addresses, a backstop behind the fence: a killed or frozen agent's addresses and exported routes go when it ends [default: 4 × lease TTL, at least 60s; with --export-routes 4s]
     #[arg(long, env = "EXTIP_ADDRESS_LIFETIME")]
     pub address_lifetime: Option<String>,
     /// CIDR this agent may configure; repeatable; required (0.0.0.0/0 and ::/0 allow everything)
@@ -220,7 +220,7 @@ pub struct AgentArgs {
     /// Serve /metrics, /healthz and /readyz here; `none` turns it off [default: 127.0.0.1:9478]
     #[arg(long, env = "EXTIP_LISTEN")]
     pub listen: Option<String>,
-    /// Peer vouching: `on` (hosts notice a dead host within --peer-suspicion) or `off` (the lease TTL alone) [default: off]
+    /// Peer vouching: `on` (hosts notice a dead host within --peer-suspicion) or `off` (the lease TTL alone) [default: on]
     #[arg(long, env = "EXTIP_PEERS")]
     pub peers: Option<String>,
     /// Time between heartbeats to each witness [default: 50ms]

@@ -26,8 +26,12 @@ pub const DEFAULT_ETCD: &str = "http://127.0.0.1:2379";
 pub const DEFAULT_PREFIX: &str = "/extip";
 /// Default interface for addresses.
 pub const DEFAULT_INTERFACE: &str = "lo";
-/// Default lease TTL: the shortest etcd grants with its default timings.
-pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(2);
+/// Default lease TTL with peer vouching on: the peers notice a dead host, so the lease
+/// only has to outlast etcd trouble (a leader election, a member restart, a short outage).
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);
+/// Default lease TTL with `--peers off`: the lease alone notices a dead host, so it is
+/// the shortest etcd grants with its default timings.
+pub const DEFAULT_LEASE_TTL_WITHOUT_PEERS: Duration = Duration::from_secs(2);
 /// Default period of the full re-list.
 pub const DEFAULT_RESYNC: Duration = Duration::from_secs(30);
 /// Default wait before IPs move to a new or returning node.
@@ -314,7 +318,7 @@ impl AgentConfig {
         let prefix = validate_prefix(s.prefix.as_deref().unwrap_or(DEFAULT_PREFIX));
         let node = validate_node(s.node.as_deref().unwrap_or(hostname));
         let interfaces = validate_interfaces(s.interface);
-        let lease_ttl = parse_lease_ttl(s.lease_ttl.as_deref());
+        let lease_ttl = parse_lease_ttl(s.lease_ttl.as_deref(), !matches!(peers, Ok(None)));
         let address_lifetime = parse_address_lifetime(s.address_lifetime.as_deref());
         let resync = parse_resync(s.resync.as_deref());
         let allowed = parse_cidrs(s.allowed_cidr.unwrap_or_default());
@@ -501,10 +505,15 @@ pub(crate) fn parse_duration(field: &'static str, text: &str) -> Result<Duration
     humantime::parse_duration(text).map_err(|e| invalid(field, format!("`{text}`: {e}")))
 }
 
-/// Parse `--lease-ttl`: whole seconds, at least [`MIN_LEASE_TTL`].
-pub fn parse_lease_ttl(text: Option<&str>) -> Result<Duration, ConfigError> {
+/// Parse `--lease-ttl`: whole seconds, at least [`MIN_LEASE_TTL`]; the default depends
+/// on whether peers vouch.
+pub fn parse_lease_ttl(text: Option<&str>, peers_on: bool) -> Result<Duration, ConfigError> {
     let Some(text) = text else {
-        return Ok(DEFAULT_LEASE_TTL);
+        return Ok(if peers_on {
+            DEFAULT_LEASE_TTL
+        } else {
+            DEFAULT_LEASE_TTL_WITHOUT_PEERS
+        });
     };
     let ttl = parse_duration("lease-ttl", text)?;
     if ttl < MIN_LEASE_TTL {

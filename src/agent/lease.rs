@@ -127,12 +127,14 @@ pub fn keepalive_interval(ttl: Duration) -> Duration {
 /// eventually. Four lease TTLs, at least 60 s: long enough that refreshing it costs
 /// little (a round every half lifetime: 1,000 addresses every 30 s; at 20 s the rounds
 /// were half of an idle agent's 1.3 % of a core) and that it never ends before the fence.
-/// With exported routes, two TTLs, at least 4 s: there the address is also what keeps
-/// a route announced, and a frozen agent's route draws traffic the fence then drops
-/// (lab: 12-20 s of it with the long default, 2.6-2.9 s with 4 s).
+/// With exported routes, 4 s whatever the TTL: there the address is also what keeps a
+/// route announced, and a frozen agent's route draws traffic the fence then drops (lab:
+/// 12-20 s of it with the long default, 2.6-2.9 s with 4 s). A live agent refreshes
+/// lifetimes with or without etcd, so one shorter than the TTL ends only for a frozen or
+/// killed agent, and removing an address is always safe.
 pub fn backstop_lifetime(ttl: Duration, export_routes: bool) -> Duration {
     if export_routes {
-        (ttl * 2).max(Duration::from_secs(4))
+        Duration::from_secs(4)
     } else {
         (ttl * 4).max(Duration::from_secs(60))
     }
@@ -182,11 +184,11 @@ mod tests {
         let s = Duration::from_secs;
         assert_eq!(backstop_lifetime(s(2), false), s(60));
         assert_eq!(backstop_lifetime(s(30), false), s(120));
+        // With exported routes it is short whatever the TTL (a frozen agent's route).
         assert_eq!(backstop_lifetime(s(2), true), s(4));
-        assert_eq!(backstop_lifetime(s(5), true), s(10));
+        assert_eq!(backstop_lifetime(s(10), true), s(4));
         for ttl in 1..=120 {
             assert!(backstop_lifetime(s(ttl), false) > s(ttl) * 2, "ttl {ttl}s");
-            assert!(backstop_lifetime(s(ttl), true) > s(ttl), "ttl {ttl}s");
         }
         let lifetime = s(20);
         assert!(backstop_due(None, lifetime), "forever becomes finite");

@@ -37,9 +37,8 @@ impl PeersConfig {
     /// Validate the peer settings; `Ok(None)` when `peers = off`.
     pub fn from_settings(s: &AgentSettings) -> Result<Option<Self>, ConfigError> {
         match s.peers.as_deref() {
-            Some("on") => {}
-            // Off until the lab's fault suite has run with it on (issue 26).
-            None | Some("off") => return Ok(None),
+            None | Some("on") => {}
+            Some("off") => return Ok(None),
             Some(other) => {
                 return Err(invalid(
                     "peers",
@@ -130,7 +129,11 @@ mod tests {
     #[test]
     fn defaults_and_off() {
         let unset = PeersConfig::from_settings(&AgentSettings::default()).unwrap();
-        assert_eq!(unset, None, "off unless asked for");
+        assert_eq!(
+            unset.map(|c| c.timing),
+            Some(Timing::default()),
+            "on unless turned off"
+        );
         let c = PeersConfig::from_settings(&settings()).unwrap().unwrap();
         assert_eq!(c.timing, Timing::default());
         assert_eq!(

@@ -14,8 +14,22 @@ fn defaults_fill_what_is_not_given() {
     assert_eq!(c.prefix, "/extip");
     assert_eq!(c.node, "host-a");
     assert_eq!(c.interfaces, ["lo"]);
-    assert_eq!(c.lease_ttl, Duration::from_secs(2));
+    assert_eq!(
+        c.lease_ttl,
+        Duration::from_secs(10),
+        "peers on: a TTL for etcd trouble"
+    );
     assert_eq!(c.resync, Duration::from_secs(30));
+    let off = AgentSettings {
+        peers: Some("off".into()),
+        ..base()
+    };
+    let c = AgentConfig::from_settings(off, "host-a").unwrap();
+    assert_eq!(
+        c.lease_ttl,
+        Duration::from_secs(2),
+        "peers off: the TTL notices deaths"
+    );
 }
 
 #[test]

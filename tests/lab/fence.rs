@@ -52,15 +52,22 @@ pub fn nft(ns: &str, command: &str) -> String {
 /// When (epoch seconds) the fence of namespace `ns` closes: now + the `expires` of its
 /// `alive` element, read with `nft`.
 pub fn fence_deadline(ns: &str) -> f64 {
+    try_fence_deadline(ns).unwrap_or_else(|| {
+        let out = nft(ns, "list set inet extip alive");
+        panic!("no expiring alive element in:\n{out}")
+    })
+}
+
+/// The same; `None` once the element is gone (the fence closed).
+pub fn try_fence_deadline(ns: &str) -> Option<f64> {
     let before = epoch();
     let out = nft(ns, "list set inet extip alive");
     let after = epoch();
     let expires = out
         .split("expires ")
         .nth(1)
-        .and_then(|rest| rest.split([' ', ',', '}', '\n']).next())
-        .unwrap_or_else(|| panic!("no expiring alive element in:\n{out}"));
-    (before + after) / 2.0 + nft_duration(expires)
+        .and_then(|rest| rest.split([' ', ',', '}', '\n']).next())?;
+    Some((before + after) / 2.0 + nft_duration(expires))
 }
 
 /// A client pinging `ip` every 2 ms.
@@ -114,11 +121,15 @@ pub fn one_run(fault: Fault) -> FaultRun {
         Fault::Kill => lab.signal(old, "KILL"),
         Fault::CutFromEtcd => lab.isolate_from_etcd(old),
     }
-    // A renewal already on its way may still land: read the deadline once it cannot.
-    std::thread::sleep(Duration::from_millis(50));
-    let deadline = fence_deadline(&ns);
+    // The deadline that counts is the last one the fence got: renewals may go on after
+    // the fault (with peers, acknowledgements keep a holder cut from etcd lit until its
+    // lease deadline), so it is read until the element is gone.
+    let mut deadline = fence_deadline(&ns);
     let other = 1 - old;
     let moved = wait_for(Duration::from_secs(10), || {
+        if let Some(d) = try_fence_deadline(&ns) {
+            deadline = d;
+        }
         lab.holders(VIP).contains(&other)
     });
     assert!(moved.is_some(), "{fault:?}: the IP did not move");
@@ -151,6 +162,12 @@ pub fn one_run(fault: Fault) -> FaultRun {
             )
         });
     let (last_old, first_new) = (stamps[gap], stamps[gap + 1]);
+    if std::env::var_os("EXTIP_TEST_VERBOSE").is_some() {
+        eprintln!(
+            "deadline {deadline:.3}, last old {last_old:.3}, first new {first_new:.3}\n{}",
+            lab.agent_log(other)
+        );
+    }
     if let Fault::Freeze = fault {
         lab.signal(old, "CONT");
     }
