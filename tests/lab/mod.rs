@@ -76,6 +76,8 @@ pub struct Lab {
     pub hosts: Vec<Host>,
     /// Extra environment for agents started from now on (e.g. `NOTIFY_SOCKET`).
     pub agent_env: Vec<(String, String)>,
+    /// The `--lease-ttl` agents get unless a test gives one (`None`: the agent's default).
+    pub agent_ttl: Option<&'static str>,
     /// Extra flags for every etcd member (e.g. the fast profile's timers).
     etcd_flags: Vec<String>,
     _serial: MutexGuard<'static, ()>,
@@ -182,6 +184,7 @@ impl Lab {
             daemons: Vec::new(),
             hosts: Vec::new(),
             agent_env: Vec::new(),
+            agent_ttl: Some("2s"),
             etcd_flags: flags.iter().map(ToString::to_string).collect(),
             _serial: serial,
         };
@@ -259,12 +262,13 @@ impl Lab {
             ("--etcd", url.as_str()),
             ("--node", self.hosts[i].name.as_str()),
             ("--interface", "lo"),
-            ("--lease-ttl", "2s"),
+            ("--lease-ttl", self.agent_ttl.unwrap_or_default()),
             ("--allowed-cidr", "198.51.100.0/24"),
         ];
         let mut args: Vec<String> = Vec::new();
         for (flag, value) in defaults {
-            if !extra.contains(&flag) {
+            let agent_default = flag == "--lease-ttl" && self.agent_ttl.is_none();
+            if !extra.contains(&flag) && !agent_default {
                 args.extend([flag.to_string(), value.to_string()]);
             }
         }

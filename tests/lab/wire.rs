@@ -21,6 +21,23 @@ pub struct WireReport {
     pub answered_by: BTreeMap<Ipv4Addr, BTreeSet<String>>,
     /// The longest time each IP went unanswered, from the start to the stop.
     pub longest_silence: BTreeMap<Ipv4Addr, Duration>,
+    /// Per IP and MAC: the first and the last round it answered in.
+    pub answered_between: BTreeMap<(Ipv4Addr, String), (Instant, Instant)>,
+}
+
+impl WireReport {
+    /// Whether every MAC that answered for `ip` stopped before the next one started
+    /// (a handover in order: at no instant two answered, and none came back).
+    pub fn handed_over_in_order(&self, ip: Ipv4Addr) -> bool {
+        let mut spans: Vec<(Instant, Instant)> = self
+            .answered_between
+            .iter()
+            .filter(|((i, _), _)| *i == ip)
+            .map(|(_, span)| *span)
+            .collect();
+        spans.sort();
+        spans.windows(2).all(|w| w[0].1 < w[1].0)
+    }
 }
 
 /// Asks for `ips` from the client namespace every few milliseconds until stopped.
@@ -52,6 +69,13 @@ impl WireMonitor {
                 for (ip, macs) in answers {
                     if macs.len() > 1 {
                         report.overlaps.push(format!("{ip} answered by {macs:?}"));
+                    }
+                    for mac in &macs {
+                        report
+                            .answered_between
+                            .entry((ip, mac.clone()))
+                            .and_modify(|span| span.1 = now)
+                            .or_insert((now, now));
                     }
                     report.answered_by.entry(ip).or_default().extend(macs);
                     note_silence(&mut report.longest_silence, &mut last, ip, now);
