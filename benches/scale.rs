@@ -152,9 +152,13 @@ fn main() {
     let ttl = std::env::var("EXTIP_SCALE_TTL").unwrap_or_else(|_| "default".into());
     let agent_args = args(&ttl);
     println!("| {n} hosts × {m} IPs, `--lease-ttl {ttl}` | | |");
-    let mut lab = Lab::new(n + 1); // the last host runs no agent: the ip -batch reference
-                                   // EXTIP_SCALE_LOG=extip=debug: the agents' log filter (timings of each reconcile);
-                                   // EXTIP_SCALE_KEEP=DIR: keep their logs there.
+    // The last host runs no agent: the ip -batch reference.
+    let mut lab = Lab::new(n + 1);
+    if ttl == "default" {
+        lab.agent_ttl = None;
+    }
+    // EXTIP_SCALE_LOG=extip=debug: the agents' log filter (timings of each reconcile);
+    // EXTIP_SCALE_KEEP=DIR: keep their logs there.
     if let Ok(filter) = std::env::var("EXTIP_SCALE_LOG") {
         lab.agent_env.push(("EXTIP_LOG".into(), filter));
     }

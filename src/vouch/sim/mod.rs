@@ -63,6 +63,8 @@ pub struct Params {
     pub ttl_secs: i64,
     pub timing: Timing,
     pub breakage: Breakage,
+    /// No faults and no loss: a healthy cluster (for the traffic a host sends).
+    pub quiet: bool,
 }
 
 /// A host's monotonic clock: `offset + real × (1 + ppm/1e6)`.
@@ -148,6 +150,8 @@ pub struct World {
     pub violation: Option<(u64, usize, Vec<usize>)>,
     /// Real µs summed over IPs while no host was lit for them.
     pub dark_total_us: u64,
+    /// Datagrams sent by all hosts (heartbeats and acknowledgements).
+    pub datagrams: u64,
     /// Print what happens (`EXTIP_SIM_TRACE=<seed>`).
     pub trace: bool,
 }
@@ -158,6 +162,8 @@ pub struct Outcome {
     pub violation: Option<(u64, usize, Vec<usize>)>,
     pub dark_share: f64,
     pub revocations: u64,
+    /// Datagrams a host sent per simulated second, on average.
+    pub datagrams_per_host_second: f64,
 }
 
 impl World {
@@ -181,6 +187,7 @@ impl World {
             })
             .collect();
         let loss = [0.0, 0.01, 0.05, 0.2][rng.between(0, 3) as usize];
+        let loss = if params.quiet { 0.0 } else { loss };
         let mut world = World {
             now: 0,
             rng,
@@ -198,6 +205,7 @@ impl World {
             recorded: Vec::new(),
             violation: None,
             dark_total_us: 0,
+            datagrams: 0,
             trace: std::env::var("EXTIP_SIM_TRACE").is_ok_and(|s| s == seed.to_string()),
         };
         for i in 0..params.nodes {
@@ -206,7 +214,9 @@ impl World {
         }
         world.at(500_000, Ev::Sweep);
         let first_fault = world.rng.between(500_000, 2_000_000);
-        world.at(first_fault, Ev::Fault);
+        if !params.quiet {
+            world.at(first_fault, Ev::Fault);
+        }
         world
     }
 
@@ -268,6 +278,9 @@ impl World {
             violation: self.violation,
             dark_share: self.dark_total_us as f64 / total,
             revocations,
+            datagrams_per_host_second: self.datagrams as f64
+                / self.params.nodes as f64
+                / self.params.duration.as_secs_f64(),
         }
     }
 
@@ -340,6 +353,7 @@ impl World {
 
     /// Send a datagram from `from` to `to`: lost, delayed, reordered, duplicated.
     pub fn send_udp(&mut self, from: usize, to: usize, packet: Packet) {
+        self.datagrams += 1;
         if self.cut.contains_key(&(from, to)) || self.rng.chance(self.loss) {
             return;
         }

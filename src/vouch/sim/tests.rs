@@ -15,6 +15,7 @@ fn params(seed_nodes: usize, breakage: Breakage) -> Params {
         ttl_secs: 10,
         timing: Timing::default(),
         breakage,
+        quiet: false,
     }
 }
 
@@ -92,4 +93,36 @@ fn a_holder_forgetting_its_pending_write_is_caught() {
         found.is_some(),
         "lighting by the old configuration went unnoticed"
     );
+}
+
+#[test]
+fn heartbeat_traffic_per_host_stays_flat_from_10_to_100_nodes() {
+    // Each host heartbeats its witnesses (at most 4) and acknowledges the holders it
+    // witnesses (4 on the ring): its traffic depends on that bound, not on the cluster.
+    let mut rates = Vec::new();
+    for nodes in [10, 25, 50, 100] {
+        let quiet = Params {
+            nodes,
+            duration: Duration::from_secs(5),
+            quiet: true,
+            ..params(nodes, Breakage::default())
+        };
+        let outcome = World::new(1, quiet).run();
+        assert_eq!(outcome.revocations, 0, "{nodes} quiet nodes: a revocation");
+        eprintln!(
+            "{nodes} nodes: {:.1} datagrams per host per second",
+            outcome.datagrams_per_host_second
+        );
+        rates.push(outcome.datagrams_per_host_second);
+    }
+    let per_interval = 1.0 / Timing::default().interval.as_secs_f64();
+    let bound = 2.0 * crate::vouch::MAX_WITNESSES as f64 * per_interval;
+    let (lo, hi) = rates
+        .iter()
+        .fold((f64::MAX, 0.0f64), |(l, h), r| (l.min(*r), h.max(*r)));
+    assert!(
+        hi <= bound * 1.05,
+        "{hi:.1}/s over the bound of {bound:.0}/s"
+    );
+    assert!(hi / lo < 1.1, "not flat from 10 to 100 nodes: {rates:?}");
 }
