@@ -84,28 +84,6 @@ fn served_once(p: &BTreeMap<String, Vec<usize>>, total: usize) -> bool {
     p.len() == total && p.values().all(|on| on.len() == 1)
 }
 
-/// CPU seconds (user + system) and peak RSS in KiB of a process.
-fn usage(pid: u32) -> (f64, u64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let ticks: f64 = fields.get(11..13).map_or(0.0, |f| {
-        f.iter().filter_map(|v| v.parse::<f64>().ok()).sum()
-    });
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let hwm = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    (ticks / 100.0, hwm)
-}
-
 /// Reconciles an agent has run and the seconds they took, from its /metrics.
 fn reconciles(lab: &Lab, h: usize) -> (f64, f64) {
     let text = lab.exec(h, &["curl", "-s", "http://127.0.0.1:9478/metrics"]);
@@ -235,7 +213,10 @@ fn main() {
         .iter()
         .map(|&h| lab::monitor::AddressEvents::start(&lab.hosts[h].ns))
         .collect();
-    let before: Vec<f64> = pids.iter().map(|&p| usage(p).0).collect();
+    let before: Vec<f64> = pids
+        .iter()
+        .map(|&p| lab::monitor::process_usage(p).0)
+        .collect();
     let reconciles_before: Vec<(f64, f64)> = hosts.iter().map(|&h| reconciles(&lab, h)).collect();
     let etcd_before = etcd_messages(&lab, 0);
     std::thread::sleep(Duration::from_secs(20));
@@ -244,7 +225,10 @@ fn main() {
         .into_iter()
         .map(|w| w.deletions("2001:db8:100:").len())
         .sum();
-    let after: Vec<(f64, u64)> = pids.iter().map(|&p| usage(p)).collect();
+    let after: Vec<(f64, u64)> = pids
+        .iter()
+        .map(|&p| lab::monitor::process_usage(p))
+        .collect();
     let (runs, took) = hosts
         .iter()
         .zip(&reconciles_before)

@@ -214,6 +214,7 @@ fn holder_cut_from_etcd_only_hands_over_at_the_lease_deadline() {
 fn etcd_leader_killed_during_a_fast_failover() {
     let mut lab = lab::fleet::lab_with_vips_and(3, 3, &["--peers", "on", "--lease-ttl", "10s"]);
     lab.wait_vouched(&[0, 1, 2]);
+    let foreign = ForeignState::plant(&lab, &[0, 1, 2]);
     let lost = busiest(&lab, 3);
     let survivors = live(3, Some(lost));
     let leader = lab.leader().expect("an etcd leader");
@@ -237,4 +238,5 @@ fn etcd_leader_killed_during_a_fast_failover() {
         wait_for(Duration::from_secs(2), || lab.revoked().contains(&name)).is_some(),
         "{what}: {name} was not revoked (its lease would have taken 10 s)"
     );
+    foreign.assert_untouched(&lab, what);
 }

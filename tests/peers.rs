@@ -10,7 +10,7 @@ use extip::vouch::wire::{self, Kind, Packet, Secret};
 use lab::fleet::{placement, vips};
 use lab::holders::HolderMonitor;
 use lab::monitor::has_ip;
-use lab::peers::{assert_one_answering_and_served, lab_with_peers, PEER_PORT};
+use lab::peers::{assert_one_answering_and_served, lab_with_peers, ForeignState, PEER_PORT};
 use lab::{run, wait_for, Lab};
 
 const VIP: &str = "198.51.100.10";
@@ -124,6 +124,7 @@ fn dropped(lab: &Lab, i: usize, reason: &str) -> f64 {
 #[test]
 fn forged_replayed_and_wrong_key_heartbeats_are_dropped_and_counted() {
     let mut lab = lab_with_peers(3, 1);
+    let foreign = ForeignState::plant(&lab, &[0, 1, 2]);
     let intruder = lab.add_station("intr", "192.0.2.150");
     let replay = capture_heartbeat(&lab, 0, 1);
     let secret = lab
@@ -171,5 +172,60 @@ fn forged_replayed_and_wrong_key_heartbeats_are_dropped_and_counted() {
     assert_one_answering_and_served(&holders, what, Duration::from_millis(500));
     assert_eq!(placement(&lab, &[0, 1, 2]), before, "{what}: an IP moved");
     assert!(lab.revoked().is_empty(), "{what}: {:?}", lab.revoked());
+    foreign.assert_untouched(&lab, what);
+    lab.wait_vouched(&[0, 1, 2]);
+}
+
+/// Turning peers on with a reload (`peers = "off"` → `"on"` in the TOML, SIGHUP): the
+/// old process hands its record over, so the holder keeps answering throughout, and
+/// then its peers vouch for it.
+#[test]
+fn turning_peers_on_by_reload_loses_no_ping() {
+    let mut lab = Lab::new(3);
+    let config = lab.write_file("agent.toml", "peers = \"off\"\n");
+    for i in 0..3 {
+        lab.start_agent(i, &["--config", &config]);
+    }
+    lab.put(&format!("/extip/ips/{VIP}"), "{}");
+    wait_for(Duration::from_secs(5), || lab.holders(VIP).len() == 1).expect("held once");
+    let holder = lab.holders(VIP)[0];
+    assert_eq!(
+        lab.published_mode(holder),
+        None,
+        "peers off: no vouching part"
+    );
+    let client = lab.add_client();
+    let via = format!("192.0.2.{}", holder + 1);
+    run(
+        "ip",
+        &[
+            "-n",
+            &client,
+            "route",
+            "add",
+            &format!("{VIP}/32"),
+            "via",
+            &via,
+        ],
+    );
+    let ping = std::process::Command::new("ip")
+        .args([
+            "netns", "exec", &client, "ping", "-n", "-q", "-i", "0.01", "-c", "300", "-W", "1", VIP,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("ping");
+    std::thread::sleep(Duration::from_millis(500));
+    std::fs::write(&config, "peers = \"on\"\n").expect("config");
+    for i in 0..3 {
+        lab.signal(i, "HUP");
+    }
+    let ping = ping.wait_with_output().expect("ping");
+    let summary = String::from_utf8_lossy(&ping.stdout).into_owned();
+    assert!(
+        summary.contains("300 packets transmitted, 300 received"),
+        "{summary}"
+    );
+    assert_eq!(lab.holders(VIP), vec![holder], "the IP stayed");
     lab.wait_vouched(&[0, 1, 2]);
 }
