@@ -9,42 +9,39 @@ use super::etcd::{Expect, Reply, Req, Snap};
 use super::{Ev, Params, World};
 use crate::agent::LeaseDeadline;
 use crate::model::VouchRecord;
-use crate::vouch::revocation::revocation_with;
 use crate::vouch::wire::{Kind, Packet};
-use crate::vouch::{
-    vote_quorum, witnesses_of, Holder, HolderRecord, SeenVote, Standing, Verdict, Vote, Witness,
-};
+use crate::vouch::{witnesses_of, Holder, HolderRecord, Standing, Vote, Witness};
 
 /// One agent process.
 pub struct Proc {
     pub id: u64,
     pub lease: Option<i64>,
     /// The lease of the last run, tried before a new grant.
-    reattach: Option<i64>,
-    reattached: bool,
-    clock: LeaseDeadline,
+    pub(super) reattach: Option<i64>,
+    pub(super) reattached: bool,
+    pub(super) clock: LeaseDeadline,
     pub holder: Holder,
-    witness: Witness,
-    view: Option<Rc<Snap>>,
-    record_rev: Option<i64>,
+    pub(super) witness: Witness,
+    pub(super) view: Option<Rc<Snap>>,
+    pub(super) record_rev: Option<i64>,
     /// The record write in flight: its number, what it compares, what it writes, when.
-    write: Option<(u64, Expect, Option<VouchRecord>, u64)>,
-    writes: u64,
+    pub(super) write: Option<(u64, Expect, Option<VouchRecord>, u64)>,
+    pub(super) writes: u64,
     /// A grant on its way: when it was sent (real µs).
-    granting: Option<u64>,
-    claiming: BTreeMap<usize, u64>,
-    claim_rev: BTreeMap<usize, i64>,
-    votes_out: BTreeMap<(usize, i64), (Vote, u64)>,
-    revoking: BTreeMap<(usize, i64), u64>,
-    restored: bool,
-    small_quorum: bool,
+    pub(super) granting: Option<u64>,
+    pub(super) claiming: BTreeMap<usize, u64>,
+    pub(super) claim_rev: BTreeMap<usize, i64>,
+    pub(super) votes_out: BTreeMap<(usize, i64), (Vote, u64)>,
+    pub(super) revoking: BTreeMap<(usize, i64), u64>,
+    pub(super) restored: bool,
+    pub(super) small_quorum: bool,
 }
 
-fn name(i: usize) -> String {
+pub(super) fn name(i: usize) -> String {
     format!("n{i}")
 }
 
-fn index(name: &str) -> usize {
+pub(super) fn index(name: &str) -> usize {
     name[1..].parse().expect("n<i>")
 }
 
@@ -77,7 +74,7 @@ impl Proc {
     }
 }
 
-fn records(snap: &Snap) -> impl Iterator<Item = (String, HolderRecord<'_>)> {
+pub(super) fn records(snap: &Snap) -> impl Iterator<Item = (String, HolderRecord<'_>)> {
     snap.records.iter().map(|(i, r)| {
         (
             name(*i),
@@ -92,7 +89,7 @@ fn records(snap: &Snap) -> impl Iterator<Item = (String, HolderRecord<'_>)> {
 }
 
 impl World {
-    fn proc(&mut self, i: usize) -> &mut Proc {
+    pub(super) fn proc(&mut self, i: usize) -> &mut Proc {
         self.hosts[i].proc.as_mut().expect("running process")
     }
 
@@ -112,7 +109,7 @@ impl World {
         }
     }
 
-    fn grant(&mut self, i: usize) {
+    pub(super) fn grant(&mut self, i: usize) {
         let now_real = self.now;
         let sent = self.local(i);
         let p = self.proc(i);
@@ -122,7 +119,7 @@ impl World {
     }
 
     /// Drop everything of the lease (lost, expired, revoked) and start over.
-    fn lease_lost(&mut self, i: usize) {
+    pub(super) fn lease_lost(&mut self, i: usize) {
         self.log(|| format!("n{i} lease lost"));
         self.hosts[i].addresses.clear();
         self.hosts[i].state_lease = None;
@@ -189,7 +186,7 @@ impl World {
     }
 
     /// One heartbeat round and the periodic decisions.
-    fn round(&mut self, i: usize) {
+    pub(super) fn round(&mut self, i: usize) {
         let now = self.local(i);
         if self.proc(i).clock.fence_at().is_some_and(|f| f <= now) {
             self.lease_lost(i);
@@ -223,83 +220,7 @@ impl World {
         }
     }
 
-    fn vote(&mut self, i: usize, now: Instant) {
-        let id = self.proc(i).id;
-        let Some(snap) = self.proc(i).view.clone() else {
-            return;
-        };
-        let listed: Vec<(String, HolderRecord<'_>)> = records(&snap).collect();
-        let real = self.now;
-        let p = self.proc(i);
-        let due = p
-            .witness
-            .due_votes(now, listed.iter().map(|(n, r)| (n.as_str(), *r)));
-        for vote in &due {
-            self.log(|| format!("n{i} votes {vote:?}"));
-        }
-        let p = self.proc(i);
-        for vote in due {
-            p.votes_out
-                .insert((index(&vote.holder), vote.revision), (vote, 0));
-        }
-        let Some(my_lease) = p.lease else { return };
-        let resend: Vec<Vote> = p
-            .votes_out
-            .values_mut()
-            .filter(|(_, sent)| *sent + 200_000 <= real)
-            .map(|(v, sent)| {
-                *sent = real;
-                v.clone()
-            })
-            .collect();
-        for v in resend {
-            let req = Req::Vote {
-                holder: index(&v.holder),
-                lease: v.lease,
-                revision: v.revision,
-                voter_lease: my_lease,
-            };
-            self.send_etcd(i, id, req);
-        }
-    }
-
-    fn revoke(&mut self, i: usize) {
-        let id = self.proc(i).id;
-        let Some(snap) = self.proc(i).view.clone() else {
-            return;
-        };
-        let quorum: fn(usize) -> usize = if self.proc(i).small_quorum {
-            |w| vote_quorum(w).saturating_sub(1).max(1)
-        } else {
-            vote_quorum
-        };
-        for (holder, record) in records(&snap) {
-            let h = index(&holder);
-            let votes: Vec<SeenVote> = snap
-                .votes
-                .iter()
-                .filter(|((hh, _), _)| *hh == h)
-                .map(|((_, voter), v)| SeenVote {
-                    voter: name(*voter),
-                    lease: v.lease,
-                    revision: v.revision,
-                    mod_revision: v.mod_rev,
-                })
-                .collect();
-            let Some(plan) = revocation_with(&holder, record, &votes, quorum) else {
-                continue;
-            };
-            let key = (h, plan.record_revision);
-            let real = self.now;
-            let sent = self.proc(i).revoking.entry(key).or_insert(0);
-            if *sent + 200_000 <= real {
-                *sent = real;
-                self.send_etcd(i, id, Req::Revoke(plan));
-            }
-        }
-    }
-
-    fn rewrite_record(&mut self, i: usize, now: Instant) {
+    pub(super) fn rewrite_record(&mut self, i: usize, now: Instant) {
         let id = self.proc(i).id;
         let real = self.now;
         let p = self.proc(i);
@@ -344,7 +265,7 @@ impl World {
         self.send_etcd(i, id, req);
     }
 
-    fn claim(&mut self, i: usize) {
+    pub(super) fn claim(&mut self, i: usize) {
         let id = self.proc(i).id;
         let real = self.now;
         let ips = self.params.ips;
@@ -367,57 +288,7 @@ impl World {
         }
     }
 
-    fn packet(&mut self, i: usize, packet: Packet) {
-        let now = self.local(i);
-        if packet.to != name(i) {
-            return;
-        }
-        match packet.kind {
-            Kind::Heartbeat => {
-                let Some(snap) = self.proc(i).view.clone() else {
-                    return;
-                };
-                let from = index(&packet.from);
-                let record = snap.records.get(&from).map(|r| HolderRecord {
-                    lease: r.lease,
-                    revision: r.mod_rev,
-                    vouch: r.vouch.as_ref(),
-                    leaving: false,
-                });
-                let p = self.proc(i);
-                let verdict = p.witness.heartbeat(
-                    now,
-                    &packet.from,
-                    packet.lease,
-                    packet.seq,
-                    packet.window,
-                    record,
-                );
-                if let Verdict::Ack(granted) = verdict {
-                    let ack = Packet {
-                        kind: Kind::Ack,
-                        from: name(i),
-                        to: packet.from.clone(),
-                        window: granted,
-                        ..packet
-                    };
-                    self.send_udp(i, from, ack);
-                }
-            }
-            Kind::Ack => {
-                let p = self.proc(i);
-                let _ = p.holder.acknowledged(
-                    now,
-                    &packet.from,
-                    packet.lease,
-                    packet.seq,
-                    packet.window,
-                );
-            }
-        }
-    }
-
-    fn reply(&mut self, i: usize, reply: Reply) {
+    pub(super) fn reply(&mut self, i: usize, reply: Reply) {
         let ttl_secs = self.params.ttl_secs;
         match reply {
             Reply::Granted(lease, sent) => {
@@ -479,7 +350,7 @@ impl World {
         }
     }
 
-    fn record_written(
+    pub(super) fn record_written(
         &mut self,
         i: usize,
         write: u64,
@@ -516,7 +387,7 @@ impl World {
 
     /// Write the record as read, comparing its revision: once that commits, no older
     /// write (of a process before this one) can commit after it.
-    fn touch(&mut self, i: usize, revision: i64, vouch: Option<VouchRecord>) {
+    pub(super) fn touch(&mut self, i: usize, revision: i64, vouch: Option<VouchRecord>) {
         let id = self.proc(i).id;
         let real = self.now;
         let p = self.proc(i);
@@ -539,7 +410,7 @@ impl World {
         );
     }
 
-    fn view(&mut self, i: usize, snap: Rc<Snap>) {
+    pub(super) fn view(&mut self, i: usize, snap: Rc<Snap>) {
         let now = self.local(i);
         let me = i;
         let p = self.proc(i);

@@ -6,6 +6,7 @@
 
 mod agent;
 mod etcd;
+mod witnessing;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
