@@ -5,73 +5,8 @@
 //! the Service's own record (`<ns>/<name>`), the second has `<ns>/<name>/ipv4` or
 //! `<ns>/<name>/ipv6`, so a single-stack Service's record is the same as before.
 
-use std::net::IpAddr;
-
-use super::plan::ServiceView;
-
-/// An IP family, as `spec.ipFamilies` names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Family {
-    /// `IPv4`.
-    V4,
-    /// `IPv6`.
-    V6,
-}
-
-impl Family {
-    /// From `IPv4` / `IPv6`.
-    pub fn parse(text: &str) -> Option<Family> {
-        match text {
-            "IPv4" => Some(Family::V4),
-            "IPv6" => Some(Family::V6),
-            _ => None,
-        }
-    }
-
-    /// Whether `ip` is of this family.
-    pub fn holds(self, ip: IpAddr) -> bool {
-        ip.is_ipv4() == (self == Family::V4)
-    }
-
-    /// `IPv4` / `IPv6`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Family::V4 => "IPv4",
-            Family::V6 => "IPv6",
-        }
-    }
-
-    /// The last segment of a second family's allocation record.
-    fn record_suffix(self) -> &'static str {
-        match self {
-            Family::V4 => "ipv4",
-            Family::V6 => "ipv6",
-        }
-    }
-}
-
-/// `spec.ipFamilyPolicy`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Stack {
-    /// `SingleStack` or unset: one IP, of its pool's family.
-    #[default]
-    Single,
-    /// `PreferDualStack`: both families where pools allow, else one.
-    Prefer,
-    /// `RequireDualStack`: both families, or pending.
-    Require,
-}
-
-impl Stack {
-    /// From `spec.ipFamilyPolicy`.
-    pub fn parse(text: Option<&str>) -> Stack {
-        match text {
-            Some("PreferDualStack") => Stack::Prefer,
-            Some("RequireDualStack") => Stack::Require,
-            _ => Stack::Single,
-        }
-    }
-}
+use super::service::ServiceView;
+pub use super::service::{Family, Stack};
 
 /// The allocation record (slot) of `svc`: its name, or for its second family the name
 /// and the family.

@@ -15,6 +15,7 @@ mod leader;
 pub mod metrics;
 pub mod plan;
 mod reconcile;
+pub mod service;
 pub mod sharing;
 mod traffic;
 

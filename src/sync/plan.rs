@@ -9,8 +9,10 @@ use ipnet::IpNet;
 use crate::model::{DesiredValue, ServiceAllocation, Source, MANAGED_BY_SYNC};
 use crate::pools::{pool_for, Pool};
 
-use super::family::{slot, Family, Stack};
+use super::family::slot;
 use super::free_ip::name_hash;
+use super::service::{refuse, Stack};
+pub use super::service::{Refusal, ServiceView};
 use super::{sharing, traffic};
 
 /// Annotation naming the IP a LoadBalancer Service wants.
@@ -21,53 +23,6 @@ pub const ANNOTATION_POOL: &str = "extip.io/pool";
 pub const ANNOTATION_REPLICAS: &str = "extip.io/replicas";
 /// Annotation overriding `interface` of the Service's IPs.
 pub const ANNOTATION_INTERFACE: &str = "extip.io/interface";
-
-/// What the sync needs to know of one Service.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct ServiceView {
-    /// `namespace/name`.
-    pub name: String,
-    /// `type: LoadBalancer`.
-    pub load_balancer: bool,
-    /// `spec.externalIPs`, as written.
-    pub external_ips: Vec<String>,
-    /// `extip.io/ip`, else `spec.loadBalancerIP`.
-    pub requested_ip: Option<String>,
-    /// `extip.io/pool`.
-    pub pool: Option<String>,
-    /// `extip.io/replicas`.
-    pub replicas: Option<String>,
-    /// `extip.io/interface`.
-    pub interface: Option<String>,
-    /// `externalTrafficPolicy: Local`: only nodes with a ready endpoint may serve its IPs.
-    pub local_traffic: bool,
-    /// Kubernetes nodes with a ready endpoint of the Service (its EndpointSlices).
-    pub ready_nodes: BTreeSet<String>,
-    /// `extip.io/sharing-key`: Services of the namespace with the same key share an IP.
-    pub sharing_key: Option<String>,
-    /// `spec.ports` as (protocol, port): sharing Services must not collide on one.
-    pub ports: BTreeSet<(String, i32)>,
-    /// `spec.ipFamilyPolicy`.
-    pub stack: Stack,
-    /// `spec.ipFamilies`, in order.
-    pub families: Vec<Family>,
-    /// The family this view allocates (a dual-stack Service has a view per family);
-    /// `None`: its pool's.
-    pub family: Option<Family>,
-    /// The view of a dual-stack Service's second family.
-    pub secondary: bool,
-}
-
-/// Something a Service asked for that the sync will not do, and why.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Refusal {
-    /// `namespace/name`.
-    pub service: String,
-    /// Kubernetes Event reason.
-    pub reason: &'static str,
-    /// One sentence for the Event and the log.
-    pub message: String,
-}
 
 /// A change to the allocation records.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,15 +53,6 @@ pub struct Policy<'a> {
     pub pools: &'a BTreeMap<String, Pool>,
     /// CIDRs `spec.externalIPs` may use (CVE-2020-8554).
     pub allow_external: &'a [IpNet],
-}
-
-/// A refusal of `service`.
-pub(super) fn refuse(service: &str, reason: &'static str, message: String) -> Refusal {
-    Refusal {
-        service: service.to_string(),
-        reason,
-        message,
-    }
 }
 
 fn parse_ip(text: &str) -> Option<IpAddr> {

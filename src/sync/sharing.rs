@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use crate::model::ServiceAllocation;
 
 use super::family::slot;
-use super::plan::{Refusal, ServiceView};
+use super::service::{Refusal, ServiceView};
 
 /// Annotation: Services of one namespace with the same value share one IP.
 pub const ANNOTATION_SHARING_KEY: &str = "extip.io/sharing-key";

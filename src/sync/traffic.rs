@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
-use super::plan::{refuse, Refusal, ServiceView};
+use super::service::{refuse, Refusal, ServiceView};
 
 /// Where the IP shared by `svcs` may be served: `Some(None)` anywhere, `Some(Some(n))`
 /// only on nodes `n`, `None` nowhere (withdrawn, with a refusal per Service).
