@@ -19,9 +19,10 @@ use fields::*;
 pub use fields::{
     hostname, parse_address_lifetime, parse_lease_ttl, validate_prefix, DEFAULT_LISTEN,
 };
-pub(crate) use fields::{
-    one_or_many, parse_cidr_list, parse_duration, parse_listen, validate_endpoints,
-};
+pub(crate) use fields::{one_or_many, parse_duration, parse_listen, validate_endpoints};
+// extip-sync parses its allowlist the same way; the agent-only build does not use it.
+#[cfg(feature = "sync")]
+pub(crate) use fields::parse_cidr_list;
 pub use peers::{read_secret, PeersConfig, SecretSource, DEFAULT_PEER_PORT};
 pub use shared::{EtcdArgs, LogFormat};
 
