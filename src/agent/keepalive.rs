@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::time::{interval, MissedTickBehavior};
 use tracing::warn;
 
@@ -37,17 +37,7 @@ pub enum LeaseEvent {
 
 /// The running keepalive; stopped when dropped: its thread ends, and its connection
 /// with it.
-pub struct KeepaliveTask {
-    stop: Option<oneshot::Sender<()>>,
-}
-
-impl Drop for KeepaliveTask {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-    }
-}
+pub type KeepaliveTask = super::own_thread::OwnThread;
 
 /// Record what a keepalive answer says about etcd: its latency, how close the lease
 /// came to its deadline, the TTL granted.
@@ -100,32 +90,19 @@ pub struct Renewing {
 /// tasks, a worker blocked in a syscall) can hold a renewal back.
 pub fn spawn(renewing: Renewing) -> (KeepaliveTask, mpsc::UnboundedReceiver<LeaseEvent>) {
     let (tx, rx) = mpsc::unbounded_channel();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let failed = tx.clone();
-    let thread = std::thread::Builder::new()
-        .name("extip-keepalive".into())
-        .spawn(move || {
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(runtime) => runtime,
-                Err(e) => {
-                    let _ = tx.send(LeaseEvent::Failed(format!("keepalive runtime: {e}")));
-                    return;
-                }
-            };
-            runtime.block_on(async move {
-                tokio::select! {
-                    _ = stopped => {}
-                    () = renew(renewing, tx) => {}
-                }
-            });
-        });
-    if let Err(e) = thread {
+    let (failed, runtime_failed) = (tx.clone(), tx.clone());
+    let task = super::own_thread::spawn(
+        "extip-keepalive",
+        move || renew(renewing, tx),
+        move |e| {
+            let _ = runtime_failed.send(LeaseEvent::Failed(format!("keepalive runtime: {e}")));
+        },
+    )
+    .unwrap_or_else(|e| {
         let _ = failed.send(LeaseEvent::Failed(format!("keepalive thread: {e}")));
-    }
-    (KeepaliveTask { stop: Some(stop) }, rx)
+        KeepaliveTask::default()
+    });
+    (task, rx)
 }
 
 /// Renew every interval and report each outcome, until a report other than a renewal.

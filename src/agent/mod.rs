@@ -10,6 +10,7 @@ mod history;
 mod keepalive;
 mod lease;
 mod membership;
+mod own_thread;
 mod peers;
 mod reconcile;
 mod reports;

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::time::{interval, MissedTickBehavior};
 use tracing::{debug, warn};
 
@@ -106,18 +106,8 @@ impl PeerReport {
     }
 }
 
-/// The running thread; stopped when dropped.
-pub struct PeersTask {
-    stop: Option<oneshot::Sender<()>>,
-}
-
-impl Drop for PeersTask {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-    }
-}
+/// The running heartbeat thread; stopped when dropped.
+pub type PeersTask = super::own_thread::OwnThread;
 
 /// What the thread works with.
 pub struct PeersSetup {
@@ -143,37 +133,25 @@ pub struct PeersSetup {
 
 /// Start the heartbeat thread.
 pub fn spawn(setup: PeersSetup) -> std::io::Result<PeersTask> {
-    let (stop, stopped) = oneshot::channel::<()>();
     setup.socket.set_nonblocking(true)?;
-    std::thread::Builder::new()
-        .name("extip-peers".into())
-        .spawn(move || {
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(runtime) => runtime,
-                Err(e) => return warn!(error = %e, "heartbeat runtime; peers cannot vouch"),
+    super::own_thread::spawn(
+        "extip-peers",
+        move || async move {
+            let socket = match tokio::net::UdpSocket::from_std(setup.socket) {
+                Ok(socket) => socket,
+                Err(e) => return warn!(error = %e, "heartbeat socket"),
             };
-            runtime.block_on(async move {
-                let socket = match tokio::net::UdpSocket::from_std(setup.socket) {
-                    Ok(socket) => socket,
-                    Err(e) => return warn!(error = %e, "heartbeat socket"),
-                };
-                let mut peers = Peers::new(setup.me, setup.timing, setup.fence, setup.started);
-                let io = Io {
-                    socket,
-                    events: setup.events,
-                    metrics: setup.metrics,
-                    report: setup.report,
-                };
-                tokio::select! {
-                    _ = stopped => {}
-                    () = peers.run(io, setup.directory) => {}
-                }
-            });
-        })?;
-    Ok(PeersTask { stop: Some(stop) })
+            let mut peers = Peers::new(setup.me, setup.timing, setup.fence, setup.started);
+            let io = Io {
+                socket,
+                events: setup.events,
+                metrics: setup.metrics,
+                report: setup.report,
+            };
+            peers.run(io, setup.directory).await;
+        },
+        |e| warn!(error = %e, "heartbeat runtime; peers cannot vouch"),
+    )
 }
 
 struct Io {
