@@ -5,7 +5,7 @@ mod lab;
 
 use std::time::Duration;
 
-use lab::holders::HolderMonitor;
+use lab::holders::{lose_host, HolderMonitor};
 use lab::monitor::has_ip;
 use lab::{wait_for, Lab};
 
@@ -57,17 +57,7 @@ fn host_loss_moves_the_ip_without_two_live_holders() {
     let mut lab = lab_with_agents(3);
     lab.put(&format!("/extip/ips/{VIP}"), "{}");
     let (holder, _) = wait_single_holder(&lab, VIP, Duration::from_secs(1));
-    let survivors: Vec<usize> = (0..3).filter(|&i| i != holder).collect();
-    let monitor = HolderMonitor::start(&mut lab, &survivors, &[VIP.into()]);
-    lab.kill(holder);
-    lab.cut(holder);
-    let took = wait_for(Duration::from_secs(3), || {
-        survivors
-            .iter()
-            .any(|&i| has_ip(&lab.addresses(i, "lo"), VIP))
-    });
-    std::thread::sleep(Duration::from_millis(300));
-    let holders = monitor.stop();
+    let (took, _, holders) = lose_host(&mut lab, holder, VIP);
     let took = took.expect("a surviving host holds the IP within 3 s");
     holders.assert_one_holder("host loss");
     let new_holder = lab.holders(VIP).into_iter().find(|h| *h != holder).unwrap();

@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use extip::vouch::wire::{self, Kind, Packet, Secret};
 use lab::fleet::{placement, vips};
-use lab::holders::HolderMonitor;
-use lab::monitor::has_ip;
+use lab::holders::{lose_host, HolderMonitor};
 use lab::peers::{assert_one_answering_and_served, lab_with_peers, ForeignState, PEER_PORT};
 use lab::{run, wait_for, Lab};
 
@@ -23,17 +22,7 @@ fn host_loss_is_noticed_by_peers_and_the_lease_is_revoked() {
     lab.put(&format!("/extip/ips/{VIP}"), "{}");
     wait_for(Duration::from_secs(3), || lab.holders(VIP).len() == 1).expect("held once");
     let holder = lab.holders(VIP)[0];
-    let survivors: Vec<usize> = (0..3).filter(|&i| i != holder).collect();
-    let monitor = HolderMonitor::start(&mut lab, &survivors, &[VIP.into()]);
-    lab.kill(holder);
-    lab.cut(holder);
-    let took = wait_for(Duration::from_secs(3), || {
-        survivors
-            .iter()
-            .any(|&i| has_ip(&lab.addresses(i, "lo"), VIP))
-    });
-    std::thread::sleep(Duration::from_millis(300));
-    let holders = monitor.stop();
+    let (took, _, holders) = lose_host(&mut lab, holder, VIP);
     let took = took.expect("a survivor holds the IP");
     holders.assert_one_holder("host loss with peers");
     let marker = lab.get(&format!("/extip/revoked/{}", lab.hosts[holder].name));

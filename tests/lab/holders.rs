@@ -2,6 +2,8 @@
 //! wire (who answers a client's ARP request for it). A killed or frozen host may list
 //! a fenced address; two hosts answering is what a client would suffer.
 
+use std::time::Duration;
+
 use super::monitor::{OverlapMonitor, Report};
 use super::wire::{WireMonitor, WireReport};
 use super::Lab;
@@ -91,4 +93,25 @@ impl Holders {
             self.table.overlaps
         );
     }
+}
+
+/// Lose host `holder` (agent SIGKILLed, host off the bridge) while the other hosts are
+/// watched for `ip`: how long until one of them listed it (`None`: not within 3 s),
+/// the survivors, and what both views saw (300 ms past the takeover).
+pub fn lose_host(
+    lab: &mut Lab,
+    holder: usize,
+    ip: &str,
+) -> (Option<Duration>, Vec<usize>, Holders) {
+    let survivors: Vec<usize> = (0..lab.hosts.len()).filter(|&i| i != holder).collect();
+    let monitor = HolderMonitor::start(lab, &survivors, &[ip.into()]);
+    lab.kill(holder);
+    lab.cut(holder);
+    let took = super::wait_for(Duration::from_secs(3), || {
+        survivors
+            .iter()
+            .any(|&i| super::monitor::has_ip(&lab.addresses(i, "lo"), ip))
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    (took, survivors, monitor.stop())
 }
