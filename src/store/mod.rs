@@ -477,7 +477,17 @@ impl Store {
 
     /// Run a transaction built by the caller; its revision when its comparisons held.
     pub async fn txn(&mut self, op: &'static str, txn: Txn) -> Result<Option<i64>, StoreError> {
-        let resp = within(self.timeout, op, self.client.txn(txn)).await?;
+        self.txn_within(self.timeout, op, txn).await
+    }
+
+    /// The same, waiting at most `timeout`.
+    pub(crate) async fn txn_within(
+        &mut self,
+        timeout: Duration,
+        op: &'static str,
+        txn: Txn,
+    ) -> Result<Option<i64>, StoreError> {
+        let resp = within(timeout, op, self.client.txn(txn)).await?;
         let revision = resp.header().map_or(0, |h| h.revision());
         Ok(resp.succeeded().then_some(revision))
     }

@@ -48,10 +48,8 @@ const QUICK_TIMEOUT: Duration = Duration::from_secs(1);
 impl Store {
     /// A transaction a failover waits on; its revision when the compares held.
     async fn quick_txn(&mut self, op: &'static str, txn: Txn) -> Result<Option<i64>, StoreError> {
-        let timeout = self.timeout.min(QUICK_TIMEOUT);
-        let resp = within(timeout, op, self.client.txn(txn)).await?;
-        let revision = resp.header().map_or(0, |h| h.revision());
-        Ok(resp.succeeded().then_some(revision))
+        self.txn_within(self.timeout.min(QUICK_TIMEOUT), op, txn)
+            .await
     }
 
     /// Put a node record on `lease` only if `expect` holds.
