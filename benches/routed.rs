@@ -3,21 +3,26 @@
 //! client pinging through the router every 10 ms. Each event runs `EXTIP_BENCH_RUNS`
 //! times (default 5): time until the router's `ip -j route` reflects it, and probes
 //! lost. The events where an agent dies or freezes but its host and BIRD stay up also
-//! report when the router dropped the old holder's route: that happens only when the
-//! backstop address lifetime ends (`--address-lifetime`, or `EXTIP_BENCH_LIFETIME`).
+//! report when the router dropped the old holder's route, and how long after its fence
+//! closed (read from nft): with the two-session setup (`--fenced-router`, the default
+//! here) the fence cuts the session of fenced routes and BFD tells the router; with
+//! `EXTIP_BENCH_SESSIONS=one` only the backstop address lifetime removes the route
+//! (`--address-lifetime`, or `EXTIP_BENCH_LIFETIME`).
 
 #[path = "../tests/lab/mod.rs"]
 mod lab;
 
 use std::time::{Duration, Instant};
 
-use lab::routing::{lost_pings, ping, wait_routes_match_holders};
+use lab::routing::{lost_pings, ping, wait_routes_match_holders, Sessions};
 use lab::{wait_for, Lab};
 
 struct Sample {
     converged: Duration,
     /// When the router dropped the old holder's route, where that differs.
     old_gone: Option<Duration>,
+    /// Seconds from the old holder's fence closing to its route leaving the router.
+    after_dark: Option<f64>,
     lost: u32,
 }
 
@@ -44,6 +49,7 @@ fn graceful(lab: &mut Lab, router: &str, client: &str) -> Sample {
     Sample {
         converged,
         old_gone: None,
+        after_dark: None,
         lost,
     }
 }
@@ -64,6 +70,7 @@ fn host_loss(lab: &mut Lab, router: &str, client: &str) -> Sample {
     Sample {
         converged,
         old_gone: None,
+        after_dark: None,
         lost,
     }
 }
@@ -86,6 +93,9 @@ fn exclusive_agent_fault(lab: &mut Lab, router: &str, client: &str, signal: &str
         "KILL" => lab.kill(old),
         _ => lab.signal(old, signal),
     }
+    // Nothing renews the fence now: its element's expiry is when the host goes dark.
+    let ns = lab.hosts[old].ns.clone();
+    let dark_at = lab::fence::try_fence_deadline(&ns).unwrap_or_else(lab::fence::epoch);
     let arrived = || {
         lab.router_next_hops(router, ip)
             .iter()
@@ -95,6 +105,7 @@ fn exclusive_agent_fault(lab: &mut Lab, router: &str, client: &str, signal: &str
     let converged = start.elapsed();
     let gone = || !lab.router_next_hops(router, ip).contains(&old_hop);
     let old_gone = wait_for(Duration::from_secs(60), gone).map(|_| start.elapsed());
+    let after_dark = old_gone.map(|_| lab::fence::epoch() - dark_at);
     let lost = lost_pings(probes);
     if signal == "STOP" {
         lab.signal(old, "CONT");
@@ -106,6 +117,7 @@ fn exclusive_agent_fault(lab: &mut Lab, router: &str, client: &str, signal: &str
     Sample {
         converged,
         old_gone,
+        after_dark,
         lost,
     }
 }
@@ -126,9 +138,18 @@ fn extra_args() -> Vec<String> {
     }
 }
 
-/// The agents' flags, as [`Lab::routed`] starts them.
+/// The hosts' BGP sessions: two (`--fenced-router`) unless `EXTIP_BENCH_SESSIONS=one`.
+fn sessions() -> Sessions {
+    match std::env::var("EXTIP_BENCH_SESSIONS").as_deref() {
+        Ok("one") => Sessions::One,
+        _ => Sessions::Two,
+    }
+}
+
+/// The agents' flags, as [`Lab::routed_with`] starts them.
 fn agent_args() -> Vec<String> {
-    [extra_args(), vec!["--export-routes".into()]].concat()
+    let routed = sessions().agent_args().iter().map(|a| a.to_string());
+    extra_args().into_iter().chain(routed).collect()
 }
 
 /// Flags as the lab takes them.
@@ -148,8 +169,17 @@ fn summary(name: &str, mut samples: Vec<Sample>) -> String {
         }
         _ => "".into(),
     };
+    let mut dark: Vec<f64> = samples.iter().filter_map(|s| s.after_dark).collect();
+    dark.sort_by(f64::total_cmp);
+    let dark = match (dark.first(), dark.last()) {
+        (Some(min), Some(max)) => {
+            let ms = |s: f64| format!("{:.0} ms", s * 1000.0);
+            format!("{} ({}–{})", ms(dark[dark.len() / 2]), ms(*min), ms(*max))
+        }
+        _ => "".into(),
+    };
     format!(
-        "| {name} | {} | {} | {} | {} | {gone} | {} |",
+        "| {name} | {} | {} | {} | {} | {gone} | {dark} | {} |",
         samples.len(),
         ms(samples[samples.len() / 2].converged),
         ms(samples[0].converged),
@@ -165,7 +195,7 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(5);
-    let (mut lab, router, client) = Lab::routed(3, &as_strs(&extra_args()));
+    let (mut lab, router, client) = Lab::routed_with(3, &as_strs(&extra_args()), sessions());
     lab.put("/extip/ips/198.51.100.30", r#"{"replicas":2}"#);
     lab.put("/extip/ips/198.51.100.31", r#"{"replicas":"all"}"#);
     lab.put("/extip/ips/198.51.100.32", "{}");
@@ -176,10 +206,13 @@ fn main() {
         ("exclusive holder's agent frozen", exclusive_freeze),
     ];
     let lifetime = std::env::var("EXTIP_BENCH_LIFETIME").unwrap_or_else(|_| "default".into());
-    println!("Lease TTL 2s (default), address lifetime {lifetime}.");
+    println!(
+        "Lease TTL and peers at their defaults, address lifetime {lifetime}, sessions {:?}.",
+        sessions()
+    );
     println!();
-    println!("| event | runs | router converged (median) | min | max | old holder's route gone: median (min–max) | probes lost per run (10 ms apart) |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("| event | runs | router converged (median) | min | max | old holder's route gone: median (min–max) | gone after its fence closed: median (min–max) | probes lost per run (10 ms apart) |");
+    println!("|---|---|---|---|---|---|---|---|");
     for (name, event) in events {
         let samples = (0..runs)
             .map(|_| event(&mut lab, &router, &client))

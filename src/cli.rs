@@ -196,6 +196,9 @@ pub struct AgentArgs {
     /// Keep a host route (main table, proto 88) for every held address, for BGP export
     #[arg(long, env = "EXTIP_EXPORT_ROUTES", num_args = 0..=1, default_missing_value = "true")]
     pub export_routes: Option<bool>,
+    /// Router address whose BGP session and BFD the fence cuts with the fenced IPs, so the router drops their routes at once; repeatable; needs --export-routes and a routing daemon that exports proto-88 routes of metric 88 to it only (config/bird, config/frr)
+    #[arg(long, env = "EXTIP_FENCED_ROUTER", value_delimiter = ',')]
+    pub fenced_router: Option<Vec<String>>,
     /// How long a new or returning node must be up before IPs move to it [default: 10s]
     #[arg(long, env = "EXTIP_STABILIZATION")]
     pub stabilization: Option<String>,
@@ -260,6 +263,7 @@ impl AgentArgs {
             state_dir: self.state_dir.clone(),
             on_etcd_loss: self.on_etcd_loss.clone(),
             export_routes: self.export_routes,
+            fenced_router: self.fenced_router.clone(),
             stabilization: self.stabilization.clone(),
             label: self.label.clone(),
             announce_count: self.announce_count,

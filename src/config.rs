@@ -114,6 +114,9 @@ pub struct AgentSettings {
     pub on_etcd_loss: Option<String>,
     /// Mirror held addresses as export routes for a routing daemon.
     pub export_routes: Option<bool>,
+    /// Routers whose BGP session goes dark with the fence (fenced IPs' routes only).
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub fenced_router: Option<Vec<String>>,
     /// How long a new or returning node must be up before IPs move to it.
     pub stabilization: Option<String>,
     /// Node labels, `key=value`.
@@ -220,6 +223,7 @@ impl AgentSettings {
             state_dir: self.state_dir.or(lower.state_dir),
             on_etcd_loss: self.on_etcd_loss.or(lower.on_etcd_loss),
             export_routes: self.export_routes.or(lower.export_routes),
+            fenced_router: self.fenced_router.or(lower.fenced_router),
             stabilization: self.stabilization.or(lower.stabilization),
             label: self.label.or(lower.label),
             announce_count: self.announce_count.or(lower.announce_count),
@@ -265,6 +269,9 @@ pub struct AgentConfig {
     pub on_etcd_loss: EtcdLossPolicy,
     /// Mirror held addresses as export routes (main table, proto 88) for BGP.
     pub export_routes: bool,
+    /// Routers the fence cuts off with the fenced IPs: the BGP session (and BFD) that
+    /// carries the fenced IPs' routes, so the router drops them when the fence closes.
+    pub fenced_routers: Vec<std::net::IpAddr>,
     /// How long a new or returning node must be up before IPs move to it.
     pub stabilization: Duration,
     /// Node labels for `node_selector`.
@@ -339,6 +346,8 @@ impl AgentConfig {
         };
         let labels = parse_labels(s.label.unwrap_or_default());
         let export_routes = s.export_routes.unwrap_or(false);
+        let fenced_routers =
+            parse_fenced_routers(s.fenced_router.unwrap_or_default(), export_routes);
         let listen = parse_listen(s.listen.as_deref(), DEFAULT_LISTEN);
         match (
             etcd,
@@ -357,6 +366,7 @@ impl AgentConfig {
             listen,
             etcd_auth,
             peers,
+            fenced_routers,
         ) {
             (
                 Ok(etcd),
@@ -375,6 +385,7 @@ impl AgentConfig {
                 Ok(listen),
                 Ok(etcd_auth),
                 Ok(peers),
+                Ok(fenced_routers),
             ) => Ok(AgentConfig {
                 etcd,
                 etcd_auth,
@@ -388,13 +399,14 @@ impl AgentConfig {
                 state_dir,
                 on_etcd_loss,
                 export_routes,
+                fenced_routers,
                 stabilization,
                 labels,
                 announce,
                 listen,
                 peers,
             }),
-            (a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p) => Err([
+            (a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p, q) => Err([
                 a.err(),
                 b.err(),
                 c.err(),
@@ -411,6 +423,7 @@ impl AgentConfig {
                 n.err(),
                 o.err(),
                 p.err(),
+                q.err(),
             ]
             .into_iter()
             .flatten()

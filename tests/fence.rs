@@ -115,3 +115,44 @@ fn the_wire_monitor_catches_two_hosts_answering_and_not_a_fenced_one() {
     let macs = &one.answered_by[&VIP.parse().unwrap()];
     assert_eq!(macs.len(), 1, "{one:?}");
 }
+
+#[test]
+fn an_older_builds_fence_gains_the_fenced_routers_without_being_rebuilt() {
+    let mut lab = Lab::new(1);
+    let ns = lab.hosts[0].ns.clone();
+    // The tables as builds before --fenced-router made them, with a running timeout.
+    nft(
+        &ns,
+        "add table inet extip; \
+         add set inet extip alive { type ether_type; flags timeout; }; \
+         add set inet extip fenced4 { type ipv4_addr; }; \
+         add set inet extip fenced6 { type ipv6_addr; }; \
+         add chain inet extip inbound { type filter hook prerouting priority raw - 10; policy accept; }; \
+         add chain inet extip outbound { type filter hook output priority raw - 10; policy accept; }; \
+         add element inet extip alive { ip timeout 60s }; \
+         add table arp extip; \
+         add set arp extip alive { type ether_type; flags timeout; }; \
+         add set arp extip fenced4 { type ipv4_addr; }",
+    );
+    let with_handles = || {
+        let args = [
+            "netns", "exec", &ns, "nft", "-a", "list", "table", "inet", "extip",
+        ];
+        lab::run("ip", &args)
+    };
+    let handle = |text: &str| text.lines().next().unwrap_or_default().to_string();
+    let before = handle(&with_handles());
+    lab.start_agent(0, &["--export-routes", "--fenced-router", "192.0.2.253"]);
+    let routers = wait_for(Duration::from_secs(10), || {
+        // The table exists throughout; its routers4 set only once the agent added it.
+        nft(&ns, "list table inet extip").contains("elements = { 192.0.2.253 }")
+    });
+    let table = with_handles();
+    assert!(routers.is_some(), "no fenced router in:\n{table}");
+    assert!(
+        table.contains("ip daddr @routers4") && table.contains("ip saddr @routers4"),
+        "the fenced router's rules are missing:\n{table}"
+    );
+    // `# handle N` of the table: the same table, not one deleted and made again.
+    assert_eq!(handle(&table), before, "the table was rebuilt");
+}

@@ -6,7 +6,9 @@ mod lab;
 
 use std::time::{Duration, Instant};
 
-use lab::routing::{holder_gateways, lost_pings, ping, wait_routes_match_holders, CLIENT};
+use lab::routing::{
+    holder_gateways, lost_pings, ping, wait_routes_match_holders, Sessions, CLIENT, ROUTED_ARGS,
+};
 use lab::{wait_for, Lab};
 
 const TTL: &str = "3s";
@@ -64,7 +66,7 @@ fn the_router_learns_exactly_the_holders_and_follows_every_change() {
 
     // An exclusive IP moves when its holder dies; the router follows.
     assert_eq!(lab.wait_exit(stopping, Duration::from_secs(5)), Some(0));
-    lab.start_agent(stopping, &[&ARGS[..], &["--export-routes"]].concat());
+    lab.start_agent(stopping, &[&ARGS[..], &ROUTED_ARGS[..]].concat());
     let single = "198.51.100.32";
     lab.put(&format!("/extip/ips/{single}"), "{}");
     assert!(wait_routes_match_holders(&lab, &router, single, 1).is_some());
@@ -137,7 +139,9 @@ fn ipv6_is_routed_like_ipv4_and_a_killed_agents_routes_leave_with_its_addresses(
         &["--on-etcd-loss", "withdraw"],
     ]
     .concat();
-    let (mut lab, router, _client) = Lab::routed(3, &dual);
+    // One session: the kernel's removal of the addresses is what is tested here, not
+    // the fence cutting the session of fenced routes (the test after this one).
+    let (mut lab, router, _client) = Lab::routed_with(3, &dual, Sessions::One);
     // Added by hand, in the range the router accepts: never announced.
     lab.exec(0, &["ip", "addr", "add", "2001:db8:5::99/128", "dev", "lo"]);
     let (v4, v6) = ("198.51.100.40", "2001:db8:5::40");
@@ -221,6 +225,72 @@ fn ipv6_is_routed_like_ipv4_and_a_killed_agents_routes_leave_with_its_addresses(
     for ip in [v4, v6] {
         assert_eq!(lab.router_next_hops(&router, ip).len(), 2, "{ip}");
     }
+}
+
+#[test]
+fn a_killed_agents_fenced_routes_leave_the_router_when_its_fence_closes() {
+    // Addresses that outlive the test: only the fence can take the routes away.
+    let args = [
+        &ARGS[..],
+        &["--allowed-cidr", "198.51.100.0/24,2001:db8::/32"],
+        &["--address-lifetime", "60s"],
+    ]
+    .concat();
+    let (mut lab, router, _client) = Lab::routed(3, &args);
+    let (v4, v6, shared) = ("198.51.100.60", "2001:db8:6::60", "198.51.100.61");
+    for ip in [v4, v6] {
+        lab.put(&format!("/extip/ips/{ip}"), r#"{"nodes":["h1"]}"#);
+        assert!(
+            wait_routes_match_holders(&lab, &router, ip, 1).is_some(),
+            "{ip}: router {:?}, holders {:?}; router's sessions:\n{}\nh1's routes:\n{}",
+            lab.router_next_hops(&router, ip),
+            holder_gateways(&lab, ip),
+            lab.birdc("router", "show protocols"),
+            lab.birdc("h1", "show protocols all fenced"),
+        );
+        assert_eq!(lab.holders(ip), [0], "{ip} is pinned to h1");
+    }
+    lab.put(&format!("/extip/ips/{shared}"), r#"{"replicas":"all"}"#);
+    assert!(wait_routes_match_holders(&lab, &router, shared, 3).is_some());
+
+    let ns = lab.hosts[0].ns.clone();
+    lab.kill(0);
+    // No renewal after the kill: the element's expiry is when the fence closes.
+    let dark_at = lab::fence::try_fence_deadline(&ns).unwrap_or_else(lab::fence::epoch);
+    let gone = wait_for(Duration::from_secs(15), || {
+        [v4, v6]
+            .iter()
+            .all(|ip| lab.router_next_hops(&router, ip).is_empty())
+    });
+    let gone_at = lab::fence::epoch();
+    let on_host = lab.addresses(0, "lo");
+    gone.unwrap_or_else(|| {
+        panic!(
+            "the fenced routes stayed: {v4} via {:?}, {v6} via {:?}; h1's lo {on_host:?}",
+            lab.router_next_hops(&router, v4),
+            lab.router_next_hops(&router, v6)
+        )
+    });
+    let after_dark = gone_at - dark_at;
+    eprintln!("SIGKILL: fenced routes left the router {after_dark:.3} s after the fence closed");
+    for ip in [v4, v6] {
+        assert!(
+            lab::monitor::has_ip(&on_host, ip),
+            "{ip} left h1's address table: the fence, not the kernel, must withdraw it"
+        );
+    }
+    assert_eq!(
+        holder_gateways(&lab, shared).len(),
+        3,
+        "the dead agent's shared IP stays on its host (--on-etcd-loss keep)"
+    );
+    assert_eq!(
+        lab.router_next_hops(&router, shared).len(),
+        3,
+        "the shared session is untouched by the fence"
+    );
+    // BFD's 300 ms and BIRD's processing: a generous bound, not the timing goal.
+    assert!(after_dark < 3.0, "routes gone {after_dark:.3} s after dark");
 }
 
 #[test]

@@ -206,7 +206,10 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let mut events = Netlink::address_events()?;
     let mut signals = signal_channel()?;
     let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
-    let fence = crate::net::fence::Fence::install().context("the fence (nftables)")?;
+    let mut fence = crate::net::fence::Fence::install().context("the fence (nftables)")?;
+    fence
+        .set_routers(&cfg.fenced_routers)
+        .context("the fenced routers (nftables)")?;
     let arming = crate::net::fence::Fence::open().context("the fence (nftables)")?;
     let mut agent = Agent::new(cfg, net, links, fence, arming, metrics.clone());
     agent.etcd_addresses = crate::store::endpoint_addresses(&agent.cfg.etcd).await;

@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 
 use crate::config::EtcdLossPolicy;
 use crate::model::ClaimValue;
-use crate::net::ExportRoute;
+use crate::net::{route_changes, ExportRoute};
 use crate::observed::{Holder, LocalAddress};
 use crate::plan::{plan, Action, Me, Mode, World};
 use crate::store::{CreateOutcome, Store, StoreError};
@@ -207,21 +207,29 @@ impl Agent {
         };
         let wanted: BTreeSet<ExportRoute> = owned
             .iter()
-            .map(|a| ExportRoute::of(a.ip, a.ifindex))
+            .map(|a| ExportRoute::of(a.ip, a.ifindex, self.fenced_ip(a.ip)))
             .collect();
         // An IPv6 route whose address went and came back lost its source: it is in
         // neither set alike, so it is removed and added again, announced again.
-        for &route in have.difference(&wanted) {
+        let (first_adds, removals, then_adds) = route_changes(&have, &wanted);
+        for route in first_adds {
+            self.add_export_route(route).await;
+        }
+        for route in removals {
             match self.net.remove_export_route(route).await {
-                Ok(()) => info!(ip = %route.ip, "export route removed"),
+                Ok(()) => info!(ip = %route.ip, fenced = route.fenced, "export route removed"),
                 Err(e) => error!(error = %e, "cannot remove export route"),
             }
         }
-        for &route in wanted.difference(&have) {
-            match self.net.add_export_route(route).await {
-                Ok(()) => info!(ip = %route.ip, "export route added"),
-                Err(e) => error!(error = %e, "cannot add export route"),
-            }
+        for route in then_adds {
+            self.add_export_route(route).await;
+        }
+    }
+
+    async fn add_export_route(&self, route: ExportRoute) {
+        match self.net.add_export_route(route).await {
+            Ok(()) => info!(ip = %route.ip, fenced = route.fenced, "export route added"),
+            Err(e) => error!(error = %e, "cannot add export route"),
         }
     }
 

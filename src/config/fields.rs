@@ -232,3 +232,40 @@ pub fn hostname() -> String {
         .map(|h| h.trim().to_string())
         .unwrap_or_default()
 }
+
+/// `fenced-router`: addresses of BGP peers whose sessions carry only fenced IPs' routes.
+/// Cutting a session is all the fence does, so it needs `export-routes`; an address the
+/// host itself relies on for everything (loopback, unspecified, multicast) is refused.
+pub(super) fn parse_fenced_routers(
+    given: Vec<String>,
+    export_routes: bool,
+) -> Result<Vec<std::net::IpAddr>, ConfigError> {
+    if given.is_empty() {
+        return Ok(Vec::new());
+    }
+    if !export_routes {
+        return Err(invalid(
+            "fenced-router",
+            "needs export-routes: without export routes no BGP session carries the IPs",
+        ));
+    }
+    let mut routers = Vec::new();
+    for text in given {
+        let ip: std::net::IpAddr = text.trim().parse().map_err(|_| {
+            invalid(
+                "fenced-router",
+                format!("`{text}` is not an IP address (e.g. 192.0.2.253)"),
+            )
+        })?;
+        if ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() {
+            return Err(invalid(
+                "fenced-router",
+                format!("`{ip}` cannot be a BGP peer: give the router's own address"),
+            ));
+        }
+        if !routers.contains(&ip) {
+            routers.push(ip);
+        }
+    }
+    Ok(routers)
+}

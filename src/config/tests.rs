@@ -112,6 +112,29 @@ fn errors_name_the_setting() {
             },
             "interface: `lo` is given twice",
         ),
+        (
+            AgentSettings {
+                fenced_router: Some(vec!["192.0.2.253".into()]),
+                ..base()
+            },
+            "fenced-router: needs export-routes",
+        ),
+        (
+            AgentSettings {
+                fenced_router: Some(vec!["router".into()]),
+                export_routes: Some(true),
+                ..base()
+            },
+            "fenced-router: `router` is not an IP address",
+        ),
+        (
+            AgentSettings {
+                fenced_router: Some(vec!["127.0.0.1".into()]),
+                export_routes: Some(true),
+                ..base()
+            },
+            "fenced-router: `127.0.0.1` cannot be a BGP peer",
+        ),
     ];
     for (settings, want) in cases {
         let err = AgentConfig::from_settings(settings, "h").unwrap_err();
@@ -183,4 +206,27 @@ fn a_checked_file_reports_every_problem_with_its_key() {
         "{problems:#?}"
     );
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn fenced_routers_are_parsed_once_each() {
+    let settings = AgentSettings {
+        fenced_router: Some(vec![
+            "192.0.2.253".into(),
+            "2001:db8::fd".into(),
+            "192.0.2.253".into(),
+        ]),
+        export_routes: Some(true),
+        ..base()
+    };
+    let c = AgentConfig::from_settings(settings, "h").unwrap();
+    let want: Vec<std::net::IpAddr> = vec![
+        "192.0.2.253".parse().unwrap(),
+        "2001:db8::fd".parse().unwrap(),
+    ];
+    assert_eq!(c.fenced_routers, want);
+    assert!(AgentConfig::from_settings(base(), "h")
+        .unwrap()
+        .fenced_routers
+        .is_empty());
 }

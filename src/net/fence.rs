@@ -40,15 +40,21 @@ table inet extip {
     set alive { type ether_type; flags timeout; }
     set fenced4 { type ipv4_addr; }
     set fenced6 { type ipv6_addr; }
+    set routers4 { type ipv4_addr; }
+    set routers6 { type ipv6_addr; }
     chain inbound {
         type filter hook prerouting priority raw - 10; policy accept;
         ip daddr @fenced4 meta protocol != @alive drop
         ip6 daddr @fenced6 meta protocol != @alive drop
+        ip saddr @routers4 meta protocol != @alive drop
+        ip6 saddr @routers6 meta protocol != @alive drop
     }
     chain outbound {
         type filter hook output priority raw - 10; policy accept;
         ip saddr @fenced4 meta protocol != @alive drop
         ip6 saddr @fenced6 meta protocol != @alive drop
+        ip daddr @routers4 meta protocol != @alive drop
+        ip6 daddr @routers6 meta protocol != @alive drop
     }
 }
 table arp extip {
@@ -64,6 +70,18 @@ table arp extip {
         arp saddr ip @fenced4 meta protocol != @alive drop
     }
 }
+"#;
+
+/// What an older build's `inet extip` table lacks: the fenced routers (`--fenced-router`),
+/// whose BGP sessions and BFD go dark with the fenced IPs. Added in one transaction, so
+/// the running fence and its timeout are kept.
+const ROUTERS_UPGRADE: &str = r#"
+add set inet extip routers4 { type ipv4_addr; }
+add set inet extip routers6 { type ipv6_addr; }
+add rule inet extip inbound ip saddr @routers4 meta protocol != @alive drop
+add rule inet extip inbound ip6 saddr @routers6 meta protocol != @alive drop
+add rule inet extip outbound ip daddr @routers4 meta protocol != @alive drop
+add rule inet extip outbound ip6 daddr @routers6 meta protocol != @alive drop
 "#;
 
 /// Why the fence could not be set up or changed.
@@ -95,6 +113,8 @@ impl Fence {
     pub fn install() -> Result<Fence, FenceError> {
         if !tables_exist()? {
             run_nft(TABLES)?;
+        } else if !routers_sets_exist()? {
+            run_nft(ROUTERS_UPGRADE)?;
         }
         Ok(Fence {
             socket: open_socket().map_err(FenceError::Socket)?,
@@ -190,6 +210,39 @@ impl Fence {
         self.send("fenced IPs", &ops)
     }
 
+    /// Make the fenced routers exactly `routers` (at start: the setting may have changed).
+    pub fn set_routers(&mut self, routers: &[IpAddr]) -> Result<(), FenceError> {
+        let mut ops = vec![
+            ElementOp::Flush {
+                family: NFPROTO_INET,
+                table: TABLE,
+                set: "routers4",
+            },
+            ElementOp::Flush {
+                family: NFPROTO_INET,
+                table: TABLE,
+                set: "routers6",
+            },
+        ];
+        for (set, v4) in [("routers4", true), ("routers6", false)] {
+            let keys: Vec<Vec<u8>> = routers
+                .iter()
+                .filter(|ip| ip.is_ipv4() == v4)
+                .map(|&ip| nft::ip_key(ip))
+                .collect();
+            if !keys.is_empty() {
+                ops.push(ElementOp::Add {
+                    family: NFPROTO_INET,
+                    table: TABLE,
+                    set,
+                    keys,
+                    timeout: None,
+                });
+            }
+        }
+        self.send("fenced routers", &ops)
+    }
+
     fn send(&mut self, what: &'static str, ops: &[ElementOp]) -> Result<(), FenceError> {
         let first = self.seq.wrapping_add(1);
         let bytes = nft::batch(ops, self.seq);
@@ -277,6 +330,17 @@ fn tables_exist() -> Result<bool, FenceError> {
         (true, false) => run_nft("delete table inet extip\n").map(|()| false),
         (false, true) => run_nft("delete table arp extip\n").map(|()| false),
     }
+}
+
+/// Whether the `inet extip` table has the routers sets (tables of an older build do not).
+fn routers_sets_exist() -> Result<bool, FenceError> {
+    let out = Command::new("nft")
+        .args(["list", "set", "inet", TABLE, "routers4"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map_err(FenceError::NoNft)?;
+    Ok(out.success())
 }
 
 fn run_nft(script: &str) -> Result<(), FenceError> {

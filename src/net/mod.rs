@@ -25,7 +25,7 @@ pub mod fence;
 mod nft;
 pub mod packets;
 mod routes;
-pub use routes::ExportRoute;
+pub use routes::{route_changes, ExportRoute, FENCED_METRIC};
 
 /// The `IFA_PROTO` value that marks extip's addresses, and the route protocol of its
 /// export routes: 88, ASCII `X`. iproute2 6.3+ shows `proto 0x58` in `ip -d addr`;

@@ -10,7 +10,8 @@ use super::{run, wait_for, Lab};
 
 pub const VIP: &str = "198.51.100.10";
 
-fn epoch() -> f64 {
+/// Now, in seconds since the epoch: the clock nft's deadlines are compared with.
+pub fn epoch() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .expect("clock")

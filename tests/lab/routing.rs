@@ -12,6 +12,35 @@ use super::{run, wait_for, Lab};
 pub const CLIENT: &str = "192.0.2.246";
 /// The router's address on the bridge.
 pub const ROUTER: &str = "192.0.2.254";
+/// The router's second address: the hosts' sessions for fenced IPs, cut by their fence.
+pub const FENCED_ROUTER: &str = "192.0.2.253";
+/// Host `i`'s second address on the bridge: its end of the session for fenced IPs (the
+/// router keys sessions and BFD by the neighbor's address, so it must differ).
+pub fn fenced_session_address(i: usize) -> String {
+    format!("192.0.2.{}", 101 + i)
+}
+
+/// What a routed lab's agents run with beyond a test's own flags.
+pub const ROUTED_ARGS: [&str; 3] = ["--export-routes", "--fenced-router", FENCED_ROUTER];
+
+/// Which BGP sessions a host's BIRD has with the router.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sessions {
+    /// One (`extip_uplink`): every route, agents without `--fenced-router`.
+    One,
+    /// Two (`extip_shared`, `extip_fenced`): fenced IPs over the session the fence cuts.
+    Two,
+}
+
+impl Sessions {
+    /// The agent flags this setup needs.
+    pub fn agent_args(self) -> &'static [&'static str] {
+        match self {
+            Sessions::One => &ROUTED_ARGS[..1],
+            Sessions::Two => &ROUTED_ARGS[..],
+        }
+    }
+}
 
 fn shipped(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -83,16 +112,21 @@ pub fn lost_pings(ping: Child) -> u32 {
 }
 
 impl Lab {
-    /// A lab of `hosts` agents (`--export-routes` and `args`) and BIRDs, a BIRD router
-    /// and a client behind it; returns (lab, router namespace, client namespace).
+    /// A lab of `hosts` agents ([`ROUTED_ARGS`] and `args`) and BIRDs with two sessions
+    /// each, a BIRD router and a client behind it; returns (lab, router, client namespace).
     pub fn routed(hosts: usize, args: &[&str]) -> (Lab, String, String) {
+        Lab::routed_with(hosts, args, Sessions::Two)
+    }
+
+    /// [`Lab::routed`] with the hosts' BGP sessions chosen.
+    pub fn routed_with(hosts: usize, args: &[&str], sessions: Sessions) -> (Lab, String, String) {
         let mut lab = Lab::new(hosts);
         let (router, client) = lab.add_router();
         lab.start_router_bird(&router);
-        let args = [args, &["--export-routes"]].concat();
+        let args = [args, sessions.agent_args()].concat();
         for i in 0..hosts {
             lab.start_agent(i, &args);
-            lab.start_host_bird(i);
+            lab.start_host_bird(i, sessions);
         }
         (lab, router, client)
     }
@@ -111,8 +145,18 @@ impl Lab {
             );
         };
         v6(&router, ROUTER6);
+        let second = format!("{FENCED_ROUTER}/24");
+        run(
+            "ip",
+            &["-n", &router, "addr", "add", &second, "dev", "eth0"],
+        );
         for (i, host) in self.hosts.iter().enumerate() {
             v6(&host.ns, &gateway(i, "::"));
+            let second = format!("{}/24", fenced_session_address(i));
+            run(
+                "ip",
+                &["-n", &host.ns, "addr", "add", &second, "dev", "eth0"],
+            );
         }
         run("ip", &["netns", "add", &client]);
         run("ip", &["-n", &client, "link", "set", "lo", "up"]);
@@ -194,11 +238,21 @@ impl Lab {
         self.start_bird(router, "router", &config);
     }
 
-    /// Start BIRD on host `i`: the shipped host config plus its router id and session.
-    pub fn start_host_bird(&mut self, i: usize) {
+    /// Start BIRD on host `i`: the shipped host config plus its router id and sessions.
+    pub fn start_host_bird(&mut self, i: usize, sessions: Sessions) {
         let wrapper = self.dir.join(format!("bird-h{}.conf", i + 1));
+        let protocols = match sessions {
+            Sessions::One => {
+                format!("protocol bgp uplink from extip_uplink {{ neighbor {ROUTER} as 65000; }}\n")
+            }
+            Sessions::Two => format!(
+                "protocol bgp uplink from extip_shared {{ neighbor {ROUTER} as 65000; }}\n\
+                 protocol bgp fenced from extip_fenced {{ local {} as 65001; neighbor {FENCED_ROUTER} as 65000; }}\n",
+                fenced_session_address(i)
+            ),
+        };
         let text = format!(
-            "router id 192.0.2.{};\ninclude \"{}\";\nprotocol bgp uplink from extip_uplink {{ neighbor {ROUTER} as 65000; }}\n",
+            "router id 192.0.2.{};\ninclude \"{}\";\n{protocols}",
             i + 1,
             shipped("extip-host.conf").display()
         );
@@ -234,7 +288,19 @@ impl Lab {
         self.daemons.push(child);
     }
 
-    /// The next hops the router's kernel has for `ip`, read with `ip -j route`.
+    /// What BIRD `name` ("router", "h1", …) answers to `command` (`show protocols`):
+    /// for failure messages.
+    pub fn birdc(&self, name: &str, command: &str) -> String {
+        let socket = self.dir.join(format!("bird-{name}.ctl"));
+        let socket = socket.to_string_lossy().into_owned();
+        let mut args = vec!["-s", socket.as_str()];
+        args.extend(command.split(' '));
+        let out = Command::new("birdc").args(&args).output().expect("birdc");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The next hops the router's kernel has for `ip`, read with `ip -j route`, each
+    /// named by its host's first address.
     pub fn router_next_hops(&self, router: &str, ip: &str) -> Vec<String> {
         let (family, host) = if ip.contains(':') {
             ("-6", format!("{ip}/128"))
@@ -246,16 +312,25 @@ impl Lab {
         let mut hops: Vec<String> = Vec::new();
         for r in routes.as_array().into_iter().flatten() {
             if let Some(g) = r["gateway"].as_str() {
-                hops.push(g.to_string());
+                hops.push(self.host_address(g));
             }
             for nh in r["nexthops"].as_array().into_iter().flatten() {
                 if let Some(g) = nh["gateway"].as_str() {
-                    hops.push(g.to_string());
+                    hops.push(self.host_address(g));
                 }
             }
         }
         hops.sort();
         hops
+    }
+
+    /// A next hop as [`gateway`] names its host: a fenced session announces its routes
+    /// with the host's second address ([`fenced_session_address`]) as next hop.
+    fn host_address(&self, next_hop: &str) -> String {
+        (0..self.hosts.len())
+            .find(|&i| fenced_session_address(i) == next_hop)
+            .map(|i| gateway(i, next_hop))
+            .unwrap_or_else(|| next_hop.to_string())
     }
 
     /// Every destination in the router's main tables, IPv4 and IPv6, read with `ip -j route`.
