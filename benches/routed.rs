@@ -14,7 +14,7 @@ mod lab;
 
 use std::time::{Duration, Instant};
 
-use lab::routing::{lost_pings, ping, wait_routes_match_holders, Sessions};
+use lab::routing::{lost_pings, ping, wait_routes_match_holders, RouterDaemon, Routing, Sessions};
 use lab::{wait_for, Lab};
 
 struct Sample {
@@ -146,6 +146,14 @@ fn sessions() -> Sessions {
     }
 }
 
+/// The router's daemon: BIRD unless `EXTIP_BENCH_ROUTER=frr`.
+fn router_daemon() -> RouterDaemon {
+    match std::env::var("EXTIP_BENCH_ROUTER").as_deref() {
+        Ok("frr") => RouterDaemon::Frr,
+        _ => RouterDaemon::Bird,
+    }
+}
+
 /// The agents' flags, as [`Lab::routed_with`] starts them.
 fn agent_args() -> Vec<String> {
     let routed = sessions().agent_args().iter().map(|a| a.to_string());
@@ -195,7 +203,11 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(5);
-    let (mut lab, router, client) = Lab::routed_with(3, &as_strs(&extra_args()), sessions());
+    let routing = Routing {
+        sessions: sessions(),
+        router: router_daemon(),
+    };
+    let (mut lab, router, client) = Lab::routed_with(3, &as_strs(&extra_args()), routing);
     lab.put("/extip/ips/198.51.100.30", r#"{"replicas":2}"#);
     lab.put("/extip/ips/198.51.100.31", r#"{"replicas":"all"}"#);
     lab.put("/extip/ips/198.51.100.32", "{}");
@@ -207,8 +219,8 @@ fn main() {
     ];
     let lifetime = std::env::var("EXTIP_BENCH_LIFETIME").unwrap_or_else(|_| "default".into());
     println!(
-        "Lease TTL and peers at their defaults, address lifetime {lifetime}, sessions {:?}.",
-        sessions()
+        "Lease TTL and peers at their defaults, address lifetime {lifetime}, sessions {:?}, router {:?}.",
+        routing.sessions, routing.router
     );
     println!();
     println!("| event | runs | router converged (median) | min | max | old holder's route gone: median (min–max) | gone after its fence closed: median (min–max) | probes lost per run (10 ms apart) |");

@@ -7,7 +7,8 @@ mod lab;
 use std::time::{Duration, Instant};
 
 use lab::routing::{
-    holder_gateways, lost_pings, ping, wait_routes_match_holders, Sessions, CLIENT, ROUTED_ARGS,
+    holder_gateways, lost_pings, ping, wait_routes_match_holders, RouterDaemon, Routing, Sessions,
+    CLIENT, ROUTED_ARGS,
 };
 use lab::{wait_for, Lab};
 
@@ -16,13 +17,41 @@ const TTL: &str = "3s";
 /// lifetime ends: by default with `--export-routes`, two TTLs (6 s here).
 const ARGS: [&str; 2] = ["--lease-ttl", TTL];
 
-fn routed_lab() -> (Lab, String, String) {
-    Lab::routed(3, &ARGS)
+/// Every scenario runs twice: BIRD on the router (`bird::…`) and FRR (`frr::…`).
+macro_rules! on_both_routers {
+    ($($scenario:ident),* $(,)?) => {
+        mod bird {
+            $(#[test]
+            fn $scenario() {
+                super::$scenario(super::RouterDaemon::Bird)
+            })*
+        }
+        mod frr {
+            $(#[test]
+            fn $scenario() {
+                super::$scenario(super::RouterDaemon::Frr)
+            })*
+        }
+    };
 }
 
-#[test]
-fn the_router_learns_exactly_the_holders_and_follows_every_change() {
-    let (mut lab, router, client) = routed_lab();
+on_both_routers!(
+    the_router_learns_exactly_the_holders_and_follows_every_change,
+    ipv6_is_routed_like_ipv4_and_a_killed_agents_routes_leave_with_its_addresses,
+    a_killed_agents_fenced_routes_leave_the_router_when_its_fence_closes,
+    with_bfd_the_router_drops_a_lost_host_within_about_a_second,
+);
+
+fn routing(sessions: Sessions, router: RouterDaemon) -> Routing {
+    Routing { sessions, router }
+}
+
+fn routed_lab(router: RouterDaemon) -> (Lab, String, String) {
+    Lab::routed_with(3, &ARGS, routing(Sessions::Two, router))
+}
+
+fn the_router_learns_exactly_the_holders_and_follows_every_change(daemon: RouterDaemon) {
+    let (mut lab, router, client) = routed_lab(daemon);
     lab.exec(0, &["ip", "addr", "add", "198.51.100.99/32", "dev", "lo"]);
     let shared = "198.51.100.30";
     lab.put(&format!("/extip/ips/{shared}"), r#"{"replicas":2}"#);
@@ -129,8 +158,9 @@ fn the_router_learns_exactly_the_holders_and_follows_every_change() {
         .any(|d| d.contains("198.51.100.99") || d.starts_with("127.")));
 }
 
-#[test]
-fn ipv6_is_routed_like_ipv4_and_a_killed_agents_routes_leave_with_its_addresses() {
+fn ipv6_is_routed_like_ipv4_and_a_killed_agents_routes_leave_with_its_addresses(
+    daemon: RouterDaemon,
+) {
     // `withdraw`: shared IPs are fenced and get the backstop lifetime like exclusive
     // ones (with the default `keep` a dead agent's shared IPs stay, by design).
     let dual = [
@@ -141,7 +171,7 @@ fn ipv6_is_routed_like_ipv4_and_a_killed_agents_routes_leave_with_its_addresses(
     .concat();
     // One session: the kernel's removal of the addresses is what is tested here, not
     // the fence cutting the session of fenced routes (the test after this one).
-    let (mut lab, router, _client) = Lab::routed_with(3, &dual, Sessions::One);
+    let (mut lab, router, _client) = Lab::routed_with(3, &dual, routing(Sessions::One, daemon));
     // Added by hand, in the range the router accepts: never announced.
     lab.exec(0, &["ip", "addr", "add", "2001:db8:5::99/128", "dev", "lo"]);
     let (v4, v6) = ("198.51.100.40", "2001:db8:5::40");
@@ -227,8 +257,13 @@ fn ipv6_is_routed_like_ipv4_and_a_killed_agents_routes_leave_with_its_addresses(
     }
 }
 
-#[test]
-fn a_killed_agents_fenced_routes_leave_the_router_when_its_fence_closes() {
+fn a_killed_agents_fenced_routes_leave_the_router_when_its_fence_closes(daemon: RouterDaemon) {
+    fenced_routes_leave_with_the_fence(routing(Sessions::Two, daemon));
+}
+
+/// Exclusive IPv4 and IPv6 IPs pinned to h1 and shared IPs of both families on every
+/// host; h1's agent is killed and the fenced routes must leave with its fence.
+fn fenced_routes_leave_with_the_fence(setup: Routing) {
     // Addresses that outlive the test: only the fence can take the routes away.
     let args = [
         &ARGS[..],
@@ -236,8 +271,11 @@ fn a_killed_agents_fenced_routes_leave_the_router_when_its_fence_closes() {
         &["--address-lifetime", "60s"],
     ]
     .concat();
-    let (mut lab, router, _client) = Lab::routed(3, &args);
-    let (v4, v6, shared) = ("198.51.100.60", "2001:db8:6::60", "198.51.100.61");
+    let (mut lab, router, _client) = Lab::routed_with(3, &args, setup);
+    // Added by hand, in the ranges the router accepts: never announced.
+    lab.exec(0, &["ip", "addr", "add", "198.51.100.99/32", "dev", "lo"]);
+    let (v4, v6) = ("198.51.100.60", "2001:db8:6::60");
+    let (shared, shared6) = ("198.51.100.61", "2001:db8:6::61");
     for ip in [v4, v6] {
         lab.put(&format!("/extip/ips/{ip}"), r#"{"nodes":["h1"]}"#);
         assert!(
@@ -245,13 +283,24 @@ fn a_killed_agents_fenced_routes_leave_the_router_when_its_fence_closes() {
             "{ip}: router {:?}, holders {:?}; router's sessions:\n{}\nh1's routes:\n{}",
             lab.router_next_hops(&router, ip),
             holder_gateways(&lab, ip),
-            lab.birdc("router", "show protocols"),
+            lab.router_sessions(&router, setup.router),
             lab.birdc("h1", "show protocols all fenced"),
         );
         assert_eq!(lab.holders(ip), [0], "{ip} is pinned to h1");
     }
-    lab.put(&format!("/extip/ips/{shared}"), r#"{"replicas":"all"}"#);
-    assert!(wait_routes_match_holders(&lab, &router, shared, 3).is_some());
+    for ip in [shared, shared6] {
+        lab.put(&format!("/extip/ips/{ip}"), r#"{"replicas":"all"}"#);
+        assert!(
+            wait_routes_match_holders(&lab, &router, ip, 3).is_some(),
+            "{ip}: router {:?}",
+            lab.router_next_hops(&router, ip)
+        );
+    }
+    let learned = lab.router_destinations(&router);
+    assert!(
+        !learned.iter().any(|d| d.starts_with("198.51.100.99")),
+        "a hand-added address was announced: {learned:?}"
+    );
 
     let ns = lab.hosts[0].ns.clone();
     lab.kill(0);
@@ -284,18 +333,19 @@ fn a_killed_agents_fenced_routes_leave_the_router_when_its_fence_closes() {
         3,
         "the dead agent's shared IP stays on its host (--on-etcd-loss keep)"
     );
-    assert_eq!(
-        lab.router_next_hops(&router, shared).len(),
-        3,
-        "the shared session is untouched by the fence"
-    );
+    for ip in [shared, shared6] {
+        assert_eq!(
+            lab.router_next_hops(&router, ip).len(),
+            3,
+            "{ip}: the shared session is untouched by the fence"
+        );
+    }
     // BFD's 300 ms and BIRD's processing: a generous bound, not the timing goal.
     assert!(after_dark < 3.0, "routes gone {after_dark:.3} s after dark");
 }
 
-#[test]
-fn with_bfd_the_router_drops_a_lost_host_within_about_a_second() {
-    let (lab, router, _client) = routed_lab();
+fn with_bfd_the_router_drops_a_lost_host_within_about_a_second(daemon: RouterDaemon) {
+    let (lab, router, _client) = routed_lab(daemon);
     let all = "198.51.100.31";
     lab.put(&format!("/extip/ips/{all}"), r#"{"replicas":"all"}"#);
     assert!(wait_routes_match_holders(&lab, &router, all, 3).is_some());

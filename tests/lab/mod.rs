@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 mod etcd;
 pub mod fence;
 pub mod fleet;
+pub mod frr;
 pub mod holders;
 pub mod l2;
 pub mod monitor;

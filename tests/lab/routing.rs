@@ -32,6 +32,33 @@ pub enum Sessions {
     Two,
 }
 
+/// The routing daemon on the router: BIRD or FRR, each with its shipped config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouterDaemon {
+    /// BIRD 2, `config/bird/extip-router.conf`.
+    Bird,
+    /// FRR (zebra, bfdd, bgpd), `config/frr/extip-router.conf`.
+    Frr,
+}
+
+/// How a routed lab is set up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Routing {
+    /// The hosts' sessions.
+    pub sessions: Sessions,
+    /// The router's daemon.
+    pub router: RouterDaemon,
+}
+
+impl Default for Routing {
+    fn default() -> Self {
+        Routing {
+            sessions: Sessions::Two,
+            router: RouterDaemon::Bird,
+        }
+    }
+}
+
 impl Sessions {
     /// The agent flags this setup needs.
     pub fn agent_args(self) -> &'static [&'static str] {
@@ -115,20 +142,34 @@ impl Lab {
     /// A lab of `hosts` agents ([`ROUTED_ARGS`] and `args`) and BIRDs with two sessions
     /// each, a BIRD router and a client behind it; returns (lab, router, client namespace).
     pub fn routed(hosts: usize, args: &[&str]) -> (Lab, String, String) {
-        Lab::routed_with(hosts, args, Sessions::Two)
+        Lab::routed_with(hosts, args, Routing::default())
     }
 
-    /// [`Lab::routed`] with the hosts' BGP sessions chosen.
-    pub fn routed_with(hosts: usize, args: &[&str], sessions: Sessions) -> (Lab, String, String) {
+    /// [`Lab::routed`] with the hosts' sessions and the router's daemon chosen.
+    pub fn routed_with(hosts: usize, args: &[&str], routing: Routing) -> (Lab, String, String) {
         let mut lab = Lab::new(hosts);
         let (router, client) = lab.add_router();
-        lab.start_router_bird(&router);
-        let args = [args, sessions.agent_args()].concat();
+        match routing.router {
+            RouterDaemon::Bird => lab.start_router_bird(&router),
+            RouterDaemon::Frr => {
+                let config = super::frr::shipped("extip-router.conf");
+                lab.start_frr(&router, "router", &config);
+            }
+        }
+        let args = [args, routing.sessions.agent_args()].concat();
         for i in 0..hosts {
             lab.start_agent(i, &args);
-            lab.start_host_bird(i, sessions);
+            lab.start_host_bird(i, routing.sessions);
         }
         (lab, router, client)
+    }
+
+    /// The router daemon's sessions, for failure messages.
+    pub fn router_sessions(&self, router: &str, daemon: RouterDaemon) -> String {
+        match daemon {
+            RouterDaemon::Bird => self.birdc("router", "show protocols"),
+            RouterDaemon::Frr => self.vtysh(router, "router", "show bgp summary"),
+        }
     }
 
     /// Add the router and the client; returns (router namespace, client namespace).
