@@ -13,7 +13,7 @@ mod synclab;
 
 use std::time::{Duration, Instant};
 
-use kube::endpoint_slice;
+use kube::{endpoint_slice, endpoint_slice_of, EndpointState};
 use lab::routing::holder_gateways;
 use lab::{wait_for, Lab};
 use synclab::{service, wait_leader, SyncLab};
@@ -123,6 +123,64 @@ fn an_exclusive_ip_stays_on_nodes_with_a_ready_endpoint_and_follows_them() {
         1,
         "one Event per withdrawal"
     );
+}
+
+#[test]
+fn a_rolling_update_keeps_the_ip_on_terminating_serving_endpoints_until_a_new_one_is_ready() {
+    use EndpointState::{Ready, Starting, TerminatingServing};
+    let mut s = SyncLab::new(3, false);
+    for i in 0..3 {
+        s.lab.start_agent(i, &[]);
+    }
+    let _sync = s.sync("s1", &[]);
+    wait_leader(&s);
+    s.api
+        .apply(&endpoint_slice_of("web", "web-1", &[("h1", Ready)]));
+    s.api.apply(&local_service(""));
+    wait_for(Duration::from_secs(15), || !s.ingress("web").is_empty()).expect("an IP");
+    let ip = s.ingress("web");
+    wait_for(Duration::from_secs(10), || s.lab.holders(&ip) == [0]).expect("held by h1");
+    let watch = lab::holders::HolderMonitor::start(&mut s.lab, &[0, 1, 2], &[ip.clone()]);
+
+    // The old pod on h1 terminates but still serves; the new one on h2 is not ready yet.
+    // kube-proxy keeps sending h1's traffic to the old pod: h1 keeps the IP.
+    let slice = |endpoints: &[(&str, EndpointState)]| endpoint_slice_of("web", "web-1", endpoints);
+    s.api
+        .apply(&slice(&[("h1", TerminatingServing), ("h2", Starting)]));
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(s.lab.holders(&ip), [0], "the IP left the serving node");
+    assert_eq!(listed_nodes(&s, &ip), Some(serde_json::json!(["h1"])));
+
+    // The new pod is ready: the IP goes to h2 while h1's old pod still serves.
+    let start = Instant::now();
+    s.api
+        .apply(&slice(&[("h1", TerminatingServing), ("h2", Ready)]));
+    wait_for(Duration::from_secs(15), || s.lab.holders(&ip) == [1])
+        .unwrap_or_else(|| panic!("held by {:?}", s.lab.holders(&ip)));
+    let moved = start.elapsed();
+    assert_eq!(listed_nodes(&s, &ip), Some(serde_json::json!(["h2"])));
+    // The old pod is gone.
+    s.api.apply(&slice(&[("h2", Ready)]));
+    std::thread::sleep(Duration::from_millis(500));
+    let seen = watch.stop();
+    seen.assert_one_holder("rolling update");
+    let silence = seen
+        .wire
+        .longest_silence
+        .values()
+        .max()
+        .copied()
+        .unwrap_or_default();
+    eprintln!(
+        "rolling update under ETP Local: moved to the new pod's node {moved:?} after it was \
+         ready; longest time nobody answered for the IP on the wire: {silence:?}"
+    );
+    // The hand-over itself, a few milliseconds; a withdrawal would be seconds.
+    assert!(
+        silence < Duration::from_millis(500),
+        "the IP went unanswered for {silence:?}"
+    );
+    assert_eq!(warnings(&s, "NoReadyEndpoints"), 0, "never withdrawn");
 }
 
 #[test]

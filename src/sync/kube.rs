@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::discovery::v1::{EndpointConditions, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::Client;
@@ -40,6 +40,9 @@ pub struct SliceNodes {
     pub service: String,
     /// Nodes of its ready endpoints (`conditions.ready` true or unset, as the API says).
     pub ready: BTreeSet<String>,
+    /// Nodes of its endpoints that are terminating but still serving (KEP-1669:
+    /// `terminating` and `serving` true; `serving` unset reads as `ready`).
+    pub terminating: BTreeSet<String>,
 }
 
 /// The EndpointSlices the sync watches, by `namespace/name` of the slice.
@@ -55,25 +58,39 @@ pub fn slice_nodes(slice: &EndpointSlice) -> Option<SliceNodes> {
     let labels = slice.metadata.labels.as_ref()?;
     let service = labels.get(SERVICE_NAME_LABEL)?;
     let ns = slice.metadata.namespace.as_deref().unwrap_or("default");
-    let ready = slice
-        .endpoints
-        .iter()
-        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false))
-        .filter_map(|e| e.node_name.clone())
-        .collect();
+    let nodes_where = |keep: fn(&EndpointConditions) -> bool| -> BTreeSet<String> {
+        slice
+            .endpoints
+            .iter()
+            .filter(|e| keep(&e.conditions.clone().unwrap_or_default()))
+            .filter_map(|e| e.node_name.clone())
+            .collect()
+    };
     Some(SliceNodes {
         service: format!("{ns}/{service}"),
-        ready,
+        ready: nodes_where(|c| c.ready != Some(false)),
+        terminating: nodes_where(|c| {
+            c.terminating == Some(true) && c.serving.or(c.ready) == Some(true)
+        }),
     })
 }
 
-/// Ready nodes per Service, over all its slices.
-pub fn ready_nodes(slices: &SliceMap) -> BTreeMap<String, BTreeSet<String>> {
-    let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+/// The nodes of one Service's endpoints, over all its slices.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EndpointNodes {
+    /// Nodes with a ready endpoint.
+    pub ready: BTreeSet<String>,
+    /// Nodes with an endpoint that is terminating but still serving.
+    pub terminating: BTreeSet<String>,
+}
+
+/// Endpoint nodes per Service, over all its slices.
+pub fn endpoint_nodes(slices: &SliceMap) -> BTreeMap<String, EndpointNodes> {
+    let mut out: BTreeMap<String, EndpointNodes> = BTreeMap::new();
     for s in slices.values() {
-        out.entry(s.service.clone())
-            .or_default()
-            .extend(s.ready.iter().cloned());
+        let nodes = out.entry(s.service.clone()).or_default();
+        nodes.ready.extend(s.ready.iter().cloned());
+        nodes.terminating.extend(s.terminating.iter().cloned());
     }
     out
 }
@@ -83,8 +100,8 @@ pub fn is_load_balancer(svc: &Service) -> bool {
     svc.spec.as_ref().and_then(|s| s.type_.as_deref()) == Some("LoadBalancer")
 }
 
-/// What the sync needs of a Service; `ready` gives the ready nodes per Service.
-pub fn view_of(svc: &Service, ready: &BTreeMap<String, BTreeSet<String>>) -> ServiceView {
+/// What the sync needs of a Service; `endpoints` gives its endpoints' nodes.
+pub fn view_of(svc: &Service, endpoints: &BTreeMap<String, EndpointNodes>) -> ServiceView {
     let spec = svc.spec.clone().unwrap_or_default();
     let annotation = |key: &str| {
         svc.metadata
@@ -96,7 +113,14 @@ pub fn view_of(svc: &Service, ready: &BTreeMap<String, BTreeSet<String>>) -> Ser
     };
     let name = service_name(svc);
     ServiceView {
-        ready_nodes: ready.get(&name).cloned().unwrap_or_default(),
+        ready_nodes: endpoints
+            .get(&name)
+            .map(|e| e.ready.clone())
+            .unwrap_or_default(),
+        terminating_nodes: endpoints
+            .get(&name)
+            .map(|e| e.terminating.clone())
+            .unwrap_or_default(),
         local_traffic: spec.external_traffic_policy.as_deref() == Some("Local"),
         sharing_key: annotation(ANNOTATION_SHARING_KEY),
         stack: Stack::parse(spec.ip_family_policy.as_deref()),
@@ -279,13 +303,23 @@ mod tests {
     }
 
     #[test]
-    fn a_slice_gives_its_service_and_the_nodes_of_ready_endpoints_only() {
-        use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions};
+    fn a_slice_gives_its_service_the_nodes_of_ready_and_of_terminating_serving_endpoints() {
+        use k8s_openapi::api::discovery::v1::Endpoint;
         let endpoint = |node: Option<&str>, ready: Option<bool>| Endpoint {
             node_name: node.map(str::to_string),
             conditions: Some(EndpointConditions {
                 ready,
                 ..Default::default()
+            }),
+            ..Default::default()
+        };
+        // Terminating: never ready; serving says whether it still answers.
+        let terminating = |node: &str, serving: Option<bool>| Endpoint {
+            node_name: Some(node.to_string()),
+            conditions: Some(EndpointConditions {
+                ready: Some(false),
+                serving,
+                terminating: Some(true),
             }),
             ..Default::default()
         };
@@ -301,15 +335,19 @@ mod tests {
                 endpoint(Some("k2"), Some(false)),
                 endpoint(Some("k3"), None),
                 endpoint(None, Some(true)),
+                terminating("k4", Some(true)),
+                terminating("k5", Some(false)),
+                terminating("k6", None),
             ],
             ..Default::default()
         };
         let nodes = slice_nodes(&slice).expect("a Service's slice");
         assert_eq!(nodes.service, "shop/web");
         assert_eq!(nodes.ready, ["k1".to_string(), "k3".to_string()].into());
+        assert_eq!(nodes.terminating, ["k4".to_string()].into());
         let slices = SliceMap::from([(slice_name(&slice), nodes)]);
         assert_eq!(
-            ready_nodes(&slices)["shop/web"],
+            endpoint_nodes(&slices)["shop/web"].ready,
             ["k1".to_string(), "k3".to_string()].into()
         );
         slice.metadata.labels = None;

@@ -246,6 +246,20 @@ fn local_traffic_confines_the_ip_to_ready_nodes_and_withdraws_it_when_none_is_le
         (refused[0].service.as_str(), refused[0].reason),
         ("default/web", "NoReadyEndpoints")
     );
+    // A rolling update: the old endpoints terminate but still serve, no new one is ready
+    // yet; their nodes keep the IP (KEP-1669) instead of it being withdrawn.
+    let rolling = |ready: &[&str]| ServiceView {
+        terminating_nodes: ["k1".to_string()].into(),
+        ..local(ready)
+    };
+    let (nodes, refused) = nodes_of(&[rolling(&[])]);
+    assert_eq!(nodes, Some(Some(serde_json::json!(["k1"]))));
+    assert!(refused.is_empty(), "{refused:?}");
+    // Once a new endpoint is ready elsewhere, the IP goes there only.
+    assert_eq!(
+        nodes_of(&[rolling(&["k2"])]).0,
+        Some(Some(serde_json::json!(["k2"])))
+    );
     // Cluster policy: anywhere, whatever the endpoints.
     let cluster = ServiceView {
         local_traffic: false,

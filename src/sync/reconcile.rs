@@ -15,7 +15,7 @@ use super::config::SyncConfig;
 use super::etcd::{read_state, run_step, write_keys};
 use super::family::{per_family, service_of};
 use super::kube::{
-    ingress_ips, is_load_balancer, post_event, ready_nodes, set_ingress, view_of, EventType,
+    endpoint_nodes, ingress_ips, is_load_balancer, post_event, set_ingress, view_of, EventType,
     ServiceMap, SliceMap,
 };
 use super::metrics::{ResultLabel, SyncMetrics};
@@ -141,9 +141,9 @@ impl Reconciler {
             warn!(%key, "bad data in etcd: {why}");
         }
         self.bad_logged = bad;
-        let ready = ready_nodes(slices);
+        let endpoints = endpoint_nodes(slices);
         let views: Vec<ServiceView> =
-            per_family(services.values().map(|s| view_of(s, &ready)).collect());
+            per_family(services.values().map(|s| view_of(s, &endpoints)).collect());
         let pools = state.pools.clone();
         let policy = Policy {
             pools: &pools,

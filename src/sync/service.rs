@@ -26,6 +26,9 @@ pub struct ServiceView {
     pub local_traffic: bool,
     /// Kubernetes nodes with a ready endpoint of the Service (its EndpointSlices).
     pub ready_nodes: BTreeSet<String>,
+    /// Nodes with an endpoint that is terminating but still serving: they serve a Local
+    /// Service's IP while no node has a ready endpoint (a rolling update's old pods).
+    pub terminating_nodes: BTreeSet<String>,
     /// `extip.io/sharing-key`: Services of the namespace with the same key share an IP.
     pub sharing_key: Option<String>,
     /// `spec.ports` as (protocol, port): sharing Services must not collide on one.

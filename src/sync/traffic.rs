@@ -10,6 +10,9 @@ use super::service::{refuse, Refusal, ServiceView};
 /// Services with `externalTrafficPolicy: Local` confine it to the nodes of their ready
 /// endpoints; a `Cluster` Service on the same IP is served from those nodes too (kube-proxy
 /// forwards it from any node), and keeps the IP up anywhere while the Local ones have none.
+/// While no Local Service has a ready endpoint, nodes whose endpoints are terminating but
+/// still serving keep the IP, as kube-proxy keeps sending them traffic (KEP-1669): a
+/// rolling update's old pods hold it until a new one is ready somewhere.
 pub fn serving_nodes(
     ip: IpAddr,
     svcs: &[&ServiceView],
@@ -25,6 +28,13 @@ pub fn serving_nodes(
         .collect();
     if !ready.is_empty() {
         return Some(Some(ready));
+    }
+    let terminating: BTreeSet<String> = local
+        .iter()
+        .flat_map(|s| s.terminating_nodes.iter().cloned())
+        .collect();
+    if !terminating.is_empty() {
+        return Some(Some(terminating));
     }
     if local.len() < svcs.len() {
         return Some(None);

@@ -223,6 +223,43 @@ impl Drop for ApiServer {
 /// An EndpointSlice manifest `name` of Service `service` (port 80), one endpoint per
 /// `(node, ready)`, each with an address from 192.0.2.200 on (only its node matters).
 pub fn endpoint_slice(service: &str, name: &str, endpoints: &[(&str, bool)]) -> String {
+    let conditions: Vec<(&str, String)> = endpoints
+        .iter()
+        .map(|&(node, ready)| (node, format!("{{ready: {ready}}}")))
+        .collect();
+    slice_manifest(service, name, &conditions)
+}
+
+/// An endpoint's state, as the EndpointSlice controller writes its conditions.
+#[derive(Debug, Clone, Copy)]
+pub enum EndpointState {
+    /// Ready and serving.
+    Ready,
+    /// Its pod is starting: not ready yet.
+    Starting,
+    /// Its pod is terminating but still passes its readiness probe (KEP-1669).
+    TerminatingServing,
+}
+
+/// [`endpoint_slice`] with each endpoint's full conditions (ready, serving, terminating).
+pub fn endpoint_slice_of(service: &str, name: &str, endpoints: &[(&str, EndpointState)]) -> String {
+    let conditions: Vec<(&str, String)> = endpoints
+        .iter()
+        .map(|&(node, state)| {
+            let text = match state {
+                EndpointState::Ready => "{ready: true, serving: true, terminating: false}",
+                EndpointState::Starting => "{ready: false, serving: false, terminating: false}",
+                EndpointState::TerminatingServing => {
+                    "{ready: false, serving: true, terminating: true}"
+                }
+            };
+            (node, text.to_string())
+        })
+        .collect();
+    slice_manifest(service, name, &conditions)
+}
+
+fn slice_manifest(service: &str, name: &str, endpoints: &[(&str, String)]) -> String {
     let mut text = format!(
         "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}\n  \
          labels:\n    kubernetes.io/service-name: {service}\naddressType: IPv4\n\
@@ -231,9 +268,9 @@ pub fn endpoint_slice(service: &str, name: &str, endpoints: &[(&str, bool)]) -> 
     if endpoints.is_empty() {
         text.push_str(" []");
     }
-    for (i, (node, ready)) in endpoints.iter().enumerate() {
+    for (i, (node, conditions)) in endpoints.iter().enumerate() {
         text.push_str(&format!(
-            "\n- addresses: [192.0.2.{}]\n  nodeName: {node}\n  conditions: {{ready: {ready}}}",
+            "\n- addresses: [192.0.2.{}]\n  nodeName: {node}\n  conditions: {conditions}",
             200 + i
         ));
     }
