@@ -84,6 +84,18 @@ fn exclusive_agent_fault(lab: &mut Lab, router: &str, client: &str, signal: &str
         lab.router_next_hops(router, ip).len() == 1 && lab.holders(ip).len() == 1
     })
     .expect("one holder");
+    // Steady state: every host's sessions and BFD are up again after the last run's
+    // restart (a session still coming back has no BFD to lose: see the README).
+    let daemon = router_daemon();
+    let settled = Instant::now();
+    wait_for(Duration::from_secs(60), || {
+        lab.router_sessions_up(router, daemon)
+    })
+    .unwrap_or_else(|| panic!("sessions not up:\n{}", lab.router_sessions(router, daemon)));
+    eprintln!(
+        "sessions up {:?} after the holder was seen",
+        settled.elapsed()
+    );
     let old = lab.holders(ip)[0];
     let old_hop = gateway(old);
     let probes = ping(client, ip, 600);
@@ -96,16 +108,23 @@ fn exclusive_agent_fault(lab: &mut Lab, router: &str, client: &str, signal: &str
     // Nothing renews the fence now: its element's expiry is when the host goes dark.
     let ns = lab.hosts[old].ns.clone();
     let dark_at = lab::fence::try_fence_deadline(&ns).unwrap_or_else(lab::fence::epoch);
-    let arrived = || {
-        lab.router_next_hops(router, ip)
-            .iter()
-            .any(|h| *h != old_hop)
-    };
-    wait_for(Duration::from_secs(15), arrived).expect("the new holder's route");
-    let converged = start.elapsed();
-    let gone = || !lab.router_next_hops(router, ip).contains(&old_hop);
-    let old_gone = wait_for(Duration::from_secs(60), gone).map(|_| start.elapsed());
-    let after_dark = old_gone.map(|_| lab::fence::epoch() - dark_at);
+    // Both ends in one loop: the old route may leave before the new one arrives.
+    let (mut arrived, mut gone) = (None, None);
+    let mut gone_at = 0.0;
+    wait_for(Duration::from_secs(60), || {
+        let hops = lab.router_next_hops(router, ip);
+        if arrived.is_none() && hops.iter().any(|h| *h != old_hop) {
+            arrived = Some(start.elapsed());
+        }
+        if gone.is_none() && !hops.contains(&old_hop) {
+            gone = Some(start.elapsed());
+            gone_at = lab::fence::epoch();
+        }
+        arrived.is_some() && gone.is_some()
+    });
+    let converged = arrived.expect("the new holder's route");
+    let old_gone = gone;
+    let after_dark = old_gone.map(|_| gone_at - dark_at);
     let lost = lost_pings(probes);
     if signal == "STOP" {
         lab.signal(old, "CONT");

@@ -164,6 +164,43 @@ impl Lab {
         (lab, router, client)
     }
 
+    /// Whether the router has every host's two sessions established with BFD up: only
+    /// then does a fenced route leave with its host's fence (a session still coming
+    /// back after a restart has no BFD to lose).
+    pub fn router_sessions_up(&self, router: &str, daemon: RouterDaemon) -> bool {
+        let hosts = self.hosts.len();
+        match daemon {
+            RouterDaemon::Bird => {
+                let count = |command: &str, word: &str| {
+                    let out = self.birdc("router", command);
+                    out.lines().filter(|l| l.contains(word)).count()
+                };
+                count("show protocols", "Established") == 2 * hosts
+                    && count("show bfd sessions", " Up ") == 2 * hosts
+            }
+            RouterDaemon::Frr => {
+                let json = |command: &str| -> serde_json::Value {
+                    serde_json::from_str(&self.vtysh(router, "router", command)).unwrap_or_default()
+                };
+                let bgp = json("show bgp ipv4 unicast summary json");
+                let established = bgp["peers"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .filter(|(_, p)| p["state"] == "Established")
+                    .count();
+                let bfd = json("show bfd peers json");
+                let up = bfd
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|p| p["status"] == "up")
+                    .count();
+                established == 2 * hosts && up == 2 * hosts
+            }
+        }
+    }
+
     /// The router daemon's sessions, for failure messages.
     pub fn router_sessions(&self, router: &str, daemon: RouterDaemon) -> String {
         match daemon {
