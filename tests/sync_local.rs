@@ -140,7 +140,8 @@ fn a_rolling_update_keeps_the_ip_on_terminating_serving_endpoints_until_a_new_on
     wait_for(Duration::from_secs(15), || !s.ingress("web").is_empty()).expect("an IP");
     let ip = s.ingress("web");
     wait_for(Duration::from_secs(10), || s.lab.holders(&ip) == [0]).expect("held by h1");
-    let watch = lab::holders::HolderMonitor::start(&mut s.lab, &[0, 1, 2], &[ip.clone()]);
+    let watch =
+        lab::holders::HolderMonitor::start(&mut s.lab, &[0, 1, 2], std::slice::from_ref(&ip));
 
     // The old pod on h1 terminates but still serves; the new one on h2 is not ready yet.
     // kube-proxy keeps sending h1's traffic to the old pod: h1 keeps the IP.
