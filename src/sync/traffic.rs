@@ -22,19 +22,14 @@ pub fn serving_nodes(
     if local.is_empty() {
         return Some(None);
     }
-    let ready: BTreeSet<String> = local
-        .iter()
-        .flat_map(|s| s.ready_nodes.iter().cloned())
-        .collect();
-    if !ready.is_empty() {
-        return Some(Some(ready));
-    }
-    let terminating: BTreeSet<String> = local
-        .iter()
-        .flat_map(|s| s.terminating_nodes.iter().cloned())
-        .collect();
-    if !terminating.is_empty() {
-        return Some(Some(terminating));
+    let nodes_of = |pick: fn(&ServiceView) -> &BTreeSet<String>| -> BTreeSet<String> {
+        local.iter().flat_map(|s| pick(s).iter().cloned()).collect()
+    };
+    // Ready endpoints first; terminating-but-serving ones only while none is ready.
+    for nodes in [nodes_of(|s| &s.ready_nodes), nodes_of(|s| &s.terminating_nodes)] {
+        if !nodes.is_empty() {
+            return Some(Some(nodes));
+        }
     }
     if local.len() < svcs.len() {
         return Some(None);
