@@ -5,6 +5,9 @@
 //! stops (killed, frozen, cut off, stuck), the kernel checks the timeout at every packet
 //! lookup, so the host goes dark within milliseconds of the fence deadline, with no help
 //! from the agent. Kernel address lifetimes are only a slow backstop behind it.
+//! The same timeout cuts all traffic with the `--fenced-router` addresses: the BGP
+//! session (and its BFD) that carries the fenced IPs' routes, so the router drops them
+//! within its BFD time of the host going dark.
 //!
 //! Why nftables: the kernel checks set element timeouts at lookup time (a VIP went dark
 //! 994-998 ms after a 1000 ms element), `arp` tables see ARP, and the tables are the
