@@ -26,7 +26,10 @@ pub fn serving_nodes(
         local.iter().flat_map(|s| pick(s).iter().cloned()).collect()
     };
     // Ready endpoints first; terminating-but-serving ones only while none is ready.
-    for nodes in [nodes_of(|s| &s.ready_nodes), nodes_of(|s| &s.terminating_nodes)] {
+    for nodes in [
+        nodes_of(|s| &s.ready_nodes),
+        nodes_of(|s| &s.terminating_nodes),
+    ] {
         if !nodes.is_empty() {
             return Some(Some(nodes));
         }
