@@ -43,21 +43,15 @@ table inet extip {
     set alive { type ether_type; flags timeout; }
     set fenced4 { type ipv4_addr; }
     set fenced6 { type ipv6_addr; }
-    set routers4 { type ipv4_addr; }
-    set routers6 { type ipv6_addr; }
     chain inbound {
         type filter hook prerouting priority raw - 10; policy accept;
         ip daddr @fenced4 meta protocol != @alive drop
         ip6 daddr @fenced6 meta protocol != @alive drop
-        ip saddr @routers4 meta protocol != @alive drop
-        ip6 saddr @routers6 meta protocol != @alive drop
     }
     chain outbound {
         type filter hook output priority raw - 10; policy accept;
         ip saddr @fenced4 meta protocol != @alive drop
         ip6 saddr @fenced6 meta protocol != @alive drop
-        ip daddr @routers4 meta protocol != @alive drop
-        ip6 daddr @routers6 meta protocol != @alive drop
     }
 }
 table arp extip {
@@ -75,10 +69,10 @@ table arp extip {
 }
 "#;
 
-/// What an older build's `inet extip` table lacks: the fenced routers (`--fenced-router`),
-/// whose BGP sessions and BFD go dark with the fenced IPs. Added in one transaction, so
-/// the running fence and its timeout are kept.
-const ROUTERS_UPGRADE: &str = r#"
+/// The fenced routers (`--fenced-router`), whose BGP sessions and BFD go dark with the
+/// fenced IPs: made with [`TABLES`] in one transaction, and added alone (one transaction,
+/// the running fence and its timeout kept) to tables of a build that lacked them.
+const ROUTERS: &str = r#"
 add set inet extip routers4 { type ipv4_addr; }
 add set inet extip routers6 { type ipv6_addr; }
 add rule inet extip inbound ip saddr @routers4 meta protocol != @alive drop
@@ -115,9 +109,9 @@ impl Fence {
     /// restarts keeps the running fence and its timeout, so no packet is dropped.
     pub fn install() -> Result<Fence, FenceError> {
         if !tables_exist()? {
-            run_nft(TABLES)?;
+            run_nft(&[TABLES, ROUTERS].concat())?;
         } else if !routers_sets_exist()? {
-            run_nft(ROUTERS_UPGRADE)?;
+            run_nft(ROUTERS)?;
         }
         Ok(Fence {
             socket: open_socket().map_err(FenceError::Socket)?,
@@ -146,11 +140,7 @@ impl Fence {
     pub fn arm(&mut self, for_: Duration) -> Result<(), FenceError> {
         let alive = |family, keys: Vec<Vec<u8>>| {
             [
-                ElementOp::Flush {
-                    family,
-                    table: TABLE,
-                    set: "alive",
-                },
+                flush(family, "alive"),
                 ElementOp::Add {
                     family,
                     table: TABLE,
@@ -173,12 +163,8 @@ impl Fence {
 
     /// Fence every fenced IP now.
     pub fn disarm(&mut self) -> Result<(), FenceError> {
-        let flush = |family| ElementOp::Flush {
-            family,
-            table: TABLE,
-            set: "alive",
-        };
-        self.send("the fence", &[flush(NFPROTO_INET), flush(NFPROTO_ARP)])
+        let ops = [flush(NFPROTO_INET, "alive"), flush(NFPROTO_ARP, "alive")];
+        self.send("the fence", &ops)
     }
 
     /// Put these IPs behind the fence (before their addresses are added).
@@ -199,11 +185,6 @@ impl Fence {
 
     /// Make the fenced IPs exactly `ips`, in one atomic change.
     pub fn replace(&mut self, ips: &BTreeSet<IpAddr>) -> Result<(), FenceError> {
-        let flush = |family, set| ElementOp::Flush {
-            family,
-            table: TABLE,
-            set,
-        };
         let mut ops = vec![
             flush(NFPROTO_INET, "fenced4"),
             flush(NFPROTO_INET, "fenced6"),
@@ -216,23 +197,11 @@ impl Fence {
     /// Make the fenced routers exactly `routers` (at start: the setting may have changed).
     pub fn set_routers(&mut self, routers: &[IpAddr]) -> Result<(), FenceError> {
         let mut ops = vec![
-            ElementOp::Flush {
-                family: NFPROTO_INET,
-                table: TABLE,
-                set: "routers4",
-            },
-            ElementOp::Flush {
-                family: NFPROTO_INET,
-                table: TABLE,
-                set: "routers6",
-            },
+            flush(NFPROTO_INET, "routers4"),
+            flush(NFPROTO_INET, "routers6"),
         ];
         for (set, v4) in [("routers4", true), ("routers6", false)] {
-            let keys: Vec<Vec<u8>> = routers
-                .iter()
-                .filter(|ip| ip.is_ipv4() == v4)
-                .map(|&ip| nft::ip_key(ip))
-                .collect();
+            let keys = family_keys(routers, v4);
             if !keys.is_empty() {
                 ops.push(ElementOp::Add {
                     family: NFPROTO_INET,
@@ -279,14 +248,26 @@ impl Fence {
     }
 }
 
+/// Empty one of extip's sets.
+fn flush(family: u8, set: &'static str) -> ElementOp {
+    ElementOp::Flush {
+        family,
+        table: TABLE,
+        set,
+    }
+}
+
+/// The set keys of the IPv4 (`v4`) or IPv6 addresses among `ips`.
+fn family_keys<'a>(ips: impl IntoIterator<Item = &'a IpAddr>, v4: bool) -> Vec<Vec<u8>> {
+    ips.into_iter()
+        .filter(|ip| ip.is_ipv4() == v4)
+        .map(|&ip| nft::ip_key(ip))
+        .collect()
+}
+
 /// Add or delete ops for `ips` in every set that holds them.
 fn member_ops(ips: &BTreeSet<IpAddr>, add: bool) -> Vec<ElementOp> {
-    let keys = |v4: bool| -> Vec<Vec<u8>> {
-        ips.iter()
-            .filter(|ip| ip.is_ipv4() == v4)
-            .map(|&ip| nft::ip_key(ip))
-            .collect()
-    };
+    let keys = |v4: bool| family_keys(ips, v4);
     let op = |family, set, keys: Vec<Vec<u8>>| match add {
         true => ElementOp::Add {
             family,

@@ -62,7 +62,13 @@ pub fn slice_nodes(slice: &EndpointSlice) -> Option<SliceNodes> {
         slice
             .endpoints
             .iter()
-            .filter(|e| keep(&e.conditions.clone().unwrap_or_default()))
+            .filter(|e| {
+                keep(
+                    e.conditions
+                        .as_ref()
+                        .unwrap_or(&EndpointConditions::default()),
+                )
+            })
             .filter_map(|e| e.node_name.clone())
             .collect()
     };
@@ -112,15 +118,10 @@ pub fn view_of(svc: &Service, endpoints: &BTreeMap<String, EndpointNodes>) -> Se
             .filter(|v| !v.is_empty())
     };
     let name = service_name(svc);
+    let nodes = endpoints.get(&name).cloned().unwrap_or_default();
     ServiceView {
-        ready_nodes: endpoints
-            .get(&name)
-            .map(|e| e.ready.clone())
-            .unwrap_or_default(),
-        terminating_nodes: endpoints
-            .get(&name)
-            .map(|e| e.terminating.clone())
-            .unwrap_or_default(),
+        ready_nodes: nodes.ready,
+        terminating_nodes: nodes.terminating,
         local_traffic: spec.external_traffic_policy.as_deref() == Some("Local"),
         sharing_key: annotation(ANNOTATION_SHARING_KEY),
         stack: Stack::parse(spec.ip_family_policy.as_deref()),
