@@ -271,7 +271,7 @@ fn fenced_routes_leave_with_the_fence(setup: Routing) {
         &["--address-lifetime", "60s"],
     ]
     .concat();
-    let (mut lab, router, _client) = Lab::routed_with(3, &args, setup);
+    let (mut lab, router, client) = Lab::routed_with(3, &args, setup);
     // Added by hand, in the ranges the router accepts: never announced.
     lab.exec(0, &["ip", "addr", "add", "198.51.100.99/32", "dev", "lo"]);
     let (v4, v6) = ("198.51.100.60", "2001:db8:6::60");
@@ -302,6 +302,12 @@ fn fenced_routes_leave_with_the_fence(setup: Routing) {
         "a hand-added address was announced: {learned:?}"
     );
 
+    // The client's view: h1 answers for the exclusive IP through the router.
+    assert_eq!(
+        lost_pings(ping(&client, v4, 20)),
+        0,
+        "{v4} unreachable before"
+    );
     let ns = lab.hosts[0].ns.clone();
     lab.kill(0);
     // No renewal after the kill: the element's expiry is when the fence closes.
@@ -322,6 +328,12 @@ fn fenced_routes_leave_with_the_fence(setup: Routing) {
     });
     let after_dark = gone_at - dark_at;
     eprintln!("SIGKILL: fenced routes left the router {after_dark:.3} s after the fence closed");
+    // Listed on h1 and still unanswered: no host holds it on the wire (it is pinned to h1).
+    assert_eq!(
+        lost_pings(ping(&client, v4, 20)),
+        20,
+        "{v4} answered after the kill"
+    );
     for ip in [v4, v6] {
         assert!(
             lab::monitor::has_ip(&on_host, ip),
