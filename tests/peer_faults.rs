@@ -19,6 +19,11 @@ use lab::{wait_for, Lab};
 /// How long any IP may go unanswered while some host still reaches etcd and the client.
 const SERVED_AGAIN: Duration = Duration::from_secs(2);
 
+/// The same when the etcd leader dies too: the revocation waits for a new leader, and an
+/// election takes one to two election timeouts (etcd's default, 1 s) on top. Alone this
+/// test saw 1.4-1.6 s; under the whole suite once 2.78 s. The lease alone would be 10 s.
+const SERVED_AFTER_AN_ELECTION: Duration = Duration::from_secs(4);
+
 /// Fail unless every IP that was on one of `kept` before the fault stayed with it (one
 /// MAC on the wire throughout): losing a host must not darken the others' IPs.
 fn assert_others_never_moved(
@@ -231,7 +236,7 @@ fn etcd_leader_killed_during_a_fast_failover() {
         |lab| all_served(lab, &watched),
     );
     let what = "etcd leader killed during a fast failover";
-    assert_one_answering_and_served(&holders, what, SERVED_AGAIN);
+    assert_one_answering_and_served(&holders, what, SERVED_AFTER_AN_ELECTION);
     assert_others_never_moved(&holders, &before, &survivors);
     let name = lab.hosts[lost].name.clone();
     assert!(
