@@ -32,6 +32,9 @@ pub struct Pool {
     /// Labels a node must carry to serve its IPs, unless they set their own.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub node_selector: BTreeMap<String, String>,
+    /// `extip-sync` when an IpPool object is its source: edits come from Kubernetes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub managed_by: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -47,6 +50,8 @@ struct PoolValue {
     auto_assign: bool,
     #[serde(default)]
     node_selector: BTreeMap<String, String>,
+    #[serde(default)]
+    managed_by: Option<String>,
     #[serde(flatten)]
     unknown: BTreeMap<String, serde_json::Value>,
 }
@@ -82,6 +87,7 @@ pub fn parse_pool(raw: &[u8]) -> Result<(Pool, Vec<String>), ContractError> {
         replicas: value.replicas.as_ref().map(parse_replicas).transpose()?,
         auto_assign: value.auto_assign,
         node_selector: value.node_selector,
+        managed_by: value.managed_by,
     };
     Ok((pool, value.unknown.into_keys().collect()))
 }

@@ -105,6 +105,11 @@ impl Keys {
         format!("{}/allocations/", self.prefix)
     }
 
+    /// `<prefix>/nodes/`.
+    pub fn nodes(&self) -> String {
+        format!("{}/nodes/", self.prefix)
+    }
+
     /// `<prefix>/pools/`.
     pub fn pools(&self) -> String {
         format!("{}/pools/", self.prefix)

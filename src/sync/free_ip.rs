@@ -28,11 +28,7 @@ pub fn free_ip(pool: &Pool, taken: &BTreeSet<IpAddr>, service: &str) -> Option<I
     } else {
         1u128 << bits
     };
-    // IPv4: network and broadcast; IPv6: the subnet-router anycast address.
-    let (skip_first, skip_last) = match net {
-        IpNet::V4(n) => (n.prefix_len() < 31, n.prefix_len() < 31),
-        IpNet::V6(n) => (n.prefix_len() < 127, false),
-    };
+    let (skip_first, skip_last) = skipped_ends(net);
     let start = u128::from(name_hash(service)) % size;
     (0..size)
         .map(|k| (start + k) % size)
@@ -42,6 +38,23 @@ pub fn free_ip(pool: &Pool, taken: &BTreeSet<IpAddr>, service: &str) -> Option<I
             IpNet::V6(_) => IpAddr::from(std::net::Ipv6Addr::from(base + k)),
         })
         .find(|ip| !taken.contains(ip))
+}
+
+/// Which ends of `net` are never allocated: IPv4's network and broadcast addresses,
+/// IPv6's subnet-router anycast address (none in a /31, /32, /127 or /128).
+fn skipped_ends(net: IpNet) -> (bool, bool) {
+    match net {
+        IpNet::V4(n) => (n.prefix_len() < 31, n.prefix_len() < 31),
+        IpNet::V6(n) => (n.prefix_len() < 127, false),
+    }
+}
+
+/// How many addresses of `net` allocation may hand out (saturating at `u64::MAX`).
+pub fn usable_addresses(net: IpNet) -> u64 {
+    let bits = u32::from(net.max_prefix_len() - net.prefix_len());
+    let all = if bits >= 64 { u64::MAX } else { 1u64 << bits };
+    let (first, last) = skipped_ends(net);
+    all - u64::from(first) - u64::from(last)
 }
 
 /// A stable hash of `name` (FNV-1a): the same on every replica and version.

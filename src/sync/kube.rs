@@ -199,31 +199,42 @@ pub enum EventType {
 pub async fn post_event(
     client: &Client,
     svc: &Service,
+    event: (&str, &str, EventType),
+    identity: &str,
+) -> kube::Result<()> {
+    let involved = ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Service".into()),
+        name: svc.metadata.name.clone(),
+        namespace: svc.metadata.namespace.clone(),
+        uid: svc.metadata.uid.clone(),
+        resource_version: svc.metadata.resource_version.clone(),
+        ..Default::default()
+    };
+    post_event_on(client, involved, event, identity).await
+}
+
+/// Post a core/v1 Event on `involved`, in its namespace (`default` for a cluster-scoped
+/// object, where `kubectl describe` looks for it).
+pub async fn post_event_on(
+    client: &Client,
+    involved: ObjectReference,
     (reason, message, kind): (&str, &str, EventType),
     identity: &str,
 ) -> kube::Result<()> {
-    let ns = svc
-        .metadata
+    let ns = involved
         .namespace
         .clone()
         .unwrap_or_else(|| "default".into());
     let now = Time(k8s_openapi::chrono::Utc::now());
-    let name = svc.metadata.name.clone().unwrap_or_default();
+    let name = involved.name.clone().unwrap_or_default();
     let event = Event {
         metadata: ObjectMeta {
             generate_name: Some(format!("{name}.")),
             namespace: Some(ns.clone()),
             ..Default::default()
         },
-        involved_object: ObjectReference {
-            api_version: Some("v1".into()),
-            kind: Some("Service".into()),
-            name: Some(name),
-            namespace: Some(ns.clone()),
-            uid: svc.metadata.uid.clone(),
-            resource_version: svc.metadata.resource_version.clone(),
-            ..Default::default()
-        },
+        involved_object: involved,
         reason: Some(reason.to_string()),
         message: Some(message.to_string()),
         type_: Some(format!("{kind:?}")),

@@ -10,6 +10,7 @@ pub mod config;
 mod etcd;
 pub mod family;
 mod free_ip;
+pub mod ippool;
 pub mod kube;
 mod leader;
 pub mod metrics;
@@ -160,6 +161,9 @@ pub async fn run(cfg: SyncConfig) -> anyhow::Result<()> {
     let mut slices = watch_streams::<EndpointSlice>(&client, &cfg.namespaces, &by_service);
     let mut cache: WatchCache<Service> = WatchCache::new(&cfg.namespaces);
     let mut endpoints: WatchCache<SliceNodes> = WatchCache::new(&cfg.namespaces);
+    let mut ip_pools = ippool::kube::watch_ip_pools(&client);
+    let mut ip_pool_cache: WatchCache<ippool::plan::IpPoolObject> = WatchCache::new(&[]);
+    let mut ip_pools_missing = false;
     let class = cfg.load_balancer_class.clone();
     let metrics = Arc::new(SyncMetrics::new());
     if let Some(addr) = cfg.listen {
@@ -201,6 +205,21 @@ pub async fn run(cfg: SyncConfig) -> anyhow::Result<()> {
                 },
                 Err(e) => warn!(error = %e, "EndpointSlice watch failed; kube-rs retries with back-off"),
             },
+            Some(event) = ip_pools.next() => match event {
+                Ok(e) => {
+                    ip_pools_missing = false;
+                    let keep = |o: &_| Some(ippool::kube::ip_pool_object(o));
+                    if ip_pool_cache.apply(0, e, ippool::kube::ip_pool_name, keep) {
+                        due = due.or(Some(Instant::now() + DEBOUNCE));
+                    }
+                }
+                Err(e) if ippool::kube::not_installed(&e) => {
+                    if !std::mem::replace(&mut ip_pools_missing, true) {
+                        info!(error = %e, "no IpPool CRD (config/k8s/ippool-crd.yaml) or no right to list IpPools: only etcd pools are used; looking again with back-off");
+                    }
+                }
+                Err(e) => warn!(error = %e, "IpPool watch failed; kube-rs retries with back-off"),
+            },
             Ok(()) = leading.changed() => {
                 metrics.leader.set(i64::from(*leading.borrow()));
                 due = Some(Instant::now());
@@ -208,7 +227,8 @@ pub async fn run(cfg: SyncConfig) -> anyhow::Result<()> {
             _ = resync.tick() => due = due.or(Some(Instant::now())),
             Some(()) = pools_changed.recv() => due = due.or(Some(Instant::now() + DEBOUNCE)),
             () = tokio::time::sleep_until(at), if ready && due.is_some() => {
-                let outcome = reconciler.reconcile(&cache.map, &endpoints.map).await;
+                let listed = ip_pool_cache.complete().then_some(&ip_pool_cache.map);
+                let outcome = reconciler.reconcile(&cache.map, &endpoints.map, listed).await;
                 metrics.ready.store(outcome.is_ok(), Ordering::Relaxed);
                 due = match outcome {
                     Ok(()) => {

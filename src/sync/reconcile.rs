@@ -14,6 +14,7 @@ use crate::store::{Store, StoreError};
 use super::config::SyncConfig;
 use super::etcd::{read_state, run_step, write_keys};
 use super::family::{per_family, service_of};
+use super::ippool::{IpPoolMap, PoolSync};
 use super::kube::{
     endpoint_nodes, ingress_ips, is_load_balancer, post_event, set_ingress, view_of, EventType,
     ServiceMap, SliceMap,
@@ -44,6 +45,8 @@ pub struct Reconciler {
     reported: BTreeSet<Refusal>,
     /// Bad records in etcd already logged (key and reason), so each is logged once.
     bad_logged: BTreeSet<(String, String)>,
+    /// IpPools into etcd pools, their status and Events.
+    pools: PoolSync,
     metrics: Arc<SyncMetrics>,
 }
 
@@ -66,6 +69,7 @@ impl Reconciler {
             identity: cfg.identity.clone(),
             reported: BTreeSet::new(),
             bad_logged: BTreeSet::new(),
+            pools: PoolSync::default(),
             metrics,
         }
     }
@@ -102,18 +106,22 @@ impl Reconciler {
         Ok(id)
     }
 
-    /// Bring etcd and the Services' status in line with `services` and their endpoints.
+    /// Bring etcd and the Services' status in line with `services` and their endpoints,
+    /// and the etcd pools with `ippools` (`None` while they are not listed whole).
     pub async fn reconcile(
         &mut self,
         services: &ServiceMap,
         slices: &SliceMap,
+        ippools: Option<&IpPoolMap>,
     ) -> anyhow::Result<()> {
         let mut store = match self.store.take() {
             Some(s) => s,
             None => self.connector.connect().await?,
         };
         let started = std::time::Instant::now();
-        let result = self.reconcile_with(&mut store, services, slices).await;
+        let result = self
+            .reconcile_with(&mut store, services, slices, ippools)
+            .await;
         let m = &self.metrics;
         m.reconcile_duration
             .observe(started.elapsed().as_secs_f64());
@@ -132,9 +140,14 @@ impl Reconciler {
         store: &mut Store,
         services: &ServiceMap,
         slices: &SliceMap,
+        ippools: Option<&IpPoolMap>,
     ) -> anyhow::Result<()> {
         let keys = self.connector.keys.clone();
         let lease = self.lease(store).await?;
+        let verdicts = match ippools {
+            Some(p) => Some(self.pools.write(store, &keys, p).await?),
+            None => None,
+        };
         let mut state = read_state(store, &keys).await?;
         let bad: BTreeSet<(String, String)> = std::mem::take(&mut state.bad).into_iter().collect();
         for (key, why) in bad.difference(&self.bad_logged) {
@@ -188,6 +201,12 @@ impl Reconciler {
             );
         }
         self.update_status(services, &lb_ips).await;
+        if let (Some(p), Some(v)) = (ippools, &verdicts) {
+            let live: BTreeSet<IpAddr> = lb_ips.values().copied().collect();
+            self.pools
+                .report(&self.client, &self.identity, p, v, &live)
+                .await;
+        }
         self.report(services, refusals).await;
         anyhow::ensure!(
             raced == 0,
