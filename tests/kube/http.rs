@@ -13,6 +13,8 @@ use axum::response::Response;
 use serde_json::{json, Value};
 use tokio::sync::{broadcast, mpsc};
 
+use super::crd::{custom_kind, find_kind};
+use super::discovery::discovery;
 use super::json::{field_selector_matches, label_selector_matches, table};
 use super::store::{ApiError, Change, Feed, Resource, Store};
 
@@ -28,6 +30,15 @@ pub struct Shared {
     pub requests: Mutex<Vec<String>>,
 }
 
+/// How a request on one object wants its answer and its checks.
+#[derive(Clone, Copy)]
+struct Request {
+    /// `Accept: …;as=Table`.
+    as_table: bool,
+    /// `fieldValidation=Strict`: unknown fields are an error.
+    strict: bool,
+}
+
 /// What one request asks for, parsed from its path.
 struct Target {
     resource: Resource,
@@ -36,11 +47,11 @@ struct Target {
     status: bool,
 }
 
-fn parse_target(path: &str) -> Option<Target> {
+fn parse_target(path: &str, store: &Store) -> Option<Target> {
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let (group, tail): (&str, &[&str]) = match parts.as_slice() {
-        ["api", "v1", tail @ ..] => ("v1", tail),
-        ["apis", "discovery.k8s.io", "v1", tail @ ..] => ("discovery.k8s.io/v1", tail),
+    let (group, version, tail): (&str, &str, &[&str]) = match parts.as_slice() {
+        ["api", "v1", tail @ ..] => ("", "v1", tail),
+        ["apis", group, version, tail @ ..] => (group, version, tail),
         _ => return None,
     };
     let (ns, rest): (Option<String>, &[&str]) = match tail {
@@ -53,13 +64,40 @@ fn parse_target(path: &str) -> Option<Target> {
         [r, n, "status"] => (r, Some(n.to_string()), true),
         _ => return None,
     };
-    let resource = Resource::from_plural(resource).filter(|r| r.api_version() == group)?;
+    let gv = if group.is_empty() {
+        version.to_string()
+    } else {
+        format!("{group}/{version}")
+    };
+    let resource = Resource::from_plural(resource)
+        .filter(|r| r.api_version() == gv)
+        .or_else(|| served_custom(store, group, version, resource))?;
+    if ns.is_some() && !resource.namespaced() {
+        return None;
+    }
     Some(Target {
         resource,
         namespace: ns,
         name,
         status,
     })
+}
+
+/// The custom kind `group`/`version`/`plural`, while a CRD in this store defines it.
+fn served_custom(store: &Store, group: &str, version: &str, plural: &str) -> Option<Resource> {
+    let i = find_kind(group, plural)?;
+    let crd = format!("{plural}.{group}");
+    store.get(Resource::Crds, "", &crd).ok()?;
+    (custom_kind(i).version == version).then_some(Resource::Custom(i))
+}
+
+/// The namespace a request works in: its own, `default`, or none for a cluster-scoped kind.
+fn namespace_of(target: &Target) -> &str {
+    match (&target.namespace, target.resource.namespaced()) {
+        (_, false) => "",
+        (Some(ns), true) => ns,
+        (None, true) => "default",
+    }
 }
 
 fn query(uri: &Uri) -> HashMap<String, String> {
@@ -127,10 +165,17 @@ pub async fn handle(
         uri.path_and_query().map_or("", |p| p.as_str())
     );
     shared.requests.lock().expect("requests").push(line);
-    if let Some(doc) = discovery(uri.path()) {
+    let (doc, target) = {
+        let store = shared.store.lock().expect("store");
+        (
+            discovery(uri.path(), &store),
+            parse_target(uri.path(), &store),
+        )
+    };
+    if let Some(doc) = doc {
         return respond(200, &doc);
     }
-    let Some(target) = parse_target(uri.path()) else {
+    let Some(target) = target else {
         return error(&ApiError {
             code: 404,
             reason: "NotFound",
@@ -146,6 +191,7 @@ pub async fn handle(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     let as_table = accept.contains("as=Table");
+    let strict = q.get("fieldValidation").is_some_and(|v| v == "Strict");
     match (&method, &target.name) {
         (&Method::GET, None) if q.get("watch").is_some_and(|w| w == "true" || w == "1") => {
             watch(shared, target, q, as_table)
@@ -155,12 +201,13 @@ pub async fn handle(
             &shared,
             &target,
             &body,
-            |store, ns, obj| store.create(target.resource, ns, obj),
+            |store, ns, obj| store.create(target.resource, ns, obj, strict),
             201,
         ),
         (_, Some(name)) => {
             let name = name.clone();
-            one(&shared, &method, &target, &name, &headers, &body, as_table)
+            let how = Request { as_table, strict };
+            one(&shared, &method, &target, &name, &headers, &body, how)
         }
         _ => error(&ApiError {
             code: 405,
@@ -182,7 +229,7 @@ fn write(
     op: impl FnOnce(&mut Store, &str, Value) -> Result<Value, ApiError>,
     code: u16,
 ) -> Response {
-    let ns = target.namespace.as_deref().unwrap_or("default");
+    let ns = namespace_of(target);
     let result =
         parse_body(body).and_then(|obj| op(&mut shared.store.lock().expect("store"), ns, obj));
     match result {
@@ -198,21 +245,23 @@ fn one(
     name: &str,
     headers: &HeaderMap,
     body: &Bytes,
-    as_table: bool,
+    how: Request,
 ) -> Response {
-    let ns = target.namespace.as_deref().unwrap_or("default");
+    let Request { as_table, strict } = how;
+    let ns = namespace_of(target);
     let r = target.resource;
     let mut store = shared.store.lock().expect("store");
     let result = match *method {
         Method::GET => store.get(r, ns, name),
         Method::DELETE => store.delete(r, ns, name),
-        Method::PUT => parse_body(body).and_then(|o| store.replace(r, ns, name, o, target.status)),
+        Method::PUT => parse_body(body)
+            .and_then(|o| store.replace_checked(r, ns, name, o, target.status, strict)),
         Method::PATCH => {
             let ct = headers
                 .get("content-type")
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("");
-            parse_body(body).and_then(|p| store.patch(r, ns, name, ct, &p, target.status))
+            parse_body(body).and_then(|p| store.patch(r, ns, name, ct, &p, target.status, strict))
         }
         _ => Err(ApiError {
             code: 405,
@@ -251,7 +300,7 @@ fn list(shared: &Shared, target: &Target, q: &HashMap<String, String>, as_table:
     respond(
         200,
         &json!({
-            "kind": format!("{}List", target.resource.kind()), "apiVersion": target.resource.api_version(),
+            "kind": target.resource.list_kind(), "apiVersion": target.resource.api_version(),
             "metadata": {"resourceVersion": rv.to_string()},
             "items": items,
         }),
@@ -407,88 +456,4 @@ impl WatchStream {
         let line = format!("{event}\n");
         let _ = self.tx.send(Ok(Bytes::from(line))).await;
     }
-}
-
-/// Discovery and OpenAPI documents, by path.
-fn discovery(path: &str) -> Option<Value> {
-    let verbs = json!(["create", "delete", "get", "list", "patch", "update", "watch"]);
-    Some(match path.trim_end_matches('/') {
-        "/version" => {
-            json!({"major": "1", "minor": "32", "gitVersion": "v1.32.0-extip-stand-in", "platform": "linux/amd64"})
-        }
-        "/api" => {
-            json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []})
-        }
-        "/apis" => json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": [{
-            "name": "discovery.k8s.io",
-            "versions": [{"groupVersion": "discovery.k8s.io/v1", "version": "v1"}],
-            "preferredVersion": {"groupVersion": "discovery.k8s.io/v1", "version": "v1"},
-        }]}),
-        "/apis/discovery.k8s.io" => json!({
-            "kind": "APIGroup", "apiVersion": "v1", "name": "discovery.k8s.io",
-            "versions": [{"groupVersion": "discovery.k8s.io/v1", "version": "v1"}],
-            "preferredVersion": {"groupVersion": "discovery.k8s.io/v1", "version": "v1"},
-        }),
-        "/apis/discovery.k8s.io/v1" => json!({
-            "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "discovery.k8s.io/v1",
-            "resources": [
-                {"name": "endpointslices", "singularName": "endpointslice", "namespaced": true, "kind": "EndpointSlice", "verbs": verbs},
-            ],
-        }),
-        "/api/v1" => json!({
-            "kind": "APIResourceList", "groupVersion": "v1",
-            "resources": [
-                {"name": "services", "singularName": "service", "namespaced": true, "kind": "Service", "verbs": verbs, "shortNames": ["svc"], "categories": ["all"]},
-                {"name": "services/status", "singularName": "", "namespaced": true, "kind": "Service", "verbs": ["get", "patch", "update"]},
-                {"name": "events", "singularName": "event", "namespaced": true, "kind": "Event", "verbs": verbs, "shortNames": ["ev"]},
-            ],
-        }),
-        "/openapi/v3" => {
-            json!({"paths": {
-                "api/v1": {"serverRelativeURL": "/openapi/v3/api/v1?hash=extip-stand-in"},
-                "apis/discovery.k8s.io/v1": {"serverRelativeURL": "/openapi/v3/apis/discovery.k8s.io/v1?hash=extip-stand-in"},
-            }})
-        }
-        "/openapi/v3/api/v1" => openapi_v1(),
-        "/openapi/v3/apis/discovery.k8s.io/v1" => openapi_discovery_v1(),
-        _ => return None,
-    })
-}
-
-/// A PATCH operation on `kind` of `group` that takes `fieldValidation`.
-fn patch_op(group: &str, kind: &str) -> Value {
-    json!({
-        "patch": {
-            "x-kubernetes-group-version-kind": {"group": group, "version": "v1", "kind": kind},
-            "parameters": [{"name": "fieldValidation", "in": "query", "schema": {"type": "string"}}],
-            "responses": {"200": {"description": "OK"}},
-        }
-    })
-}
-
-/// The OpenAPI v3 document of discovery.k8s.io/v1, as [`openapi_v1`] is of core/v1.
-fn openapi_discovery_v1() -> Value {
-    json!({
-        "openapi": "3.0.0",
-        "info": {"title": "extip stand-in", "version": "v1.32.0"},
-        "paths": {
-            "/apis/discovery.k8s.io/v1/namespaces/{namespace}/endpointslices/{name}": patch_op("discovery.k8s.io", "EndpointSlice"),
-        },
-        "components": {"schemas": {}},
-    })
-}
-
-/// Just enough OpenAPI v3 for kubectl to see that PATCH of a Service takes the
-/// `fieldValidation` query parameter, so it validates on the server, not locally.
-fn openapi_v1() -> Value {
-    let op = |kind: &str| patch_op("", kind);
-    json!({
-        "openapi": "3.0.0",
-        "info": {"title": "extip stand-in", "version": "v1.32.0"},
-        "paths": {
-            "/api/v1/namespaces/{namespace}/services/{name}": op("Service"),
-            "/api/v1/namespaces/{namespace}/events/{name}": op("Event"),
-        },
-        "components": {"schemas": {}},
-    })
 }

@@ -3,6 +3,7 @@
 
 use serde_json::{json, Map, Value};
 
+use super::crd::{age_text, cells as custom_cells, columns as custom_columns, custom_kind};
 use super::store::{age_secs, Resource};
 
 /// RFC 7386 JSON merge patch.
@@ -177,6 +178,8 @@ pub fn table(resource: Resource, objects: &[Value], rv: u64, full_object: bool) 
 
 fn columns(resource: Resource) -> Value {
     let names: &[&str] = match resource {
+        Resource::Custom(i) => return Value::from(custom_columns(custom_kind(i))),
+        Resource::Crds => &["Name", "Created At"],
         Resource::Services => &[
             "Name",
             "Type",
@@ -200,6 +203,11 @@ fn columns(resource: Resource) -> Value {
 fn cells(resource: Resource, o: &Value) -> Vec<Value> {
     let text = |v: &Value| v.as_str().unwrap_or("<none>").to_string();
     match resource {
+        Resource::Custom(i) => custom_cells(custom_kind(i), o),
+        Resource::Crds => vec![
+            o["metadata"]["name"].clone(),
+            o["metadata"]["creationTimestamp"].clone(),
+        ],
         Resource::Services => vec![
             o["metadata"]["name"].clone(),
             json!(text(&o["spec"]["type"])),
@@ -292,10 +300,5 @@ fn ports_cell(o: &Value) -> String {
 }
 
 fn age(timestamp: &Value) -> String {
-    let secs = timestamp.as_str().map_or(0, age_secs);
-    match secs {
-        0..=119 => format!("{secs}s"),
-        120..=7199 => format!("{}m", secs / 60),
-        _ => format!("{}h", secs / 3600),
-    }
+    age_text(timestamp.as_str().map_or(0, age_secs))
 }

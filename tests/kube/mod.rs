@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+mod crd;
+mod discovery;
 mod http;
 mod json;
 #[path = "../common/netns.rs"]

@@ -7,6 +7,7 @@ use std::time::SystemTime;
 use serde_json::{json, Value};
 use tokio::sync::broadcast;
 
+use super::crd::{admit, custom_kind, define};
 use super::json::{merge_patch, strategic_merge_patch};
 
 /// How many past events a watch can resume from before it gets `410 Gone`.
@@ -21,6 +22,10 @@ pub enum Resource {
     Events,
     /// `endpointslices` (discovery.k8s.io/v1).
     EndpointSlices,
+    /// `customresourcedefinitions` (apiextensions.k8s.io/v1, cluster-scoped).
+    Crds,
+    /// Objects of a kind a CRD defined: the index of [`custom_kind`].
+    Custom(usize),
 }
 
 impl Resource {
@@ -30,6 +35,7 @@ impl Resource {
             "services" => Some(Resource::Services),
             "events" => Some(Resource::Events),
             "endpointslices" => Some(Resource::EndpointSlices),
+            "customresourcedefinitions" => Some(Resource::Crds),
             _ => None,
         }
     }
@@ -40,6 +46,8 @@ impl Resource {
             Resource::Services => "Service",
             Resource::Events => "Event",
             Resource::EndpointSlices => "EndpointSlice",
+            Resource::Crds => "CustomResourceDefinition",
+            Resource::Custom(i) => &custom_kind(i).kind,
         }
     }
 
@@ -49,6 +57,8 @@ impl Resource {
             Resource::Services => "services",
             Resource::Events => "events",
             Resource::EndpointSlices => "endpointslices",
+            Resource::Crds => "customresourcedefinitions",
+            Resource::Custom(i) => &custom_kind(i).plural,
         }
     }
 
@@ -57,6 +67,25 @@ impl Resource {
         match self {
             Resource::Services | Resource::Events => "v1",
             Resource::EndpointSlices => "discovery.k8s.io/v1",
+            Resource::Crds => "apiextensions.k8s.io/v1",
+            Resource::Custom(i) => &custom_kind(i).api_version,
+        }
+    }
+
+    /// Whether its objects live in namespaces.
+    pub fn namespaced(self) -> bool {
+        match self {
+            Resource::Crds => false,
+            Resource::Custom(i) => custom_kind(i).namespaced,
+            _ => true,
+        }
+    }
+
+    /// The kind of a list of them.
+    pub fn list_kind(self) -> String {
+        match self {
+            Resource::Custom(i) => custom_kind(i).list_kind.clone(),
+            r => format!("{}List", r.kind()),
         }
     }
 }
@@ -201,8 +230,23 @@ impl Store {
         resource: Resource,
         ns: &str,
         mut obj: Value,
+        strict: bool,
     ) -> Result<Value, ApiError> {
         let name = object_name(&mut obj, &mut self.uids)?;
+        match resource {
+            Resource::Crds => {
+                define(&mut obj)?;
+            }
+            Resource::Custom(i) => {
+                admit(custom_kind(i), &mut obj, strict)?;
+                obj["metadata"]["generation"] = json!(1);
+                if custom_kind(i).status {
+                    // The status subresource: a create cannot set it.
+                    obj.as_object_mut().map(|o| o.remove("status"));
+                }
+            }
+            _ => {}
+        }
         let key = (resource, ns.to_string(), name.clone());
         if self.objects.contains_key(&key) {
             return Err(ApiError {
@@ -213,7 +257,9 @@ impl Store {
         }
         self.uids += 1;
         let meta = &mut obj["metadata"];
-        meta["namespace"] = json!(ns);
+        if resource.namespaced() {
+            meta["namespace"] = json!(ns);
+        }
         meta["uid"] = json!(format!("00000000-0000-4000-8000-{:012x}", self.uids));
         meta["creationTimestamp"] = json!(now_rfc3339());
         obj["kind"] = json!(resource.kind());
@@ -232,6 +278,19 @@ impl Store {
         name: &str,
         new: Value,
         status: bool,
+    ) -> Result<Value, ApiError> {
+        self.replace_checked(resource, ns, name, new, status, false)
+    }
+
+    /// [`Store::replace`], refusing unknown fields of a custom object when `strict`.
+    pub fn replace_checked(
+        &mut self,
+        resource: Resource,
+        ns: &str,
+        name: &str,
+        new: Value,
+        status: bool,
+        strict: bool,
     ) -> Result<Value, ApiError> {
         let old = self.get(resource, ns, name)?;
         let wanted = new["metadata"]["resourceVersion"].as_str().unwrap_or("");
@@ -259,6 +318,7 @@ impl Store {
             o["apiVersion"] = old["apiVersion"].clone();
             o
         };
+        let merged = admitted(resource, &old, merged, status, strict)?;
         if merged == old {
             return Ok(old);
         }
@@ -267,6 +327,8 @@ impl Store {
     }
 
     /// Apply a merge or strategic-merge patch, to the object or only its status.
+    // The request's parts, as the HTTP side has them; a struct would only rename them.
+    #[allow(clippy::too_many_arguments)]
     pub fn patch(
         &mut self,
         resource: Resource,
@@ -275,6 +337,7 @@ impl Store {
         content_type: &str,
         patch: &Value,
         status: bool,
+        strict: bool,
     ) -> Result<Value, ApiError> {
         let old = self.get(resource, ns, name)?;
         let mut new = old.clone();
@@ -290,7 +353,7 @@ impl Store {
             });
         }
         new["metadata"]["resourceVersion"] = Value::Null;
-        self.replace(resource, ns, name, new, status)
+        self.replace_checked(resource, ns, name, new, status, strict)
     }
 
     /// Delete; returns the object as it was.
@@ -300,6 +363,23 @@ impl Store {
             .objects
             .remove(&key)
             .ok_or_else(|| ApiError::not_found(resource, name))?;
+        if resource == Resource::Crds {
+            // Deleting a CRD deletes its objects, as on the real server.
+            let spec = &obj["spec"];
+            let group = spec["group"].as_str().unwrap_or("");
+            let plural = spec["names"]["plural"].as_str().unwrap_or("");
+            if let Some(i) = super::crd::find_kind(group, plural) {
+                let gone: Vec<Key> = self
+                    .objects
+                    .keys()
+                    .filter(|k| k.0 == Resource::Custom(i))
+                    .cloned()
+                    .collect();
+                for (r, ns, n) in gone {
+                    self.delete(r, &ns, &n)?;
+                }
+            }
+        }
         self.rv += 1;
         let mut gone = obj.clone();
         gone["metadata"]["resourceVersion"] = json!(self.rv.to_string());
@@ -332,6 +412,34 @@ impl Store {
         self.log.push_back(change.clone());
         let _ = self.feed.send(Feed::Change(change));
     }
+}
+
+/// A custom object's new version checked against its schema, with `generation`
+/// bumped when its spec changed (as the real server does for the main resource).
+fn admitted(
+    resource: Resource,
+    old: &Value,
+    mut new: Value,
+    status: bool,
+    strict: bool,
+) -> Result<Value, ApiError> {
+    match resource {
+        Resource::Crds if !status => {
+            define(&mut new)?;
+        }
+        Resource::Custom(i) => {
+            let kind = custom_kind(i);
+            admit(kind, &mut new, strict)?;
+            if kind.status && !status {
+                new["status"] = old["status"].clone();
+            }
+            let generation = old["metadata"]["generation"].as_i64().unwrap_or(1);
+            let bumped = generation + i64::from(new["spec"] != old["spec"]);
+            new["metadata"]["generation"] = json!(bumped);
+        }
+        _ => {}
+    }
+    Ok(new)
 }
 
 fn object_name(obj: &mut Value, uids: &mut u64) -> Result<String, ApiError> {
