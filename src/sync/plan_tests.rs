@@ -122,6 +122,17 @@ fn no_auto_assign_pool_is_a_refusal_that_says_what_to_do() {
     };
     let (_, refused, _) = allocation_steps(&[lb("default/web")], &BTreeMap::new(), &policy);
     assert!(refused[0].message.contains("auto_assign"), "{refused:?}");
+    // A Service that already has its IP keeps it without complaint when its pool goes.
+    let have = BTreeMap::from([("default/web".to_string(), allocation("198.51.100.5", false))]);
+    let (steps, refused, _) = allocation_steps(&[lb("default/web")], &have, &policy);
+    assert!(
+        steps.is_empty() && refused.is_empty(),
+        "{steps:?} {refused:?}"
+    );
+    // A released one has nothing to keep: the refusal stands.
+    let gone = BTreeMap::from([("default/web".to_string(), allocation("198.51.100.5", true))]);
+    let (_, refused, _) = allocation_steps(&[lb("default/web")], &gone, &policy);
+    assert_eq!(refused.len(), 1, "{refused:?}");
 }
 
 #[test]

@@ -244,3 +244,86 @@ pub fn wait_leader(s: &SyncLab) -> String {
     wait_for(Duration::from_secs(15), || s.leader().is_some()).expect("a sync leads");
     s.leader().expect("leader")
 }
+
+/// The ClusterRole in config/k8s/rbac.yaml allows every request the syncs made.
+/// `expected`: a request the test made the syncs do, so the check cannot pass empty.
+pub fn every_sync_request_is_allowed_by_the_shipped_cluster_role(
+    api: &ApiServer,
+    expected: (&str, &str),
+) {
+    let rbac = concat!(env!("CARGO_MANIFEST_DIR"), "/config/k8s/rbac.yaml");
+    // kubectl parses the file offline (--local) and prints one JSON document per object.
+    let text = api.kubectl(&["label", "--local", "-f", rbac, "checked=yes", "-o", "json"]);
+    let objects: Vec<serde_json::Value> = serde_json::Deserializer::from_str(&text)
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .expect("rbac.yaml");
+    let role = objects
+        .iter()
+        .find(|o| o["kind"] == "ClusterRole")
+        .expect("ClusterRole");
+    let allowed = |verb: &str, (group, resource): &(String, String)| {
+        role["rules"].as_array().into_iter().flatten().any(|r| {
+            let has =
+                |field: &str, v: &str| r[field].as_array().into_iter().flatten().any(|x| x == v);
+            has("apiGroups", group) && has("resources", resource) && has("verbs", verb)
+        })
+    };
+    let mut used = std::collections::BTreeSet::new();
+    for line in api.requests() {
+        let mut parts = line.split(' ');
+        let (method, target, agent) = (
+            parts.next().unwrap_or(""),
+            parts.next().unwrap_or(""),
+            parts.next().unwrap_or(""),
+        );
+        let path = target.split('?').next().unwrap_or("");
+        // Core resources under /api/v1/, a group's under /apis/<group>/<version>/.
+        let (group, rest) = match path.split('/').collect::<Vec<_>>().as_slice() {
+            ["", "api", "v1", ..] => (String::new(), path.trim_start_matches("/api/v1/")),
+            ["", "apis", group, version, ..] => {
+                let prefix = format!("/apis/{group}/{version}/");
+                (group.to_string(), &path[prefix.len().min(path.len())..])
+            }
+            _ => continue,
+        };
+        if agent.starts_with("kubectl") {
+            continue;
+        }
+        let segments: Vec<&str> = rest.split('/').collect();
+        let (resource, named) = match segments.as_slice() {
+            ["namespaces", _, r, _, "status"] => (format!("{r}/status"), true),
+            ["namespaces", _, r, _] => (r.to_string(), true),
+            ["namespaces", _, r] | [r] => (r.to_string(), false),
+            // Cluster-scoped objects (IpPools) have no namespace segment.
+            [r, _, "status"] => (format!("{r}/status"), true),
+            [r, _] => (r.to_string(), true),
+            _ => panic!("unexpected request {line}"),
+        };
+        let verb = match (method, named) {
+            ("GET", _) if target.contains("watch=true") => "watch",
+            ("GET", false) => "list",
+            ("GET", true) => "get",
+            ("POST", _) => "create",
+            ("PATCH", _) => "patch",
+            ("PUT", _) => "update",
+            ("DELETE", _) => "delete",
+            _ => panic!("unexpected request {line}"),
+        };
+        used.insert((verb, (group, resource)));
+    }
+    eprintln!("requests of extip-sync: {used:?}");
+    assert!(
+        used.iter()
+            .any(|(verb, (_, resource))| (*verb, resource.as_str()) == expected),
+        "{used:?}"
+    );
+    for (verb, resource) in &used {
+        assert!(
+            allowed(verb, resource),
+            "config/k8s/rbac.yaml does not allow {verb} {resource:?}"
+        );
+    }
+    let slices = ("discovery.k8s.io".to_string(), "endpointslices".to_string());
+    assert!(used.contains(&("watch", slices)), "{used:?}");
+}
