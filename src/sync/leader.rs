@@ -13,7 +13,7 @@ use tracing::{info, warn};
 
 use crate::store::{Change, Store, StoreError, Watch};
 
-use super::Connector;
+use super::connector::Connector;
 
 /// Keep `lease` alive every `ttl / 3` until it is lost; returns why.
 /// `lost_after`: how long without a renewal counts as lost (the holder must stop

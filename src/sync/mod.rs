@@ -7,6 +7,7 @@
 
 mod cache;
 pub mod config;
+mod connector;
 mod etcd;
 pub mod family;
 mod free_ip;
@@ -35,48 +36,20 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::model::Keys;
-use crate::store::{EtcdAuth, Store, StoreError};
 
 use cache::WatchCache;
 pub use config::{SyncCli, SyncConfig, SyncSettings};
+use connector::{Connector, ETCD_TIMEOUT};
 use kube::{of_class, service_name, slice_name, slice_nodes, SliceNodes, SERVICE_NAME_LABEL};
 use metrics::SyncMetrics;
 use reconcile::Reconciler;
 
-/// Bound on connecting to etcd and on every request.
-const ETCD_TIMEOUT: Duration = Duration::from_secs(5);
 /// Changes arriving within this window cost one reconcile.
 const DEBOUNCE: Duration = Duration::from_millis(50);
 /// Wait before retrying a reconcile that failed; doubled per failure up to [`RETRY_MAX`].
 const RETRY: Duration = Duration::from_secs(1);
 /// Longest wait between retries while etcd or the API server is unreachable.
 const RETRY_MAX: Duration = Duration::from_secs(30);
-
-/// How to reach etcd; each task opens its own connection.
-#[derive(Clone)]
-pub struct Connector {
-    endpoints: Vec<String>,
-    auth: EtcdAuth,
-    /// The key layout.
-    pub keys: Keys,
-}
-
-impl Connector {
-    /// A connection to the first endpoint that answers.
-    pub async fn connect(&self) -> Result<Store, StoreError> {
-        let probe = self.keys.sync_leader();
-        Store::connect_any(
-            &self.endpoints,
-            0,
-            ETCD_TIMEOUT,
-            ETCD_TIMEOUT,
-            &self.auth,
-            &probe,
-        )
-        .await
-        .map(|(store, _)| store)
-    }
-}
 
 /// The client for `--kubeconfig`, else in-cluster, else `$KUBECONFIG` / `~/.kube/config`.
 async fn kube_client(path: Option<&std::path::Path>) -> anyhow::Result<Client> {

@@ -12,6 +12,7 @@ use tracing::{debug, info, warn};
 use crate::store::{Store, StoreError};
 
 use super::config::SyncConfig;
+use super::connector::Connector;
 use super::etcd::{read_state, run_step, write_keys};
 use super::family::{per_family, service_of};
 use super::ippool::{IpPoolMap, PoolSync};
@@ -19,11 +20,11 @@ use super::kube::{
     endpoint_nodes, ingress_ips, is_load_balancer, post_event, set_ingress, view_of, EventType,
     ServiceMap, SliceMap,
 };
+use super::leader;
 use super::metrics::{ResultLabel, SyncMetrics};
 use super::plan::{
     allocation_steps, desired_values, key_writes, order_for_replica, Policy, Refusal, ServiceView,
 };
-use super::{leader, Connector};
 
 /// The data lease and the task that keeps it alive.
 struct DataLease {
