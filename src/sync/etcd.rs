@@ -14,6 +14,7 @@ use crate::model::{
 use crate::pools::{parse_pool, Pool};
 use crate::store::{Store, StoreError};
 
+use super::connector::Connector;
 use super::free_ip::free_ip;
 use super::plan::{AllocationStep, ExistingKey, KeyWrite, Refusal};
 
@@ -461,10 +462,7 @@ pub async fn write_keys(
 /// Send on `changed` whenever a pool is written or removed (and after each (re)start of
 /// the watch, which may have missed some): a Service waiting for a pool gets its IP at
 /// once instead of at the next resync.
-pub async fn watch_pools(
-    connector: super::connector::Connector,
-    changed: tokio::sync::mpsc::Sender<()>,
-) {
+pub async fn watch_pools(connector: Connector, changed: tokio::sync::mpsc::Sender<()>) {
     loop {
         let Err(why) = pool_changes(&connector, &changed).await;
         warn!(error = %why, "pool watch ended; restarting");
@@ -473,7 +471,7 @@ pub async fn watch_pools(
 }
 
 async fn pool_changes(
-    connector: &super::connector::Connector,
+    connector: &Connector,
     changed: &tokio::sync::mpsc::Sender<()>,
 ) -> Result<std::convert::Infallible, StoreError> {
     let mut store = connector.connect().await?;

@@ -175,8 +175,9 @@ fn next_for(
         // PreferDualStack: no IP of the second family is no reason to complain.
         Err(_) if svc.secondary && svc.stack == Stack::Prefer => Next::Nothing,
         // Its pool was deleted: the IP it has stays (allocations outlive pools), so a
-        // "cannot allocate" Warning would contradict what the operator sees.
-        Err(_) if requested(svc).is_none() && live.is_some_and(|a| !a.requested) => Next::Nothing,
+        // "cannot allocate" Warning would contradict what the operator sees. A bad
+        // annotation (`PoolNotFound`) is still reported.
+        Err(r) if r.reason == "NoPool" && live.is_some_and(|a| !a.requested) => Next::Nothing,
         Err(r) => Next::Refused(r),
         Ok(Wanted::Ip(ip)) if live.is_some_and(|a| a.ip == ip) => Next::Nothing,
         Ok(Wanted::Ip(ip)) => {

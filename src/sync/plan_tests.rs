@@ -129,6 +129,13 @@ fn no_auto_assign_pool_is_a_refusal_that_says_what_to_do() {
         steps.is_empty() && refused.is_empty(),
         "{steps:?} {refused:?}"
     );
+    // An annotation naming a pool that does not exist is reported all the same.
+    let named = ServiceView {
+        pool: Some("gone".into()),
+        ..lb("default/web")
+    };
+    let (_, refused, _) = allocation_steps(&[named], &have, &policy);
+    assert_eq!(refused[0].reason, "PoolNotFound", "{refused:?}");
     // A released one has nothing to keep: the refusal stands.
     let gone = BTreeMap::from([("default/web".to_string(), allocation("198.51.100.5", true))]);
     let (_, refused, _) = allocation_steps(&[lb("default/web")], &gone, &policy);

@@ -254,8 +254,9 @@ fn one(
     let result = match *method {
         Method::GET => store.get(r, ns, name),
         Method::DELETE => store.delete(r, ns, name),
-        Method::PUT => parse_body(body)
-            .and_then(|o| store.replace_checked(r, ns, name, o, target.status, strict)),
+        Method::PUT => {
+            parse_body(body).and_then(|o| store.replace(r, ns, name, o, target.status, strict))
+        }
         Method::PATCH => {
             let ct = headers
                 .get("content-type")

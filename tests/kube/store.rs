@@ -270,20 +270,9 @@ impl Store {
         Ok(self.commit(key, "ADDED", obj))
     }
 
-    /// Replace the object (`status == false`) or only its status (`status == true`).
+    /// Replace the object (`status == false`) or only its status (`status == true`),
+    /// refusing unknown fields of a custom object when `strict`.
     pub fn replace(
-        &mut self,
-        resource: Resource,
-        ns: &str,
-        name: &str,
-        new: Value,
-        status: bool,
-    ) -> Result<Value, ApiError> {
-        self.replace_checked(resource, ns, name, new, status, false)
-    }
-
-    /// [`Store::replace`], refusing unknown fields of a custom object when `strict`.
-    pub fn replace_checked(
         &mut self,
         resource: Resource,
         ns: &str,
@@ -353,7 +342,7 @@ impl Store {
             });
         }
         new["metadata"]["resourceVersion"] = Value::Null;
-        self.replace_checked(resource, ns, name, new, status, strict)
+        self.replace(resource, ns, name, new, status, strict)
     }
 
     /// Delete; returns the object as it was.
